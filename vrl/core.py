@@ -62,7 +62,9 @@ def group_advantages(
         std = grouped.std(dim=1)  # (P,)
     else:
         std = torch.zeros(grouped.shape[0], device=rewards.device)
-    zero_std = (grouped == grouped[:, :1]).all(dim=1)  # exact: float std of equal values may be ~1e-8
+    zero_std = (grouped == grouped[:, :1]).all(
+        dim=1
+    )  # exact: float std of equal values may be ~1e-8
     centred = grouped - mean  # (P, G)
     if scale == "group":
         adv = centred / (std.unsqueeze(1) + STD_EPS)
@@ -86,8 +88,9 @@ def importance_ratio(
 
     level="token": exp(logp - old_logp) per element.
     level="sequence" (GSPO): exp(mean over the masked elements of (logp - old_logp)), one value per
-    sequence, broadcast to (B, T). The GSPO gradient flows through every token of the sequence via
-    the straight-through form s_i * exp(logp - logp.detach()), so that d rho/d logp_t = rho / |y|.
+    sequence, broadcast to (B, T), in GSPO-token form sg(s_i) * exp(logp_t - sg(logp_t)): the value
+    is s_i at every token and, once the loss takes the token mean, the gradient equals GSPO's
+    d s_i / d logp_t = s_i / |y_i|.
     """
     log_ratio = logp - old_logp  # (B, T)
     if level == "token":

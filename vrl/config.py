@@ -1,0 +1,156 @@
+"""Configs: plain dataclasses with a help string per field, YAML recipes, `key=value` overrides.
+
+A trainer's config is a tree of dataclasses. `load_config` reads a YAML recipe, applies
+command-line overrides (`optim.lr=1e-5 grpo.group_size=8`), and validates the result with pydantic,
+which checks every type (including Literal choices) and names the failing field. Each dataclass may
+add cross-field checks in `__post_init__`, raising `ValueError` with an actionable message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the config; the message names file and field."""
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = None) -> Any:
+    """A dataclass field carrying its help text (shown by `vrl ... --help-config`)."""
+    kw: dict[str, Any] = {"metadata": {"help": help}}
+    if default_factory is not None:
+        kw["default_factory"] = default_factory
+    elif default is not dataclasses.MISSING:
+        kw["default"] = default
+    return dataclasses.field(**kw)
+
+
+def config(cls: type[T]) -> type[T]:
+    """Decorator: a dataclass that refuses unknown keys when validated."""
+    cls = dataclasses.dataclass(cls)
+    cls.__pydantic_config__ = pydantic.ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return cls
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """['a.b=1', 'c=[1, 2]'] -> {'a': {'b': 1}, 'c': [1, 2]}; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-5)"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r} conflicts with an earlier override of {part!r}"
+                )
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(err: pydantic.ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            msg = "unknown key (check the spelling; `--help-config` lists the valid keys)"
+        if e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def build_config(cls: type[T], data: dict[str, Any], origin: str = "config") -> T:
+    """Validate a plain dict into the dataclass tree `cls`, or raise ConfigError naming the fields."""
+    try:
+        return pydantic.TypeAdapter(cls).validate_python(data)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Read a YAML recipe (optional), apply key=value overrides, validate into `cls`."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {path}: the top level must be a mapping of sections")
+        data = loaded or {}
+        origin = str(path)
+    if overrides:
+        data = _deep_merge(data, parse_overrides(overrides))
+        origin += " + command-line overrides"
+    return build_config(cls, data, origin)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return pydantic.TypeAdapter(type(cfg)).dump_python(cfg, mode="json")
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run folder keeps what was really run)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_help(cls: type, prefix: str = "") -> list[str]:
+    """One line per leaf field: `section.key (type, default): help`."""
+    lines: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        ftype = hints[f.name]
+        if dataclasses.is_dataclass(ftype):
+            lines.append(f"{name}: {f.metadata.get('help', '')}")
+            lines.extend(config_help(ftype, prefix=f"{name}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        if typing.get_origin(ftype) is typing.Literal:
+            type_name = " | ".join(repr(a) for a in typing.get_args(ftype))
+        else:
+            type_name = str(ftype).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        lines.append(f"  {name} ({type_name}, default {default}): {f.metadata.get('help', '')}")
+    return lines
