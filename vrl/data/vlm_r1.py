@@ -1,0 +1,373 @@
+"""The VLM-R1 JSONL data format, checked in full before any compute is spent.
+
+One JSON object per line (shared/reference/algorithms.md, section 2):
+
+    {"id": "0", "image": "coco/1.jpg" or ["a.jpg", "b.jpg"],
+     "conversations": [{"from": "human", "value": "<image>question"},
+                       {"from": "gpt", "value": "answer"}],
+     "accu_reward_method": "exact"}          # optional
+
+A bad line found after an hour of rollouts wastes the hour, and a loader that stops at the first
+bad line makes the user fix a file one line per run. So every line of every file is validated up
+front and all problems are reported together, each as ``file:line: what is wrong``, naming the
+field. Nothing is silently repaired: either the line is rejected, or (``skip_bad_lines=True``) it is
+dropped with a warning that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MARKER = "<image>"
+# Fields with a meaning in the format; every other field of a line is kept in VLMSample.extra.
+KNOWN_FIELDS = frozenset({"id", "image", "conversations", "accu_reward_method"})
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class VLMSample:
+    """One validated line of a VLM-R1 JSONL file."""
+
+    id: str
+    """The line's "id"; "<file name>:<line>" when the line has none (the format makes it optional)."""
+    images: tuple[Path, ...]
+    """Absolute image paths, in the order of the "image" field; () for a text-only sample."""
+    question: str
+    """The human turn with the <image> markers removed and whitespace tidied."""
+    solution: str
+    """The gpt turn, raw: the ground truth that the accuracy reward compares against."""
+    accu_reward_method: str | None
+    """Which accuracy reward scores this sample (None: the run's default)."""
+    source: str
+    """The JSONL file the sample came from, as given to the loader."""
+    line: int
+    """1-based line number in ``source``, so that a surprising reward can be traced to its line."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Fields the format does not define (e.g. "problem", "normal_caption"), kept as they were."""
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on; the message lists every problem, one per line."""
+
+    def __init__(self, problems: str | Sequence[str], header: str | None = None):
+        # A str is accepted so that the exception survives pickling (args holds the message).
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        lines = ([header] if header else []) + self.problems
+        super().__init__("\n".join(lines))
+
+
+def _json_type(value: Any) -> str:
+    """A short type name for messages ("null" rather than "NoneType")."""
+    return "null" if value is None else type(value).__name__
+
+
+def _split_paths(paths: PathLike | Sequence[PathLike] | None) -> list[Path]:
+    """Accept one path, a sequence, or a colon-separated string like VLM-R1's command line."""
+    if paths is None:
+        return []
+    if isinstance(paths, str):
+        return [Path(p) for p in paths.split(":") if p.strip()]
+    if isinstance(paths, os.PathLike):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def _tidy_question(text: str) -> str:
+    """Drop the <image> markers; collapse runs of spaces but keep line breaks (option lists)."""
+    text = text.replace(IMAGE_MARKER, " ")
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+@dataclass
+class _LineCheck:
+    """What one line yields: a sample, or the problems that stop it from being one."""
+
+    problems: list[str]
+    sample: VLMSample | None = None
+
+
+def _parse_image_field(record: dict[str, Any], problems: list[str]) -> list[str] | None:
+    """The "image" field as a list of path strings; None (with a problem) when it is malformed."""
+    if "image" not in record:
+        return []  # a text-only sample: only an absent field means "no image", never null or []
+    value = record["image"]
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, str) and item.strip() for item in value)
+    ):
+        return list(value)
+    problems.append(
+        f'field "image": expected a path or a non-empty list of paths, got {_json_type(value)}'
+        + (f" {value!r}" if isinstance(value, (str, list)) else "")
+        + " (leave the field out for a text-only sample)"
+    )
+    return None
+
+
+def _parse_conversations(
+    record: dict[str, Any], problems: list[str]
+) -> tuple[str | None, str | None]:
+    """(human turn, gpt turn) of the "conversations" field; None for a part that is missing."""
+    if "conversations" not in record:
+        problems.append('field "conversations" is missing')
+        return None, None
+    turns = record["conversations"]
+    expected = 'field "conversations": expected a list of {"from", "value"} turns'
+    if not isinstance(turns, list):
+        problems.append(f"{expected}, got {_json_type(turns)}")
+        return None, None
+    for index, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str)):
+            problems.append(f"{expected}; turn {index} is {_json_type(turn)} {turn!r:.60}")
+            return None, None
+        if not isinstance(turn.get("value"), str):
+            problems.append(
+                f'field "conversations": turn {index} ({turn["from"]!r}) needs a string "value", '
+                f"got {_json_type(turn.get('value'))}"
+            )
+            return None, None
+    roles = [turn["from"] for turn in turns]
+    if roles.count("human") > 1:
+        # Later turns would be dropped without a word: the trainer is single-turn.
+        problems.append(
+            f'field "conversations": {roles.count("human")} "human" turns; only single-turn '
+            "samples (one question, one answer) are supported"
+        )
+        return None, None
+    if "human" not in roles:
+        problems.append(f'field "conversations": no "human" turn (the question); roles: {roles}')
+        return None, None
+    human_index = roles.index("human")
+    human = turns[human_index]["value"]
+    # The answer is the first "gpt" turn after the question (a system turn may come first).
+    gpt_index = next((i for i in range(human_index + 1, len(turns)) if roles[i] == "gpt"), None)
+    if gpt_index is None:
+        problems.append(
+            'field "conversations": no "gpt" turn after the "human" turn '
+            f"(the ground-truth answer); roles: {roles}"
+        )
+        return human, None
+    gpt = turns[gpt_index]["value"]
+    if not gpt.strip():
+        problems.append('field "conversations": the "gpt" turn (the ground truth) is empty')
+        return human, None
+    return human, gpt
+
+
+def _resolve_image(relative: str, folder: Path, check: bool, problems: list[str]) -> Path:
+    """Absolute path of one image; records a problem when ``check`` and the file is missing."""
+    candidate = Path(relative).expanduser()
+    # abspath, not resolve(): keep the user's symlinked layout visible in paths and messages.
+    path = Path(os.path.abspath(candidate if candidate.is_absolute() else folder / candidate))
+    if check and not path.is_file():
+        where = "" if candidate.is_absolute() else f" in {folder}"
+        problems.append(f'image "{relative}" not found{where}')
+    return path
+
+
+def _check_line(
+    text: str,
+    *,
+    source: str,
+    line: int,
+    image_folder: Path,
+    allowed_reward_methods: Collection[str] | None,
+    check_images: bool,
+) -> _LineCheck:
+    """Validate one non-blank line; collect every problem rather than stopping at the first."""
+    problems: list[str] = []
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return _LineCheck([f"invalid JSON: {error.msg} (column {error.colno})"])
+    if not isinstance(record, dict):
+        return _LineCheck([f"expected a JSON object, got {_json_type(record)}"])
+
+    sample_id = record.get("id", f"{Path(source).name}:{line}")
+    if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool):
+        problems.append(f'field "id": expected a string or an integer, got {_json_type(sample_id)}')
+
+    image_names = _parse_image_field(record, problems)
+    human, gpt = _parse_conversations(record, problems)
+
+    method = record.get("accu_reward_method")
+    if method is not None and not isinstance(method, str):
+        problems.append(f'field "accu_reward_method": expected a string, got {_json_type(method)}')
+    elif method is not None and allowed_reward_methods is not None:
+        if method not in allowed_reward_methods:
+            valid = ", ".join(sorted(allowed_reward_methods))
+            problems.append(f'"accu_reward_method" is "{method}"; valid: {valid}')
+
+    if human is not None and image_names is not None:
+        markers = human.count(IMAGE_MARKER)
+        # No marker at all is fine (images go before the text); otherwise they must pair up.
+        if markers and markers != len(image_names):
+            images = _plural(len(image_names), "image") if image_names else 'no "image" field'
+            problems.append(f"{_plural(markers, IMAGE_MARKER + ' marker')} but {images}")
+        if not image_names and not _tidy_question(human):
+            problems.append(
+                'field "conversations": the "human" turn is empty and there is no image'
+            )
+
+    images = tuple(
+        _resolve_image(name, image_folder, check_images, problems) for name in image_names or []
+    )
+    if problems:
+        return _LineCheck(problems)
+    assert human is not None and gpt is not None  # guaranteed when no problem was recorded
+    sample = VLMSample(
+        id=str(sample_id),
+        images=images,
+        question=_tidy_question(human),
+        solution=gpt,
+        accu_reward_method=method,
+        source=source,
+        line=line,
+        extra={key: value for key, value in record.items() if key not in KNOWN_FIELDS},
+    )
+    return _LineCheck([], sample)
+
+
+def _pair_folders(files: list[Path], folders: list[Path]) -> list[Path]:
+    """One image folder per file: paired by position; one folder serves all; none: the file's dir."""
+    if not folders:
+        return [file.parent for file in files]
+    if len(folders) == 1:
+        return folders * len(files)
+    if len(folders) != len(files):
+        raise DataError(
+            f"{len(files)} data files but {len(folders)} image folders: give one folder per file "
+            "(paired by position) or a single folder for all of them"
+        )
+    return folders
+
+
+def load_vlm_r1_jsonl(
+    paths: PathLike | Sequence[PathLike],
+    image_folders: PathLike | Sequence[PathLike] | None = None,
+    *,
+    skip_bad_lines: bool = False,
+    allowed_reward_methods: Collection[str] | None = None,
+    check_images: bool = True,
+) -> list[VLMSample]:
+    """Load and validate one or more VLM-R1 JSONL files.
+
+    Args:
+        paths: a file, a sequence of files, or a colon-separated string ("a.jsonl:b.jsonl").
+        image_folders: the folder that the relative image paths of each file start from, paired
+            with ``paths`` by position (same forms accepted). One folder serves every file;
+            None means each file's own directory. Absolute image paths are used as they are.
+        skip_bad_lines: drop bad lines with one logged warning each instead of raising.
+            Problems with the files themselves (missing file or image folder) always raise.
+        allowed_reward_methods: when given, an "accu_reward_method" outside it is an error
+            (a typo would otherwise fall back to some default reward without a word).
+        check_images: check that every image file exists (turn off for remote or lazy storage).
+
+    Returns the samples of all files, in file order then line order.
+    Raises DataError listing every problem as ``file:line: what is wrong``. Blank lines are skipped.
+    """
+    files = _split_paths(paths)
+    if not files:
+        raise DataError("no data file given")
+    folders = _pair_folders(files, _split_paths(image_folders))
+
+    file_problems: list[str] = []
+    for file, folder in zip(files, folders, strict=True):
+        if not file.is_file():
+            file_problems.append(f"{file}: data file not found")
+        if check_images and not folder.is_dir():
+            file_problems.append(f"{file}: image folder {folder} does not exist")
+    if file_problems:
+        raise DataError(file_problems)
+
+    samples: list[VLMSample] = []
+    bad_lines: list[str] = []  # one entry per bad line, its problems joined
+    problems: list[str] = []  # one entry per problem
+    for file, folder in zip(files, folders, strict=True):
+        source = str(file)
+        absolute_folder = Path(os.path.abspath(folder))
+        with open(file, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as error:
+                    found = [f"not valid UTF-8 (byte {error.start + 1})"]
+                else:
+                    if not text.strip():
+                        continue
+                    check = _check_line(
+                        text,
+                        source=source,
+                        line=number,
+                        image_folder=absolute_folder,
+                        allowed_reward_methods=allowed_reward_methods,
+                        check_images=check_images,
+                    )
+                    if check.sample is not None:
+                        samples.append(check.sample)
+                        continue
+                    found = check.problems
+                problems.extend(f"{source}:{number}: {problem}" for problem in found)
+                bad_lines.append(f"{source}:{number}: " + "; ".join(found))
+
+    names = ", ".join(str(file) for file in files)
+    if bad_lines and not skip_bad_lines:
+        raise DataError(
+            problems,
+            header=f"{_plural(len(bad_lines), 'bad line')} in {names} "
+            "(fix them, or pass skip_bad_lines=True to drop them):",
+        )
+    for message in bad_lines:
+        logger.warning("%s", message)
+    if not samples:
+        raise DataError(
+            problems or [f"{names}: no samples (every line is blank)"],
+            header=f"no usable samples in {names}:",
+        )
+    if bad_lines:
+        logger.info("kept %d samples, skipped %d bad lines", len(samples), len(bad_lines))
+    return samples
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open an image as RGB, fully decoded now, so a broken file fails here with its name.
+
+    PIL decodes lazily; without ``load()`` a truncated file would only fail later, deep inside
+    the processor, with no file name. Transparent images are laid over white rather than having
+    their alpha dropped, which would show the (often black) hidden colour.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot decode image: {error}") from error
