@@ -1,0 +1,60 @@
+"""VLM-R1 rule rewards: one parser, a registry of named rewards, and their weighted sum.
+
+Importing this package registers every reward below, so ``get_reward("rec_iou")`` works after
+``import vrl.rewards``. Typical use in a trainer::
+
+    completions = [parse_completion(text, adapter.box_transform(sample)) for ...]
+    result = WeightedReward(config.rewards)(completions, samples)  # .total, .components
+"""
+
+from . import accuracy, detection, format, grounding  # noqa: F401  (registers the rewards)
+from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
+from .detection import average_precision, mean_average_precision
+from .parsing import (
+    Box,
+    BoxTransform,
+    Completion,
+    extract_answer,
+    grid_to_original,
+    iou,
+    parse_boxes,
+    parse_completion,
+    parse_solution,
+    resized_to_original,
+)
+from .registry import (
+    RewardFn,
+    RewardResult,
+    UnknownRewardError,
+    WeightedReward,
+    available_rewards,
+    get_reward,
+    register_reward,
+    unregister_reward,
+)
+
+__all__ = [
+    "ACCURACY_METHODS",
+    "Box",
+    "BoxTransform",
+    "Completion",
+    "RewardFn",
+    "RewardResult",
+    "UnknownRewardError",
+    "WeightedReward",
+    "accuracy_score",
+    "available_rewards",
+    "average_precision",
+    "check_accuracy_method",
+    "extract_answer",
+    "get_reward",
+    "grid_to_original",
+    "iou",
+    "mean_average_precision",
+    "parse_boxes",
+    "parse_completion",
+    "parse_solution",
+    "register_reward",
+    "resized_to_original",
+    "unregister_reward",
+]

@@ -1,0 +1,212 @@
+"""The reward registry and the weighted sum the trainer optimises.
+
+A reward is a plain callable over a batch, ``fn(completions, samples) -> list[float | None]``,
+where None means "not applicable to this sample" (a detection reward on a REC sample). Rewards
+are registered by name and looked up from the run's config, which also gives their weights: the
+reference VLM-R1 code read the weights but never applied them; ``WeightedReward`` does.
+
+One faulty reward must not end a run that has been training for hours, so ``WeightedReward``
+catches a component's exception, warns, rescores the batch sample by sample, and gives 0.0 to
+the samples that still fail, counting them in ``RewardResult.num_errors``. Contract violations
+(a wrong number of scores, a non-numeric score) are bugs and raise at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .parsing import Completion
+
+logger = logging.getLogger(__name__)
+
+Sample = Mapping[str, Any]
+"""A dataset row: at least "solution" (str), optionally "accu_reward_method" and other columns."""
+
+RewardFn = Callable[[Sequence[Completion], Sequence[Sample]], list[float | None]]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+class UnknownRewardError(KeyError, ValueError):
+    """A reward name that is not registered; catchable as KeyError or ValueError."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register ``fn`` under ``name``; a name that is taken is refused."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a reward name is a non-empty string, got {name!r}")
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY:
+            owner = _REGISTRY[name]
+            where = f"{getattr(owner, '__module__', '?')}.{getattr(owner, '__qualname__', owner)}"
+            raise ValueError(
+                f"reward {name!r} is already registered (by {where}); choose another name "
+                "or unregister_reward() the old one first"
+            )
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def unregister_reward(name: str) -> None:
+    """Remove a reward (tests and notebooks that register throwaway rewards)."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    del _REGISTRY[name]
+
+
+def available_rewards() -> list[str]:
+    """The registered reward names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward registered under ``name``; the error lists the valid names."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[name]
+
+
+def _unknown(name: str) -> UnknownRewardError:
+    valid = ", ".join(available_rewards()) or "(none registered)"
+    return UnknownRewardError(f"unknown reward {name!r}; valid names: {valid}")
+
+
+@dataclass
+class RewardResult:
+    """Scores of one batch of N completions."""
+
+    total: torch.Tensor
+    """(N,) float32: sum of weight * score over the components, a None score counting 0."""
+    components: dict[str, torch.Tensor]
+    """name -> (N,) float32 unweighted scores, NaN where the reward did not apply (log nan-mean)."""
+    num_errors: int = 0
+    """Samples that a component failed to score even alone (they got 0.0)."""
+
+
+class WeightedReward:
+    """The config's ``{name: weight}`` turned into one callable scoring a batch."""
+
+    def __init__(self, weights: Mapping[str, float]):
+        if not weights:
+            raise ValueError(
+                f"no rewards given; name at least one, e.g. {{'format': 1.0}}. "
+                f"Valid names: {', '.join(available_rewards())}"
+            )
+        self.weights: dict[str, float] = {}
+        self.fns: dict[str, RewardFn] = {}
+        for name, weight in weights.items():
+            self.fns[name] = get_reward(name)  # fail at config time, not mid-run
+            if not isinstance(weight, numbers.Real):
+                raise ValueError(f"weight of reward {name!r} must be a number, got {weight!r}")
+            if not math.isfinite(weight):
+                raise ValueError(f"weight of reward {name!r} must be finite, got {weight!r}")
+            self.weights[name] = float(weight)
+
+    def __repr__(self) -> str:
+        return f"WeightedReward({self.weights!r})"
+
+    def __call__(
+        self, completions: Sequence[Completion], samples: Sequence[Sample]
+    ) -> RewardResult:
+        if len(completions) != len(samples):
+            raise ValueError(f"{len(completions)} completions but {len(samples)} samples")
+        for completion in completions:
+            if not isinstance(completion, Completion):
+                raise TypeError(
+                    f"rewards take parsed Completion objects, got {type(completion).__name__}; "
+                    "use vrl.rewards.parse_completion(text, box_transform) first"
+                )
+        n = len(completions)
+        total = torch.zeros(n, dtype=torch.float32)
+        components: dict[str, torch.Tensor] = {}
+        num_errors = 0
+        for name, fn in self.fns.items():
+            scores, errors = _score_component(name, fn, completions, samples)
+            num_errors += errors
+            values = torch.tensor(
+                [math.nan if s is None else s for s in scores], dtype=torch.float32
+            )  # (N,)
+            components[name] = values
+            total += self.weights[name] * torch.nan_to_num(values, nan=0.0)
+        return RewardResult(total=total, components=components, num_errors=num_errors)
+
+
+def _score_component(
+    name: str, fn: RewardFn, completions: Sequence[Completion], samples: Sequence[Sample]
+) -> tuple[list[float | None], int]:
+    """Scores of one reward over the batch, and how many samples it failed on."""
+    try:
+        raw = fn(completions, samples)
+    except Exception as exc:  # noqa: BLE001 - one faulty reward must not end the run
+        logger.warning(
+            "reward %r raised %s: %s; scoring the %d samples one at a time",
+            name,
+            type(exc).__name__,
+            exc,
+            len(completions),
+        )
+        return _score_one_by_one(name, fn, completions, samples)
+    return _checked_scores(name, raw, len(completions))
+
+
+def _score_one_by_one(
+    name: str, fn: RewardFn, completions: Sequence[Completion], samples: Sequence[Sample]
+) -> tuple[list[float | None], int]:
+    scores: list[float | None] = []
+    failed: list[str] = []
+    for i, (completion, sample) in enumerate(zip(completions, samples, strict=True)):
+        try:
+            raw = fn([completion], [sample])
+        except Exception as exc:  # noqa: BLE001
+            failed.append(f"#{i} ({type(exc).__name__}: {exc})")
+            scores.append(0.0)
+            continue
+        scores.extend(_checked_scores(name, raw, 1)[0])
+    if failed:
+        logger.warning(
+            "reward %r failed on %d of %d samples, scored 0.0: %s",
+            name,
+            len(failed),
+            len(completions),
+            "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""),
+        )
+    return scores, len(failed)
+
+
+def _checked_scores(name: str, raw: Any, expected: int) -> tuple[list[float | None], int]:
+    """Validate a reward's output: one float-or-None per sample. Non-finite scores become 0.0."""
+    try:
+        scores = list(raw)
+    except TypeError:
+        raise TypeError(f"reward {name!r} returned {type(raw).__name__}, not a list") from None
+    if len(scores) != expected:
+        raise ValueError(f"reward {name!r} returned {len(scores)} scores for {expected} samples")
+    checked: list[float | None] = []
+    non_finite = 0
+    for score in scores:
+        if score is None:
+            checked.append(None)
+            continue
+        if not isinstance(score, numbers.Real):
+            raise TypeError(f"reward {name!r} returned a {type(score).__name__} score: {score!r}")
+        if not math.isfinite(float(score)):
+            non_finite += 1
+            checked.append(0.0)
+        else:
+            checked.append(float(score))
+    if non_finite:
+        logger.warning("reward %r returned %d non-finite scores, scored 0.0", name, non_finite)
+    return checked, non_finite

@@ -1,0 +1,198 @@
+"""Accuracy methods and detection rewards on hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from vrl.rewards import (
+    ACCURACY_METHODS,
+    average_precision,
+    check_accuracy_method,
+    get_reward,
+    parse_completion,
+)
+
+
+def score(name: str, text: str, solution: str, method: str | None = None) -> float | None:
+    sample = {"solution": solution, "accu_reward_method": method}
+    return get_reward(name)([parse_completion(text)], [sample])[0]
+
+
+def accuracy(answer: str, solution: str, method: str | None) -> float | None:
+    return score("accuracy", f"<answer>{answer}</answer>", solution, method)
+
+
+# ---- accuracy ----------------------------------------------------------------------------------
+
+
+def test_accuracy_methods_are_exposed_and_validated():
+    assert set(ACCURACY_METHODS) == {"default", "exact", "numeric", "mc", "yes_no", "math", "fuzzy"}
+    assert check_accuracy_method(None) == "default"
+    assert check_accuracy_method("mc") == "mc"
+    with pytest.raises(ValueError, match="valid: default, exact"):
+        check_accuracy_method("multiple_choice")
+
+
+def test_unknown_method_at_reward_time_scores_zero_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert accuracy("cat", "cat", "bogus") == 0.0
+    assert "bogus" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "method, answer, solution, expected",
+    [
+        ("exact", "  The  Cat. ", "the cat", 1.0),
+        ("exact", "CAFÉ!", "café", 1.0),
+        ("exact", "the cat", "a cat", 0.0),
+        ("numeric", "There are 3 cats, so 4.0", "4", 1.0),
+        ("numeric", "1,000", "1000", 1.0),
+        ("numeric", "0.1", "1e-1", 1.0),
+        ("numeric", "4", "5", 0.0),
+        ("numeric", "no number", "5", 0.0),
+        ("mc", "B", "B", 1.0),
+        ("mc", "(c)", "C", 1.0),
+        ("mc", "B.", "(B) Paris", 1.0),
+        ("mc", "Answer: D", "D", 1.0),
+        ("mc", "The answer is (A).", "A", 1.0),
+        ("mc", "C) red", "B", 0.0),
+        ("mc", "nothing", "B", 0.0),
+        ("yes_no", "Yes, it is.", "yes", 1.0),
+        ("yes_no", "No. There is no dog.", "<answer>no</answer>", 1.0),
+        ("yes_no", "Not sure, yes", "yes", 1.0),  # "not" is not "no"
+        ("yes_no", "no", "yes", 0.0),
+        ("yes_no", "maybe", "yes", 0.0),
+        ("math", "\\frac{1}{2}", "0.5", 1.0),
+        ("math", "$\\boxed{\\dfrac{\\sqrt{2}}{2}}$", "\\frac{1}{\\sqrt{2}}", 1.0),
+        ("math", "x = 2^{10}", "1024", 1.0),
+        ("math", "2\\sqrt{3}", "\\sqrt{12}", 1.0),
+        ("math", "\\frac{1}{3}", "0.333", 0.0),
+        ("math", "\\sqrt{2}", "1.41421356", 0.0),
+        ("math", "the answer is 7", "7", 1.0),  # numeric fallback
+        ("math", "9^9^9^9", "1", 0.0),  # refused, not evaluated
+        ("fuzzy", "kitten", "sitting", pytest.approx(8 / 13)),  # indel ratio 1 - 5 / 13
+        ("fuzzy", "A Red Car", "a red car.", 1.0),
+        ("fuzzy", "", "car", 0.0),
+        ("default", "Paris.", "paris", 1.0),
+        ("default", "3.0", "3", 1.0),
+        ("default", "3.5", "3", 0.0),  # both numbers: no partial credit
+        ("default", "kitten", "sitting", pytest.approx(8 / 13)),
+        (None, "Paris", "paris", 1.0),  # None means default
+    ],
+)
+def test_accuracy_methods(method, answer, solution, expected):
+    assert accuracy(answer, solution, method) == expected
+
+
+def test_accuracy_compares_the_answer_or_the_whole_completion():
+    sample = [{"solution": "<answer>blue</answer>", "accu_reward_method": "exact"}]
+    reward = get_reward("accuracy")
+    assert reward([parse_completion("<think>red</think><answer>blue</answer>")], sample) == [1.0]
+    assert reward([parse_completion("blue")], sample) == [1.0]
+    assert reward([parse_completion("<think>blue</think><answer>red</answer>")], sample) == [0.0]
+
+
+# ---- detection ---------------------------------------------------------------------------------
+
+CAT = [0, 0, 10, 10]
+DOG = [20, 20, 30, 30]
+FAR = [100, 100, 110, 110]
+
+
+def objects(*pairs: tuple[list[float], str | None]) -> str:
+    return json.dumps([{"bbox_2d": box, "label": label} for box, label in pairs])
+
+
+def detect(name: str, predicted: str, truth: str) -> float | None:
+    return score(name, f"<think>t</think><answer>{predicted}</answer>", truth)
+
+
+DETECTION = ("det_ap", "det_ap50", "det_od_length", "det_weighted_sum")
+
+
+def test_average_precision_single_class():
+    assert average_precision([CAT], [CAT], 0.5) == 1.0
+    assert average_precision([CAT], [CAT, DOG], 0.5) == pytest.approx(51 / 101)  # recall 0..0.5
+    assert average_precision([FAR, CAT], [CAT], 0.5) == pytest.approx(0.5)  # false positive first
+    assert average_precision([], [CAT], 0.5) == 0.0
+
+
+@pytest.mark.parametrize("name", DETECTION)
+def test_perfect_detection_scores_one(name):
+    truth = objects((CAT, "cat"), (DOG, "dog"))
+    assert detect(name, objects((DOG, "Dog "), (CAT, "CAT")), truth) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("det_ap", 51 / 101),
+        ("det_ap50", 51 / 101),
+        ("det_od_length", 51 / 101),  # fewer boxes than truth: no length penalty
+        ("det_weighted_sum", 0.7 * 0.5 + 0.3 * (1 - (0.5 + 0.0) / 2)),
+    ],
+)
+def test_one_of_two_boxes_found(name, expected):
+    truth = objects((CAT, "cat"), (DOG, "cat"))
+    assert detect(name, objects((CAT, "cat")), truth) == pytest.approx(expected)
+
+
+def test_one_of_two_classes_found_averages_over_classes():
+    truth = objects((CAT, "cat"), (DOG, "dog"))
+    assert detect("det_ap", objects((CAT, "cat")), truth) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("det_ap", 1.0),  # the false box is ranked after the hit: precision stays 1
+        ("det_ap50", 1.0),
+        ("det_od_length", 0.5),  # ... but the extra box halves odLength
+        ("det_weighted_sum", 0.7 * 1.0 + 0.3 * (1 - (0.0 + 0.5) / 2)),
+    ],
+)
+def test_an_extra_false_box(name, expected):
+    predicted = objects((CAT, "cat"), (FAR, "cat"))
+    assert detect(name, predicted, objects((CAT, "cat"))) == pytest.approx(expected)
+
+
+def test_false_box_ranked_first_lowers_ap():
+    predicted = objects((FAR, "cat"), (CAT, "cat"))
+    assert detect("det_ap", predicted, objects((CAT, "cat"))) == pytest.approx(0.5)
+
+
+def test_partial_overlap_counts_only_at_low_thresholds():
+    # IoU 0.62 passes the thresholds 0.50, 0.55, 0.60 of ten.
+    predicted = objects(([0, 0, 10, 6.2], "cat"))
+    assert detect("det_ap", predicted, objects((CAT, "cat"))) == pytest.approx(0.3)
+    assert detect("det_ap50", predicted, objects((CAT, "cat"))) == pytest.approx(1.0)
+    assert detect("det_weighted_sum", predicted, objects((CAT, "cat"))) == pytest.approx(
+        0.7 * 0.62 + 0.3
+    )
+
+
+@pytest.mark.parametrize("name", DETECTION)
+def test_label_mismatch_scores_zero(name):
+    assert detect(name, objects((CAT, "dog")), objects((CAT, "cat"))) == 0.0
+
+
+@pytest.mark.parametrize("name", DETECTION)
+def test_missing_predicted_label_matches_nothing_when_truth_is_labelled(name):
+    assert detect(name, "[0, 0, 10, 10]", objects((CAT, "cat"))) == 0.0
+
+
+@pytest.mark.parametrize("name", DETECTION)
+def test_unlabelled_truth_is_one_class(name):
+    assert detect(name, objects((CAT, "anything")), "[[0, 0, 10, 10]]") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", DETECTION)
+def test_none_cases(name):
+    assert detect(name, "None", "None") == 1.0
+    assert detect(name, "", "None") == 1.0  # no boxes counts as "none"
+    assert detect(name, objects((CAT, "cat")), "None") == 0.0
+    assert detect(name, "None", objects((CAT, "cat"))) == 0.0
+    assert detect(name, "garbage", objects((CAT, "cat"))) == 0.0
+    assert detect(name, objects((CAT, "cat")), "a sunny day") is None  # not a detection sample
