@@ -1,2 +1,136 @@
-def main():
-    print("vrl")
+"""The `vrl` command: train, eval, quickstart.
+
+vrl train vlm --config configs/vlm_tiny_cpu.yaml optim.lr=1e-5 run.max_steps=20
+vrl train vlm --help-config
+vrl eval rec --model runs/vlm/final --data data/rec.jsonl --images data/images
+vrl quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vrl.config import ConfigError, config_help, load_config
+
+
+def _train_vlm(args: argparse.Namespace) -> int:
+    from vrl.trainers.vlm_config import VLMTrainConfig
+
+    if args.help_config:
+        print("\n".join(config_help(VLMTrainConfig)))
+        return 0
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    cfg = load_config(VLMTrainConfig, args.config, overrides)
+    from vrl.trainers.vlm_grpo import train
+
+    summary = train(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vrl.data.vlm_r1 import load_vlm_r1_jsonl
+    from vrl.evaluate import evaluate_answers, evaluate_rec
+    from vrl.models.vlm import VLMAdapter
+    from vrl.trainers.common import resolve_model_path
+
+    samples = load_vlm_r1_jsonl(args.data, args.images, skip_bad_lines=args.skip_bad_lines)
+    if args.max_samples:
+        samples = samples[: args.max_samples]
+    adapter = VLMAdapter.from_pretrained(resolve_model_path(args.model))
+    model = adapter.model
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+    out = Path(args.out)
+    kw = dict(
+        per_sample_path=out / "samples.jsonl",
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    if args.task == "rec":
+        summary = evaluate_rec(adapter, model, samples, args.template or "rec", **kw)
+    else:
+        summary = evaluate_answers(adapter, model, samples, args.template or "answer_only", **kw)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from vrl.quickstart import run_quickstart
+
+    run_quickstart(Path(args.out), seed=args.seed, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vrl", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run an RL trainer from a YAML recipe")
+    train_sub = train.add_subparsers(dest="trainer", required=True)
+    vlm = train_sub.add_parser("vlm", help="VLM-R1 GRPO for vision-language models")
+    vlm.add_argument("--config", help="YAML recipe (see configs/)")
+    vlm.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    vlm.add_argument("--help-config", action="store_true", help="list every setting and exit")
+    vlm.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5")
+    vlm.set_defaults(func=_train_vlm)
+
+    ev = sub.add_parser("eval", help="evaluate a VLM with greedy decoding")
+    ev.add_argument(
+        "task", choices=["rec", "answers"], help="rec: Acc@IoU>=0.5; answers: accuracy reward"
+    )
+    ev.add_argument("--model", required=True, help="model folder, hub id, or tiny-random:<family>")
+    ev.add_argument("--adapter", help="a LoRA adapter folder written by training (final/)")
+    ev.add_argument("--data", required=True, help="VLM-R1 JSONL file(s), ':'-separated")
+    ev.add_argument("--images", default=None, help="image folder(s), ':'-separated")
+    ev.add_argument("--template", default=None, help="prompt template (default: rec / answer_only)")
+    ev.add_argument("--out", default="runs/eval", help="folder for summary.json and samples.jsonl")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument(
+        "--max-samples", type=int, default=0, help="evaluate only the first N (0 = all)"
+    )
+    ev.add_argument("--skip-bad-lines", action="store_true")
+    ev.set_defaults(func=_eval)
+
+    qs = sub.add_parser(
+        "quickstart", help="the embedded default job: RL that visibly works on a CPU"
+    )
+    qs.add_argument("--out", default="runs/quickstart", help="run folder")
+    qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's)")
+    qs.set_defaults(func=_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"vrl: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # data errors etc.: say what is wrong without a traceback wall
+        from vrl.data.vlm_r1 import DataError
+
+        if isinstance(err, DataError):
+            print(f"vrl: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Pieces both trainers need that are not algorithm: data resolution, model set-up, optimizer,
+metrics file. Kept here so that each trainer file reads as the algorithm alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import get_scheduler
+
+logger = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny-random:"
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def cache_root() -> Path:
+    """Where vrl keeps things it builds once (tiny models): $VRL_CACHE or ~/.cache/vrl."""
+    return Path(os.environ.get("VRL_CACHE", Path.home() / ".cache" / "vrl"))
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_model_path(path: str, seed: int = 0) -> str:
+    """A real path or hub id passes through; tiny-random:<family> is built offline once."""
+    if not path.startswith(TINY_PREFIX):
+        return path
+    from vrl.models.tiny import tiny_vlm_path
+
+    family = path[len(TINY_PREFIX) :]
+    return str(tiny_vlm_path(family, cache_root() / "tiny"))
+
+
+def sample_order(n: int, seed: int, epochs: int = 64) -> list[int]:
+    """Dataset order for training: a fresh permutation per epoch, fixed by the seed."""
+    g = torch.Generator().manual_seed(seed)
+    return [i for _ in range(epochs) for i in torch.randperm(n, generator=g).tolist()]
+
+
+def load_vlm_dataset(cfg) -> list:
+    """The training samples, validated whole; synthetic:<name> writes a generated set first."""
+    from vrl.data.vlm_r1 import load_vlm_r1_jsonl
+    from vrl.rewards.accuracy import ACCURACY_METHODS
+
+    files, folders = cfg.data.train_files, cfg.data.image_folders or None
+    if files.startswith(SYNTHETIC_PREFIX):
+        files, folders = write_synthetic(
+            files[len(SYNTHETIC_PREFIX) :],
+            Path(cfg.run.output_dir) / "data",
+            n=cfg.data.synthetic_size,
+            seed=cfg.run.seed,
+        )
+    return load_vlm_r1_jsonl(
+        files,
+        folders,
+        skip_bad_lines=cfg.data.skip_bad_lines,
+        allowed_reward_methods=ACCURACY_METHODS,
+    )
+
+
+def write_synthetic(name: str, out_dir: Path, n: int, seed: int) -> tuple[str, str]:
+    from vrl.data import synthetic
+
+    writers = {
+        "colour_yes_no": synthetic.write_colour_yes_no,
+        "rec_boxes": synthetic.write_rec_boxes,
+        "detection": synthetic.write_detection,
+    }
+    if name not in writers:
+        raise ValueError(f"unknown synthetic dataset {name!r}; choose one of {sorted(writers)}")
+    jsonl = writers[name](out_dir / name, n=n, seed=seed)
+    return str(jsonl), str(Path(jsonl).parent)
+
+
+def load_vlm_policy(cfg, accelerator) -> tuple[Any, torch.nn.Module, torch.nn.Module | None]:
+    """Adapter + trainable policy (LoRA or full, vision frozen) + reference model (or None)."""
+    from vrl.models.vlm import VLMAdapter
+    from vrl.trainers.vlm_grpo import make_reference
+
+    m = cfg.model
+    adapter = VLMAdapter.from_pretrained(
+        resolve_model_path(m.path),
+        dtype=resolve_dtype(m.dtype, accelerator.device),
+        attn_implementation=m.attn_implementation,
+        box_convention=m.box_convention,
+        min_pixels=m.min_pixels,
+        max_pixels=m.max_pixels,
+    )
+    model = adapter.model
+    if m.freeze_vision or m.lora.enabled:
+        for p in adapter.vision_parameters(model):
+            p.requires_grad_(False)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if m.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=m.lora.r,
+            lora_alpha=m.lora.alpha,
+            lora_dropout=m.lora.dropout,
+            target_modules=m.lora.target_modules or adapter.lora_target_modules(),
+        )
+        model = get_peft_model(model, lora)
+        if m.gradient_checkpointing:
+            model.enable_input_require_grads()
+    ref = make_reference(model, cfg.grpo.beta, m.lora.enabled)
+    if ref is not None:
+        ref.to(accelerator.device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("policy %s: %d / %d parameters trainable", m.path, trainable, total)
+    return adapter, model, ref
+
+
+def build_optimizer(model: torch.nn.Module, optim, total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: check model.lora and model.freeze_vision")
+    optimizer = torch.optim.AdamW(
+        params, lr=optim.lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
+    )
+    scheduler = get_scheduler(
+        optim.schedule,
+        optimizer,
+        num_warmup_steps=optim.warmup_steps,
+        num_training_steps=max(total_steps, 1),
+    )
+    return optimizer, scheduler
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,154 @@
+"""The VLM-R1 GRPO recipe: every setting of `vrl train vlm`, with its help text."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from vrl.config import config, field
+
+
+@config
+class LoraSettings:
+    enabled: bool = field(
+        True, help="train LoRA adapters on the language model (False: full fine-tuning)"
+    )
+    r: int = field(64, help="LoRA rank")
+    alpha: int = field(128, help="LoRA alpha (scale = alpha / r)")
+    dropout: float = field(0.05, help="LoRA dropout")
+    target_modules: str | None = field(
+        None,
+        help="regex of module names to adapt; default: the adapter's language-model projections",
+    )
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+
+
+@config
+class ModelSettings:
+    path: str = field(
+        "tiny-random:qwen2_5_vl",
+        help="model folder or hub id (loads from the local cache); 'tiny-random:qwen2_5_vl' or "
+        "'tiny-random:qwen2_vl' builds a tiny random model of that architecture offline",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        "auto", help="weights dtype; auto = bfloat16 on a GPU that supports it, float32 on the CPU"
+    )
+    attn_implementation: str | None = field(
+        None, help="e.g. sdpa or flash_attention_2; None = default"
+    )
+    box_convention: Literal["resized_pixels", "norm_1000", "original_pixels"] | None = field(
+        None, help="coordinates the model answers boxes in; None = the model family's convention"
+    )
+    min_pixels: int | None = field(
+        None, help="image processor min_pixels (None = processor default)"
+    )
+    max_pixels: int | None = field(
+        None, help="image processor max_pixels (None = processor default)"
+    )
+    freeze_vision: bool = field(
+        True, help="keep the vision tower frozen (always frozen under LoRA)"
+    )
+    gradient_checkpointing: bool = field(
+        False, help="recompute activations in backward to save memory"
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA settings")
+
+
+@config
+class DataSettings:
+    train_files: str = field(
+        "", help="VLM-R1 JSONL file(s), ':'-separated; 'synthetic:colour_yes_no' etc. generates one"
+    )
+    image_folders: str = field("", help="image folder(s), ':'-separated, paired with train_files")
+    template: str = field("rec", help="prompt template: plain, think_answer, rec, answer_only, ...")
+    skip_bad_lines: bool = field(False, help="skip malformed lines (logged) instead of stopping")
+    synthetic_size: int = field(256, help="number of samples when train_files is synthetic:<name>")
+
+    def __post_init__(self):
+        if not self.train_files:
+            raise ValueError(
+                "data.train_files is empty: give a VLM-R1 JSONL path "
+                "(e.g. data.train_files=data/rec.jsonl data.image_folders=data/images)"
+            )
+
+
+@config
+class GRPOSettings:
+    group_size: int = field(8, help="completions per prompt (G)")
+    prompts_per_step: int = field(
+        4, help="distinct prompts per rollout, over all processes (samples = prompts * G)"
+    )
+    num_iterations: int = field(1, help="policy updates per rollout (>1 uses stored old log-probs)")
+    beta: float = field(0.04, help="k3 KL weight; 0 holds no reference model at all")
+    eps_low: float = field(0.2, help="lower clip range of the ratio")
+    eps_high: float | None = field(None, help="upper clip range (None = eps_low; 0.28 = DAPO)")
+    loss_aggregation: Literal["grpo", "dapo", "dr_grpo"] = field("grpo", help="loss normaliser")
+    ratio_level: Literal["token", "sequence"] = field("token", help="token ratios or GSPO")
+    advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
+    filter_zero_std: bool = field(False, help="drop groups whose rewards are all equal")
+    max_completion_length: int = field(256, help="max new tokens per completion")
+    temperature: float = field(1.0, help="sampling temperature during rollout")
+    top_p: float = field(1.0, help="nucleus sampling during rollout")
+    top_k: int = field(0, help="top-k sampling during rollout (0 = off)")
+    rewards: dict[str, float] = field(
+        default_factory=lambda: {"format_rec": 1.0, "rec_iou": 1.0},
+        help="reward name -> weight; names from the vrl.rewards registry",
+    )
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(
+                f"grpo.group_size must be >= 2 for group advantages, got {self.group_size}"
+            )
+        if self.temperature < 0:
+            raise ValueError(f"grpo.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"grpo.top_p must be in (0, 1], got {self.top_p}")
+        if not self.rewards:
+            raise ValueError("grpo.rewards is empty: name at least one reward, e.g. {format: 1.0}")
+
+
+@config
+class OptimSettings:
+    lr: float = field(1e-6, help="peak learning rate")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    adam_betas: tuple[float, float] = field((0.9, 0.99), help="AdamW betas")
+    warmup_steps: int = field(0, help="linear warm-up, in optimizer steps")
+    schedule: Literal["constant", "cosine", "linear"] = field(
+        "constant", help="LR schedule after warm-up"
+    )
+    max_grad_norm: float = field(1.0, help="gradient clipping (0 = off)")
+    micro_batch_size: int = field(8, help="sequences per forward/backward, per device")
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+
+
+@config
+class RunSettings:
+    output_dir: str = field(
+        "runs/vlm", help="run folder: config, metrics.jsonl, checkpoints, final weights"
+    )
+    max_steps: int = field(100, help="rollout steps")
+    seed: int = field(0, help="seed for data order, sampling and initialisation")
+    save_every: int = field(50, help="checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = field(2, help="checkpoints kept on disk")
+    log_every: int = field(1, help="write metrics every N steps")
+    resume: bool = field(False, help="continue from the latest checkpoint in output_dir")
+    report_to: list[str] = field(
+        default_factory=list, help="accelerate trackers, e.g. [tensorboard]"
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = field("no", help="accelerate mixed precision")
+    save_final: bool = field(True, help="write the final adapter or model to output_dir/final")
+
+
+@config
+class VLMTrainConfig:
+    model: ModelSettings = field(default_factory=ModelSettings, help="the policy model")
+    data: DataSettings = field(default_factory=DataSettings, help="training data")
+    grpo: GRPOSettings = field(default_factory=GRPOSettings, help="GRPO algorithm")
+    optim: OptimSettings = field(default_factory=OptimSettings, help="optimizer")
+    run: RunSettings = field(default_factory=RunSettings, help="run folder, steps, logging")

@@ -1,0 +1,335 @@
+"""R1-style GRPO for vision-language models (VLM-R1) on the shared policy-gradient core.
+
+One step reads top to bottom:
+
+    #### ROLLOUT ####    P prompts x G sampled completions, split over the processes
+    #### REWARD ####     rule rewards on parsed completions (boxes already in original pixels),
+                         gathered from every process so that each group is normalised whole
+    #### ADVANTAGE ####  group advantages from vrl.core
+    #### TRAINING ####   num_iterations passes of the clipped surrogate (+ k3 KL), micro-batched
+
+Simplifications, stated: the reference model under LoRA is the same model with the adapter
+disabled (no copy in memory); prompts are repeated G times rather than generated with
+num_return_sequences, so that a group may be split across processes; one optimizer step per pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from vrl import core
+from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vrl.config import save_config
+from vrl.data.prompts import build_messages
+from vrl.data.vlm_r1 import VLMSample, load_image
+from vrl.rewards import WeightedReward, parse_completion
+from vrl.trainers.common import (
+    MetricsWriter,
+    build_optimizer,
+    load_vlm_dataset,
+    load_vlm_policy,
+    sample_order,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutChunk:
+    """One micro-batch of prompts with their sampled completions and what training needs."""
+
+    batch: Any  # PromptBatch (model inputs for the prompts)
+    completion_ids: torch.Tensor  # (b, L)
+    completion_mask: torch.Tensor  # (b, L) 1 up to and including EOS
+    old_logp: torch.Tensor | None  # (b, L) under the rollout policy; None when on-policy
+    ref_logp: torch.Tensor | None  # (b, L) under the reference; None when beta == 0
+    advantages: torch.Tensor | None = None  # (b,)
+    keep: torch.Tensor | None = None  # (b,) bool, False for filtered zero-std groups
+
+
+def step_prompts(order: list[int], step: int, prompts_per_step: int) -> list[int]:
+    """Dataset indices of the prompts of one step, walking through epochs of `order`."""
+    n = len(order)
+    start = step * prompts_per_step
+    return [order[(start + i) % n] for i in range(prompts_per_step)]
+
+
+def train(cfg) -> dict[str, Any]:
+    """Run GRPO as configured; returns a summary (first and last mean reward, steps, run folder)."""
+    run_dir = Path(cfg.run.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.run.mixed_precision,
+        log_with=cfg.run.report_to or None,
+        project_dir=str(run_dir),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    grpo, optim = cfg.grpo, cfg.optim
+    samples_per_step = grpo.prompts_per_step * grpo.group_size
+    if samples_per_step % world:
+        raise ValueError(
+            f"prompts_per_step * group_size = {samples_per_step} must be divisible by the "
+            f"{world} processes so that every process holds the same number of completions"
+        )
+    n_local = samples_per_step // world
+    set_seed(cfg.run.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    # data is validated whole before any model is loaded
+    with accelerator.main_process_first():
+        dataset: list[VLMSample] = load_vlm_dataset(cfg)
+        adapter, policy, ref_model = load_vlm_policy(cfg, accelerator)
+    reward_fn = WeightedReward(grpo.rewards)
+    optimizer, scheduler = build_optimizer(policy, optim, cfg.run.max_steps * grpo.num_iterations)
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(policy)
+
+    start_step = 0
+    if cfg.run.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(
+            ckpt, model=unwrapped, optimizer=optimizer, scheduler=scheduler, process_index=rank
+        )
+        start_step = state["step"]
+        logger.info("resumed from %s at step %d", ckpt, start_step)
+    if accelerator.is_main_process and cfg.run.report_to:
+        accelerator.init_trackers("vrl-vlm", config={"seed": cfg.run.seed})
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    order = sample_order(len(dataset), cfg.run.seed)
+    # log-probs are scored under the distribution the completions were sampled from
+    scoring = {"temperature": grpo.temperature} if grpo.temperature > 0 else {}
+    history: list[float] = []
+
+    bar = tqdm(
+        range(start_step, cfg.run.max_steps),
+        initial=start_step,
+        total=cfg.run.max_steps,
+        desc="GRPO",
+        disable=not accelerator.is_local_main_process,
+    )
+    for step in bar:
+        t0 = time.perf_counter()
+        #### ROLLOUT ####
+        # Every process sees the same global list of P*G samples and takes its own slice, so a
+        # group of G completions of one prompt may span processes.
+        prompt_ids = step_prompts(order, step, grpo.prompts_per_step)
+        global_items = [i for i in prompt_ids for _ in range(grpo.group_size)]
+        local_items = global_items[rank * n_local : (rank + 1) * n_local]
+        # sampling noise depends only on (seed, step, rank): a resumed run draws the same completions
+        torch.manual_seed(cfg.run.seed * 1_000_003 + step * 1009 + rank)
+        policy.eval()
+        chunks: list[RolloutChunk] = []
+        texts: list[str] = []
+        parsed, reward_samples = [], []
+        for lo in range(0, n_local, optim.micro_batch_size):
+            samples = [dataset[i] for i in local_items[lo : lo + optim.micro_batch_size]]
+            images = [[load_image(p) for p in s.images] for s in samples]
+            messages = [build_messages(s, cfg.data.template) for s in samples]
+            batch = adapter.prepare_inputs(messages, images).to(accelerator.device)
+            out = adapter.generate(
+                unwrapped,
+                batch,
+                max_new_tokens=grpo.max_completion_length,
+                temperature=grpo.temperature,
+                top_p=grpo.top_p,
+                top_k=grpo.top_k,
+                do_sample=grpo.temperature > 0,
+            )
+            with torch.no_grad():
+                old_logp = None
+                if grpo.num_iterations > 1:  # later passes need the rollout policy's log-probs
+                    old_logp = adapter.token_logprobs(
+                        unwrapped, batch, out.ids, out.mask, **scoring
+                    )
+                ref_logp = None
+                if grpo.beta != 0.0:
+                    ref_logp = reference_logprobs(
+                        adapter, unwrapped, ref_model, batch, out, scoring
+                    )
+            chunks.append(RolloutChunk(batch, out.ids, out.mask, old_logp, ref_logp))
+            texts.extend(out.texts)
+            for s, text, inp, orig in zip(
+                samples, out.texts, batch.input_sizes, batch.original_sizes, strict=True
+            ):
+                to_orig = box_transform(adapter, orig, inp)
+                parsed.append(parse_completion(text, to_orig))
+                reward_samples.append(
+                    {"solution": s.solution, "accu_reward_method": s.accu_reward_method, **s.extra}
+                )
+
+        #### REWARD ####
+        result = reward_fn(parsed, reward_samples)
+        names = list(result.components)
+        local_table = torch.stack([result.total, *(result.components[n] for n in names)], dim=1)
+        table = accelerator.gather(local_table.to(accelerator.device)).cpu()  # (P*G, 1 + K)
+        rewards = table[:, 0]
+
+        #### ADVANTAGE ####
+        adv = core.group_advantages(rewards, grpo.group_size, grpo.advantage_scale)
+        keep = (
+            adv.keep_mask(grpo.group_size)
+            if grpo.filter_zero_std
+            else torch.ones_like(rewards, dtype=torch.bool)
+        )
+        local_adv = adv.advantages[rank * n_local : (rank + 1) * n_local]
+        local_keep = keep[rank * n_local : (rank + 1) * n_local]
+        lo = 0
+        for chunk in chunks:
+            b = chunk.completion_ids.shape[0]
+            chunk.advantages = local_adv[lo : lo + b].to(accelerator.device)
+            chunk.keep = local_keep[lo : lo + b].to(accelerator.device)
+            lo += b
+
+        #### TRAINING ####
+        policy.train()
+        num_seqs = int(local_keep.sum())
+        num_tokens = float(sum((c.completion_mask * c.keep[:, None]).sum() for c in chunks))
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("loss", "kl", "clip_fraction", "approx_kl", "ratio")
+        }
+        grad_norm = torch.tensor(0.0)
+        for _ in range(grpo.num_iterations):
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(policy)
+                with sync:
+                    logp = adapter.token_logprobs(
+                        policy, chunk.batch, chunk.completion_ids, chunk.completion_mask, **scoring
+                    )
+                    old = chunk.old_logp if chunk.old_logp is not None else logp.detach()
+                    out = core.policy_loss(
+                        logp,
+                        old,
+                        chunk.advantages,
+                        chunk.completion_mask * chunk.keep[:, None],
+                        eps_low=grpo.eps_low,
+                        eps_high=grpo.eps_high,
+                        aggregation=grpo.loss_aggregation,
+                        ratio_level=grpo.ratio_level,
+                        ref_logp=chunk.ref_logp,
+                        beta=grpo.beta,
+                        max_length=grpo.max_completion_length,
+                        num_sequences=max(num_seqs, 1),
+                        num_tokens=max(num_tokens, 1.0),
+                    )
+                    accelerator.backward(out.loss)
+                stats["loss"].append(out.loss.item())
+                stats["kl"].append(out.kl.item())
+                stats["clip_fraction"].append(out.clip_fraction.item())
+                stats["approx_kl"].append(out.approx_kl.item())
+                stats["ratio"].append(out.ratio_mean.item())
+            if optim.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        #### LOGGING, CHECKPOINTS ####
+        mean_reward = rewards.mean().item()
+        history.append(mean_reward)
+        lengths = torch.cat([c.completion_mask.sum(1).float().cpu() for c in chunks])
+        record = {
+            "step": step + 1,
+            "reward": mean_reward,
+            "reward_std": rewards.std().item(),
+            **{f"rewards/{n}": _nanmean(table[:, j + 1]) for j, n in enumerate(names)},
+            **{f"rewards/{n}_std": _nanstd(table[:, j + 1]) for j, n in enumerate(names)},
+            "zero_std_fraction": adv.zero_std_fraction,
+            "loss": sum(stats["loss"]) / grpo.num_iterations,
+            "kl": _mean(stats["kl"]),
+            "clip_fraction": _mean(stats["clip_fraction"]),
+            "approx_kl": _mean(stats["approx_kl"]),
+            "ratio_mean": _mean(stats["ratio"]),
+            "completion_length": lengths.mean().item(),
+            "grad_norm": float(grad_norm),
+            "lr": scheduler.get_last_lr()[0],
+            "reward_errors": result.num_errors,
+            "seconds": time.perf_counter() - t0,
+        }
+        if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.max_steps:
+            metrics.write(record)
+            if cfg.run.report_to:
+                accelerator.log(record, step=step + 1)
+            if accelerator.is_main_process and step == start_step:
+                (run_dir / "samples.jsonl").write_text(
+                    "".join(
+                        json.dumps({"step": step + 1, "completion": t}) + "\n" for t in texts[:8]
+                    )
+                )
+        bar.set_postfix(reward=f"{mean_reward:.3f}", kl=f"{record['kl']:.4f}")
+        done = step + 1
+        if (cfg.run.save_every and done % cfg.run.save_every == 0) or done == cfg.run.max_steps:
+            save_checkpoint(
+                run_dir,
+                done,
+                model=unwrapped,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={"seed": cfg.run.seed},
+                accelerator=accelerator,
+                keep_last=cfg.run.keep_checkpoints,
+            )
+
+    if cfg.run.save_final and accelerator.is_main_process:
+        final = run_dir / "final"
+        unwrapped.save_pretrained(final)
+        adapter.processor.save_pretrained(final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {
+        "run_dir": str(run_dir),
+        "steps": cfg.run.max_steps,
+        "first_reward": history[0] if history else math.nan,
+        "last_reward": history[-1] if history else math.nan,
+        "rewards": history,
+    }
+
+
+def reference_logprobs(adapter, unwrapped, ref_model, batch, out, scoring) -> torch.Tensor:
+    """Reference log-probs: the adapter-disabled policy under LoRA, else the frozen copy."""
+    if ref_model is not None:
+        return adapter.token_logprobs(ref_model, batch, out.ids, out.mask, **scoring)
+    with unwrapped.disable_adapter():
+        return adapter.token_logprobs(unwrapped, batch, out.ids, out.mask, **scoring)
+
+
+def box_transform(adapter, original_size, input_size):
+    """The model-to-original-pixels box map of one prompt (its first image)."""
+    if original_size is None or input_size is None:
+        return None
+    return lambda box: adapter.box_to_original(box, original_size, input_size)
+
+
+def make_reference(policy: torch.nn.Module, beta: float, lora: bool) -> torch.nn.Module | None:
+    """A frozen reference copy, only when there is a KL term and no adapter to switch off."""
+    if beta == 0.0 or lora:
+        return None
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _nanmean(t: torch.Tensor) -> float:
+    return t.nanmean().item() if (~t.isnan()).any() else math.nan
+
+
+def _nanstd(t: torch.Tensor) -> float:
+    v = t[~t.isnan()]
+    return v.std().item() if v.numel() > 1 else math.nan
