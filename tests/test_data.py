@@ -441,3 +441,14 @@ def test_detection_has_empty_and_full_images_with_correct_boxes(tmp_path):
             assert 0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height
             assert image.getpixel(((x1 + x2) // 2, (y1 + y2) // 2)) == PALETTE[colour]
     assert counts == {0: 6, 1: 6, 2: 6, 3: 6}
+
+
+def test_colour_yes_no_with_a_fixed_question_answers_from_the_image(tmp_path):
+    from vrl.data.synthetic import write_colour_yes_no
+
+    samples = load_vlm_r1_jsonl(write_colour_yes_no(tmp_path, n=40, seed=3, asked="red"))
+    assert {s.question for s in samples} == {"Is the image red?"}
+    for s in samples:
+        r, g, b = load_image(s.images[0]).convert("RGB").resize((1, 1)).getpixel((0, 0))
+        assert s.solution == ("yes" if r > b else "no")
+    assert 10 < sum(s.solution == "yes" for s in samples) < 30

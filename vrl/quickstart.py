@@ -21,7 +21,7 @@ from vrl.config import build_config, save_config
 # enough that a random policy hits "yes"/"no" by chance and the group advantage can amplify it.
 VLM_RECIPE: dict[str, Any] = {
     "model": {"path": "tiny-random:qwen2_5_vl", "lora": {"enabled": False}},
-    "data": {"train_files": "synthetic:colour_yes_no", "synthetic_size": 256, "template": "plain"},
+    "data": {"train_files": "synthetic:is_it_red", "synthetic_size": 256, "template": "plain"},
     "grpo": {
         "group_size": 8,
         "prompts_per_step": 4,

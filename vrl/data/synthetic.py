@@ -119,16 +119,22 @@ def write_colour_yes_no(
     seed: int = 0,
     size: int = 56,
     colours: Sequence[str] = ("red", "blue"),
+    asked: str | None = None,
 ) -> Path:
     """Write ``n`` "Is the image <colour>?" samples; returns the JSONL path.
 
     Answers are balanced (n // 2 "yes", the rest "no") and the shown colours cycle evenly through
     ``colours``, both shuffled independently, so neither the question nor the image alone
     predicts the answer: the model has to look at both.
+
+    With ``asked`` set, every question asks about that colour, so the image alone decides the
+    answer: the easier task that a random model can learn by RL alone in ~100 steps.
     """
     _check_args(n, size, min_size=8)
     if len(set(colours)) < 2:
         raise ValueError(f"need at least two distinct colours to ask about, got {list(colours)}")
+    if asked is not None and asked not in colours:
+        raise ValueError(f"asked colour {asked!r} is not one of the colours {list(colours)}")
     rgb = {name: colour_rgb(name) for name in colours}
     out = _prepare(out_dir)
     rng = random.Random(seed)
@@ -138,11 +144,15 @@ def write_colour_yes_no(
     rng.shuffle(shown)
 
     records = []
+    if asked is not None:  # the answer follows from the shown colour
+        answers = ["yes" if colour == asked else "no" for colour in shown]
     for i, (answer, colour) in enumerate(zip(answers, shown, strict=True)):
-        asked = colour if answer == "yes" else rng.choice([c for c in colours if c != colour])
+        question_colour = asked or (
+            colour if answer == "yes" else rng.choice([c for c in colours if c != colour])
+        )
         image_name = f"{IMAGES_SUBDIR}/colour_{i:05d}.png"
         _colour_image(rng, rgb[colour], size).save(out / image_name, format="PNG")
-        question = f"Is the image {asked}?"
+        question = f"Is the image {question_colour}?"
         records.append(
             _record(f"colour-{i:05d}", image_name, question, answer, accu_reward_method="yes_no")
         )

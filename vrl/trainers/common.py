@@ -70,10 +70,13 @@ def load_vlm_dataset(cfg) -> list:
 
 
 def write_synthetic(name: str, out_dir: Path, n: int, seed: int) -> tuple[str, str]:
+    from functools import partial
+
     from vrl.data import synthetic
 
     writers = {
         "colour_yes_no": synthetic.write_colour_yes_no,
+        "is_it_red": partial(synthetic.write_colour_yes_no, asked="red"),
         "rec_boxes": synthetic.write_rec_boxes,
         "detection": synthetic.write_detection,
     }
