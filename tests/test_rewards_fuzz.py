@@ -12,6 +12,7 @@ import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vrl.rewards import (
     ACCURACY_METHODS,
     WeightedReward,

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+
 from vrl.rewards import (
     ACCURACY_METHODS,
     average_precision,

@@ -28,7 +28,7 @@ def _train_vlm(args: argparse.Namespace) -> int:
     from vrl.trainers.vlm_grpo import train
 
     summary = train(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("rewards", "model")}, indent=2))
     return 0
 
 

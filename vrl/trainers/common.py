@@ -19,6 +19,45 @@ TINY_PREFIX = "tiny-random:"
 SYNTHETIC_PREFIX = "synthetic:"
 
 
+def has_accelerator_device() -> bool:
+    from accelerate.utils import (
+        is_mlu_available,
+        is_mps_available,
+        is_npu_available,
+        is_xpu_available,
+    )
+
+    return (
+        torch.cuda.is_available()
+        or is_xpu_available()
+        or is_npu_available()
+        or is_mlu_available()
+        or is_mps_available()
+    )
+
+
+def make_accelerator(run) -> Any:
+    """An Accelerator for the run settings; on a machine without an accelerator device it is told
+    so (cpu=True), which is what makes `torchrun` processes join one gloo group (MULTI_CPU) instead
+    of each silently training alone."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(
+        cpu=run.device == "cpu" or not has_accelerator_device(),
+        mixed_precision=run.mixed_precision,
+        log_with=run.report_to or None,
+        project_dir=run.output_dir,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={launched} but accelerate formed a group of "
+            f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}); refusing to "
+            "train copies that would not share gradients. Check the launcher and run.device."
+        )
+    return accelerator
+
+
 def cache_root() -> Path:
     """Where vrl keeps things it builds once (tiny models): $VRL_CACHE or ~/.cache/vrl."""
     return Path(os.environ.get("VRL_CACHE", Path.home() / ".cache" / "vrl"))

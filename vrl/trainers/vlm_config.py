@@ -142,6 +142,9 @@ class RunSettings:
         default_factory=list, help="accelerate trackers, e.g. [tensorboard]"
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = field("no", help="accelerate mixed precision")
+    device: Literal["auto", "cpu"] = field(
+        "auto", help="auto = the accelerator if there is one, else the CPU (gloo across processes)"
+    )
     save_final: bool = field(True, help="write the final adapter or model to output_dir/final")
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -41,6 +40,7 @@ from vrl.trainers.common import (
     build_optimizer,
     load_vlm_dataset,
     load_vlm_policy,
+    make_accelerator,
     sample_order,
 )
 
@@ -68,13 +68,13 @@ def step_prompts(order: list[int], step: int, prompts_per_step: int) -> list[int
 
 
 def train(cfg) -> dict[str, Any]:
-    """Run GRPO as configured; returns a summary (first and last mean reward, steps, run folder)."""
+    """Run GRPO as configured.
+
+    Returns a summary: run folder, steps, per-step mean rewards, and the trained (unwrapped) model
+    under "model" for programmatic use.
+    """
     run_dir = Path(cfg.run.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=cfg.run.mixed_precision,
-        log_with=cfg.run.report_to or None,
-        project_dir=str(run_dir),
-    )
+    accelerator = make_accelerator(cfg.run)
     world, rank = accelerator.num_processes, accelerator.process_index
     grpo, optim = cfg.grpo, cfg.optim
     samples_per_step = grpo.prompts_per_step * grpo.group_size
@@ -295,6 +295,7 @@ def train(cfg) -> dict[str, Any]:
         "first_reward": history[0] if history else math.nan,
         "last_reward": history[-1] if history else math.nan,
         "rewards": history,
+        "model": unwrapped,
     }
 
 

@@ -1,0 +1,537 @@
+"""Seconds per GRPO step and peak memory: vrl's trainer next to trl's GRPOTrainer.
+
+    python benchmarks/grpo_step.py                 # vrl, and trl when installed (the `peers` extra)
+    python benchmarks/grpo_step.py --skip-trl --steps 3 --json bench.json
+
+One fixed, tiny setup, the same on both sides: a tiny random Qwen2.5-VL built offline, the
+synthetic "is the image red?" data set, 4 prompts x 8 completions per step, every completion
+exactly 24 new tokens, full fine-tuning of the language model with the vision tower frozen, AdamW
+at lr 1e-5, one CPU thread. A few warm-up steps are run and dropped, then N steps are timed.
+
+How the two sides are made comparable (beyond the shared constants below):
+- Completion length is forced the same way on both sides: `min_new_tokens = max_new_tokens = 24`
+  in the `GenerationConfig` (EOS is masked until the 24th token). vrl's adapter pins
+  `min_new_tokens=0`, so the vrl worker patches `VLMAdapter.generation_config`; trl gets it through
+  `generation_kwargs`. The same placeholder tokens (image pad, video pad, vision start) are
+  suppressed while sampling on both sides.
+- One generation batch of 32 sequences and one forward/backward of 32 per step on both sides:
+  vrl `optim.micro_batch_size=32`; trl `per_device_train_batch_size=32`, gradient accumulation 1.
+- Gradient checkpointing off (trl turns it on by default), no mixed precision, float32 weights,
+  no logging/reporting/checkpointing inside the timed steps, the same loss normaliser ("grpo"),
+  AdamW betas (0.9, 0.99), constant LR, grad clipping 1.0.
+- Each trainer runs in its own fresh subprocess, so peak RSS (`ru_maxrss`) is that trainer's alone
+  (imports included: `import_rss_mib` in the JSON says how much of it is just the libraries).
+- vrl's time is the `seconds` its trainer writes per step (rollout + reward + training). trl's time
+  is from `on_step_begin` to `on_step_end` of a `TrainerCallback`; that leaves out the dataloader
+  fetch before `on_step_begin`, so the JSON also has trl's end-to-end interval between steps.
+- Wall time is the headline. The process CPU time per step is printed next to it: with one thread
+  it barely moves when other jobs share the cores, so it is the figure to trust on a busy machine.
+
+Nothing is downloaded: the model, tokenizer and data are built locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+#### THE FIXED SETUP ####
+FAMILY = "qwen2_5_vl"
+PROMPTS_PER_STEP = 4
+GROUP_SIZE = 8  # completions per prompt (G)
+NEW_TOKENS = 24  # every completion is exactly this long
+BETAS = (0.0, 0.04)  # KL weight; 0 = no reference model
+NUM_ITERATIONS = 1
+LEARNING_RATE = 1e-5
+TEMPERATURE = 1.0
+THREADS = 1
+WARMUP_STEPS = 2
+TIMED_STEPS = 10
+DATA_SIZE = 64
+DATA_SEED = 0
+ASKED_COLOUR = "red"
+TEMPLATE = "plain"
+REWARD = "accuracy"
+SEED = 0
+
+TRAINERS = ("vrl", "trl")
+MIB = 1024 * 1024
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=TIMED_STEPS, help="timed steps per trainer")
+    p.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="untimed steps run first")
+    p.add_argument("--threads", type=int, default=THREADS, help="torch intra-op CPU threads")
+    p.add_argument("--prompts", type=int, default=PROMPTS_PER_STEP, help="prompts per step")
+    p.add_argument("--group-size", type=int, default=GROUP_SIZE, help="completions per prompt")
+    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="tokens per completion")
+    p.add_argument(
+        "--betas", type=float, nargs="+", default=list(BETAS), help="KL weights to measure"
+    )
+    p.add_argument("--lr", type=float, default=LEARNING_RATE, help="AdamW learning rate")
+    p.add_argument("--skip-trl", action="store_true", help="measure vrl only")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--cache-root",
+        type=Path,
+        default=None,
+        help="where the tiny model is built once (default: vrl's cache, $VRL_CACHE/tiny)",
+    )
+    p.add_argument(
+        "--work-dir", type=Path, default=None, help="data and run folders (default: a temp dir)"
+    )
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # JSON spec of one run
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("need --steps >= 1 and --warmup >= 0")
+    return args
+
+
+# ---------------------------------------------------------------------------------- workers
+
+
+def run_vrl(spec: dict[str, Any]) -> dict[str, Any]:
+    """Drive the real vrl trainer; its metrics.jsonl has the wall time of every step."""
+    from vrl.config import build_config
+    from vrl.models.vlm import VLMAdapter
+    from vrl.trainers.common import MetricsWriter, read_metrics
+    from vrl.trainers.vlm_config import VLMTrainConfig
+    from vrl.trainers.vlm_grpo import train
+
+    # The adapter pins min_new_tokens=0; force every completion to the full length, as on trl.
+    original = VLMAdapter.generation_config
+
+    def fixed_length_generation_config(self, *, max_new_tokens: int, **kwargs):
+        config = original(self, max_new_tokens=max_new_tokens, **kwargs)
+        config.min_new_tokens = max_new_tokens
+        return config
+
+    VLMAdapter.generation_config = fixed_length_generation_config
+
+    # The trainer writes one metrics record per step: the process CPU time between two writes is
+    # a step's CPU time, which other people's load on the machine barely changes (1 thread).
+    cpu_marks: list[float] = []
+    write = MetricsWriter.write
+
+    def write_and_mark(self, record):
+        cpu_marks.append(time.process_time())
+        write(self, record)
+
+    MetricsWriter.write = write_and_mark
+
+    steps = spec["warmup"] + spec["steps"]
+    batch = spec["prompts"] * spec["group_size"]
+    cfg = build_config(
+        VLMTrainConfig,
+        {
+            "model": {
+                "path": spec["model_path"],
+                "dtype": "float32",
+                "freeze_vision": True,
+                "gradient_checkpointing": False,
+                "lora": {"enabled": False},
+            },
+            "data": {"train_files": spec["jsonl"], "template": TEMPLATE},
+            "grpo": {
+                "group_size": spec["group_size"],
+                "prompts_per_step": spec["prompts"],
+                "num_iterations": NUM_ITERATIONS,
+                "beta": spec["beta"],
+                "loss_aggregation": "grpo",
+                "max_completion_length": spec["new_tokens"],
+                "temperature": TEMPERATURE,
+                "rewards": {REWARD: 1.0},
+            },
+            "optim": {"lr": spec["lr"], "micro_batch_size": batch, "max_grad_norm": 1.0},
+            "run": {
+                "output_dir": spec["run_dir"],
+                "max_steps": steps,
+                "seed": SEED,
+                "save_every": 0,  # the one checkpoint comes after the last timed step
+                "save_final": False,
+            },
+        },
+        origin="benchmark",
+    )
+    summary = train(cfg)
+    records = read_metrics(Path(spec["run_dir"]) / "metrics.jsonl")
+    if len(records) != steps:
+        raise RuntimeError(f"expected {steps} metric records, found {len(records)}")
+    warm = spec["warmup"]
+    timed = records[warm:]
+    model = summary.get("model")  # the trained model, for the parameter counts
+    return {
+        "seconds": [r["seconds"] for r in timed],
+        "cpu_seconds": [b - a for a, b in pairwise(cpu_marks[max(warm - 1, 0) :])],
+        "completion_length": statistics.fmean(r["completion_length"] for r in timed),
+        "params": sum(p.numel() for p in model.parameters()) if model is not None else None,
+        "trainable_params": (
+            sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if model is not None
+            else None
+        ),
+    }
+
+
+def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    """trl's GRPOTrainer on the same model folder, samples, shapes and reward."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import (
+        AutoProcessor,
+        Qwen2_5_VLForConditionalGeneration,
+        TrainerCallback,
+    )
+
+    from vrl.data.prompts import build_messages
+    from vrl.data.vlm_r1 import load_image, load_vlm_r1_jsonl
+    from vrl.rewards import accuracy_score, parse_completion
+
+    cuda = torch.cuda.is_available()
+    samples = load_vlm_r1_jsonl(spec["jsonl"])
+    # The prompts are vrl's own chat messages ({"type": "image"} + text); trl fills the image slot
+    # from the "image" column.
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": build_messages(s, TEMPLATE),
+                "image": load_image(s.images[0]),
+                "solution": s.solution,
+                "accu_reward_method": s.accu_reward_method,
+            }
+            for s in samples
+        ]
+    )
+
+    lengths: list[float] = []  # mean completion length per step, to check the forcing
+
+    def accuracy(completions, completion_ids, solution, accu_reward_method, **_) -> list[float]:
+        """vrl's accuracy reward, per completion (conversational completions: one assistant turn)."""
+        lengths.append(statistics.fmean(len(ids) for ids in completion_ids))
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return [
+            accuracy_score(parse_completion(t), {"solution": s, "accu_reward_method": m})
+            for t, s, m in zip(texts, solution, accu_reward_method, strict=True)
+        ]
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        spec["model_path"], dtype=torch.float32
+    )
+    model.model.visual.requires_grad_(False)
+    processor = AutoProcessor.from_pretrained(spec["model_path"])
+    processor.tokenizer.padding_side = "left"  # not restored by from_pretrained
+    # vrl's suppressed set (trl alone would suppress only the image pad).
+    placeholders = ("image_token_id", "video_token_id", "vision_start_token_id")
+    suppressed = sorted({getattr(model.config, k) for k in placeholders})
+
+    steps = spec["warmup"] + spec["steps"]
+    batch = spec["prompts"] * spec["group_size"]
+    args = trl.GRPOConfig(
+        output_dir=spec["run_dir"],
+        per_device_train_batch_size=batch,  # generation batch = this x 1 process x 1 accumulation
+        gradient_accumulation_steps=1,
+        num_generations=spec["group_size"],
+        max_completion_length=spec["new_tokens"],
+        generation_kwargs={"min_new_tokens": spec["new_tokens"], "suppress_tokens": suppressed},
+        temperature=TEMPERATURE,
+        top_p=1.0,
+        top_k=0,
+        beta=spec["beta"],
+        num_iterations=NUM_ITERATIONS,
+        epsilon=0.2,
+        loss_type="grpo",
+        scale_rewards="group",
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        max_steps=steps,
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=not cuda,
+        use_vllm=False,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        seed=SEED,
+    )
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin = self.cpu_begin = 0.0
+            self.seconds: list[float] = []  # on_step_begin -> on_step_end, wall
+            self.cpu_seconds: list[float] = []  # the same, process CPU time
+            self.ends: list[float] = []
+
+        def _now(self) -> float:
+            if cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = self._now()
+            self.cpu_begin = time.process_time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = self._now()
+            self.cpu_seconds.append(time.process_time() - self.cpu_begin)
+            self.seconds.append(now - self.begin)
+            self.ends.append(now)
+
+    timer = StepTimer()
+    trainer = trl.GRPOTrainer(
+        model=model,
+        reward_funcs=[accuracy],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[timer],
+    )
+    if trainer.args.gradient_checkpointing:
+        raise RuntimeError("gradient checkpointing is on: the comparison would be unfair")
+    trainer.train()
+    if len(timer.seconds) != steps:
+        raise RuntimeError(f"expected {steps} timed trl steps, got {len(timer.seconds)}")
+    warm = spec["warmup"]
+    return {
+        "seconds": timer.seconds[warm:],
+        "cpu_seconds": timer.cpu_seconds[warm:],
+        # step i's end minus step i-1's end: everything, dataloader and callbacks included
+        "seconds_end_to_end": [b - a for a, b in pairwise(timer.ends[max(warm - 1, 0) :])],
+        "completion_length": statistics.fmean(lengths[warm:]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "version": trl.__version__,
+    }
+
+
+def worker_main(spec: dict[str, Any]) -> None:
+    """Entry point of one subprocess: one trainer at one beta; writes its figures as JSON."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import_rss = _current_rss_mib()
+    import logging
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("vrl").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    run = {"vrl": run_vrl, "trl": run_trl}[spec["trainer"]]
+    result = run(spec)
+    result["threads"] = torch.get_num_threads()
+    result["import_rss_mib"] = import_rss
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if torch.cuda.is_available():
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / MIB
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+def _current_rss_mib() -> float:
+    """Resident set size now (Linux /proc); NaN elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return math.nan
+    return pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def run_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one trainer in a fresh interpreter, so that its peak memory is its own."""
+    env = dict(os.environ)
+    # nothing may be downloaded; an accidental hub call must fail fast
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(spec["threads"]),
+        MKL_NUM_THREADS=str(spec["threads"]),
+    )
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        raise RuntimeError(f"{spec['trainer']} worker (beta={spec['beta']}) failed:\n{tail}")
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def trl_version() -> str | None:
+    """The installed trl's version, or None; checked without importing trl."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trl")
+    except PackageNotFoundError:
+        return None
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    seconds = result["seconds"]
+    return {
+        **result,
+        "median_s": statistics.median(seconds),
+        "mean_s": statistics.fmean(seconds),
+        "median_cpu_s": statistics.median(result["cpu_seconds"]) if result["cpu_seconds"] else None,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    s = report["setup"]
+    size = (
+        f"{s['params'] / 1e6:.1f}M params, {s['trainable_params'] / 1e6:.1f}M trained"
+        if s["params"] is not None
+        else "size unknown"
+    )
+    lines = [
+        f"GRPO step, tiny Qwen2.5-VL ({size}), {s['prompts']} prompts x "
+        f"{s['group_size']} completions x {s['new_tokens']} tokens, {s['threads']} thread"
+        f"{'s' if s['threads'] != 1 else ''}, {s['device']}; "
+        f"{s['warmup']} warm-up + {s['steps']} timed steps",
+    ]
+    memory = "peak CUDA MiB" if s["device"] == "cuda" else "peak RSS MiB"
+    for beta, rows in report["results"].items():
+        lines.append("")
+        lines.append(f"beta={beta}")
+        lines.append(
+            f"{'trainer':<12}{'median s/step':<15}{'mean s/step':<13}{memory:<14}median CPU s/step"
+        )
+        for name, r in rows.items():
+            mem = r.get("peak_cuda_mib", r["peak_rss_mib"])
+            label = f"trl {r['version']}" if name == "trl" else name
+            cpu = f"{r['median_cpu_s']:.3f}" if r.get("median_cpu_s") is not None else "-"
+            lines.append(f"{label:<12}{r['median_s']:<15.3f}{r['mean_s']:<13.3f}{mem:<14.0f}{cpu}")
+        if "trl" in rows:
+            ratio = rows["trl"]["median_s"] / rows["vrl"]["median_s"]
+            lines.append(f"ratio trl/vrl: {ratio:.2f} (goal >= 1: vrl no slower)")
+            cpu_vrl, cpu_trl = rows["vrl"].get("median_cpu_s"), rows["trl"].get("median_cpu_s")
+            if cpu_vrl and cpu_trl:
+                lines.append(f"ratio of CPU time, trl/vrl: {cpu_trl / cpu_vrl:.2f}")
+            between = rows["trl"].get("seconds_end_to_end")
+            if between:
+                lines.append(
+                    f"(trl between step ends, dataloader included: median "
+                    f"{statistics.median(between):.3f} s)"
+                )
+    if report["trl_skipped"]:
+        lines.append("")
+        lines.append(report["trl_skipped"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; prints the table and returns the figures (also written by --json)."""
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker_main(json.loads(args.worker))
+        return {}
+
+    import torch
+
+    from vrl.data.synthetic import write_colour_yes_no
+    from vrl.models.tiny import tiny_vlm_path
+    from vrl.trainers.common import cache_root
+
+    trainers = ["vrl"]
+    trl_skipped = ""
+    if args.skip_trl:
+        trl_skipped = "trl skipped (--skip-trl)"
+    elif trl_version() is None:
+        trl_skipped = "trl is not installed (pip install 'vrl[peers]'): vrl only"
+    else:
+        trainers.append("trl")
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="vrl-bench-grpo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # built here, once, so that neither worker pays (or times) the build
+    model_path = tiny_vlm_path(FAMILY, args.cache_root or cache_root() / "tiny")
+    jsonl = write_colour_yes_no(work / "data", n=DATA_SIZE, seed=DATA_SEED, asked=ASKED_COLOUR)
+
+    results: dict[str, dict[str, Any]] = {}
+    for beta in args.betas:
+        rows = {}
+        for name in trainers:
+            run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-beta{beta}-", dir=work))
+            spec = {
+                "trainer": name,
+                "beta": beta,
+                "model_path": str(model_path),
+                "jsonl": str(jsonl),
+                "run_dir": str(run_dir),
+                "result": str(run_dir / "result.json"),
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "prompts": args.prompts,
+                "group_size": args.group_size,
+                "new_tokens": args.new_tokens,
+                "lr": args.lr,
+            }
+            rows[name] = summarise(run_in_subprocess(spec))
+        results[str(beta)] = rows
+
+    counted = [r for rows in results.values() for r in rows.values() if r["params"] is not None]
+    first = counted[0] if counted else {"params": None, "trainable_params": None}
+    report = {
+        "setup": {
+            "family": FAMILY,
+            "params": first["params"],
+            "trainable_params": first["trainable_params"],
+            "prompts": args.prompts,
+            "group_size": args.group_size,
+            "new_tokens": args.new_tokens,
+            "threads": args.threads,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "lr": args.lr,
+            "num_iterations": NUM_ITERATIONS,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "results": results,
+        "trl_skipped": trl_skipped,
+    }
+    table = format_table(report)
+    report["table"] = table
+    print(table)
+    for beta, rows in results.items():
+        for name, r in rows.items():
+            if r["completion_length"] != args.new_tokens:
+                print(
+                    f"warning: {name} (beta={beta}) completions averaged "
+                    f"{r['completion_length']:.2f} tokens, not {args.new_tokens}"
+                )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
