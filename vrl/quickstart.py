@@ -56,7 +56,7 @@ def run_quickstart(out: Path, seed: int = 0, steps: int | None = None) -> dict[s
     template, max_new = cfg.data.template, cfg.grpo.max_completion_length
 
     held_out_file = write_colour_yes_no(
-        out / "data" / "held_out", n=HELD_OUT_SIZE, seed=seed + HELD_OUT_SEED_OFFSET
+        out / "data" / "held_out", n=HELD_OUT_SIZE, seed=seed + HELD_OUT_SEED_OFFSET, asked="red"
     )
     held_out = load_vlm_r1_jsonl(held_out_file)
 
@@ -122,7 +122,7 @@ Seed {result["seed"]}. Everything ran on the CPU, offline.
 ## VLM-R1 GRPO on generated colour questions
 
 A tiny random Qwen2.5-VL-architecture model (no pretraining, no SFT) is trained by GRPO alone with
-the `accuracy` rule reward (yes/no method) to answer "Is the image red/blue?".
+the `accuracy` rule reward (yes/no method) to answer "Is the image red?" about red or blue images.
 
 | | before | after |
 |---|---|---|
