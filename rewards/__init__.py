@@ -7,7 +7,7 @@ Importing this package registers every reward below, so ``get_reward("rec_iou")`
     result = WeightedReward(config.rewards)(completions, samples)  # .total, .components
 """
 
-from . import accuracy, detection, format, grounding  # noqa: F401  (registers the rewards)
+from . import accuracy, detection, format, grounding, image  # noqa: F401  (registers the rewards)
 from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
 from .detection import average_precision, mean_average_precision
 from .parsing import (

@@ -1,7 +1,10 @@
 """The reward registry and the weighted sum the trainer optimises.
 
-A reward is a plain callable over a batch, ``fn(completions, samples) -> list[float | None]``,
-where None means "not applicable to this sample" (a detection reward on a REC sample). Rewards
+A reward is a plain callable over a batch, ``fn(outputs, samples) -> list[float | None]``,
+where None means "not applicable to this sample" (a detection reward on a REC sample). For a
+vision-language model the outputs are parsed ``Completion`` objects; for a text-to-image model
+they are an image tensor (B, 3, H, W) in [0, 1]. ``samples`` are the dataset rows (the prompt and
+its metadata). Rewards
 are registered by name and looked up from the run's config, which also gives their weights: the
 reference VLM-R1 code read the weights but never applied them; ``WeightedReward`` does.
 
@@ -123,12 +126,11 @@ class WeightedReward:
     ) -> RewardResult:
         if len(completions) != len(samples):
             raise ValueError(f"{len(completions)} completions but {len(samples)} samples")
-        for completion in completions:
-            if not isinstance(completion, Completion):
-                raise TypeError(
-                    f"rewards take parsed Completion objects, got {type(completion).__name__}; "
-                    "use vrl.rewards.parse_completion(text, box_transform) first"
-                )
+        if not isinstance(completions, torch.Tensor) and any(isinstance(c, str) for c in completions):
+            raise TypeError(
+                "rewards take parsed Completion objects, not raw strings; "
+                "use vrl.rewards.parse_completion(text, box_transform) first"
+            )
         n = len(completions)
         total = torch.zeros(n, dtype=torch.float32)
         components: dict[str, torch.Tensor] = {}
@@ -167,9 +169,9 @@ def _score_one_by_one(
 ) -> tuple[list[float | None], int]:
     scores: list[float | None] = []
     failed: list[str] = []
-    for i, (completion, sample) in enumerate(zip(completions, samples, strict=True)):
-        try:
-            raw = fn([completion], [sample])
+    for i in range(len(samples)):
+        try:  # slicing keeps the batch type: a list of completions or an image tensor (1, 3, H, W)
+            raw = fn(completions[i : i + 1], samples[i : i + 1])
         except Exception as exc:  # noqa: BLE001
             failed.append(f"#{i} ({type(exc).__name__}: {exc})")
             scores.append(0.0)

@@ -351,3 +351,19 @@ def test_non_finite_scores_become_zero_and_count_as_errors(temporary_reward):
 def test_unregister_unknown_name_is_an_error():
     with pytest.raises(KeyError, match="valid names"):
         unregister_reward("_never_registered")
+
+
+def test_image_rewards_by_hand_and_through_weighted_reward():
+    import torch
+
+    from vrl.rewards import WeightedReward
+
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    cyan = 1.0 - red
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    images = torch.cat([red, cyan, grey])
+    result = WeightedReward({"redness": 2.0, "brightness": 1.0})(images, [{}] * 3)
+    assert result.components["redness"].tolist() == [1.0, -1.0, 0.0]
+    assert result.components["brightness"].tolist() == pytest.approx([1 / 3, 2 / 3, 0.5])
+    assert result.total.tolist() == pytest.approx([2 + 1 / 3, -2 + 2 / 3, 0.5])
