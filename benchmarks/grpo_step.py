@@ -25,7 +25,10 @@ How the two sides are made comparable (beyond the shared constants below):
   is from `on_step_begin` to `on_step_end` of a `TrainerCallback`; that leaves out the dataloader
   fetch before `on_step_begin`, so the JSON also has trl's end-to-end interval between steps.
 - Wall time is the headline. The process CPU time per step is printed next to it: with one thread
-  it barely moves when other jobs share the cores, so it is the figure to trust on a busy machine.
+  it moves much less than wall time when other jobs share the cores.
+- Left as each library does it: trl also computes token entropies in its loss forward (its fused
+  LM head), vrl log-softmaxes one row at a time; both run the frozen vision tower on all 32
+  (repeated) images in generation and again in the loss forward.
 
 Nothing is downloaded: the model, tokenizer and data are built locally.
 """
@@ -37,6 +40,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,7 +69,6 @@ TEMPLATE = "plain"
 REWARD = "accuracy"
 SEED = 0
 
-TRAINERS = ("vrl", "trl")
 MIB = 1024 * 1024
 
 
@@ -415,6 +418,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'s' if s['threads'] != 1 else ''}, {s['device']}; "
         f"{s['warmup']} warm-up + {s['steps']} timed steps",
     ]
+    if s.get("load_average_before"):
+        load = ", ".join(f"{x:.2f}" for x in s["load_average_before"])
+        lines.append(f"load average before the run (1, 5, 15 min): {load}")
     memory = "peak CUDA MiB" if s["device"] == "cuda" else "peak RSS MiB"
     for beta, rows in report["results"].items():
         lines.append("")
@@ -445,34 +451,10 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; prints the table and returns the figures (also written by --json)."""
-    args = parse_args(argv)
-    if args.worker is not None:
-        worker_main(json.loads(args.worker))
-        return {}
-
-    import torch
-
-    from vrl.data.synthetic import write_colour_yes_no
-    from vrl.models.tiny import tiny_vlm_path
-    from vrl.trainers.common import cache_root
-
-    trainers = ["vrl"]
-    trl_skipped = ""
-    if args.skip_trl:
-        trl_skipped = "trl skipped (--skip-trl)"
-    elif trl_version() is None:
-        trl_skipped = "trl is not installed (pip install 'vrl[peers]'): vrl only"
-    else:
-        trainers.append("trl")
-
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="vrl-bench-grpo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    # built here, once, so that neither worker pays (or times) the build
-    model_path = tiny_vlm_path(FAMILY, args.cache_root or cache_root() / "tiny")
-    jsonl = write_colour_yes_no(work / "data", n=DATA_SIZE, seed=DATA_SEED, asked=ASKED_COLOUR)
-
+def run_all(
+    args: argparse.Namespace, trainers: list[str], work: Path, model_path: Path, jsonl: Path
+) -> dict[str, dict[str, Any]]:
+    """Every trainer at every beta, each in its own subprocess; figures keyed by beta, trainer."""
     results: dict[str, dict[str, Any]] = {}
     for beta in args.betas:
         rows = {}
@@ -495,6 +477,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             rows[name] = summarise(run_in_subprocess(spec))
         results[str(beta)] = rows
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; prints the table and returns the figures (also written by --json)."""
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker_main(json.loads(args.worker))
+        return {}
+
+    import torch
+
+    from vrl.data.synthetic import write_colour_yes_no
+    from vrl.models.tiny import tiny_vlm_path
+    from vrl.trainers.common import cache_root
+
+    trainers = ["vrl"]
+    trl_skipped = ""
+    if args.skip_trl:
+        trl_skipped = "trl skipped (--skip-trl)"
+    elif trl_version() is None:
+        trl_skipped = "trl is not installed (pip install 'vrl[peers]'): vrl only"
+    else:
+        trainers.append("trl")
+
+    temporary = args.work_dir is None
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="vrl-bench-grpo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # built here, once, so that neither worker pays (or times) the build
+    model_path = tiny_vlm_path(FAMILY, args.cache_root or cache_root() / "tiny")
+    jsonl = write_colour_yes_no(work / "data", n=DATA_SIZE, seed=DATA_SEED, asked=ASKED_COLOUR)
+
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    try:
+        results = run_all(args, trainers, work, model_path, jsonl)
+    finally:
+        if temporary:  # the runs leave checkpoints behind
+            shutil.rmtree(work, ignore_errors=True)
 
     counted = [r for rows in results.values() for r in rows.values() if r["params"] is not None]
     first = counted[0] if counted else {"params": None, "trainable_params": None}
@@ -512,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "steps": args.steps,
             "lr": args.lr,
             "num_iterations": NUM_ITERATIONS,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "load_average_before": load_before,  # other jobs on the machine skew wall time
         },
         "results": results,
         "trl_skipped": trl_skipped,
