@@ -69,8 +69,12 @@ def save_checkpoint(
     state: dict[str, Any],
     accelerator: Any,
     keep_last: int = 2,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write `checkpoints/step-<step>` atomically; every rank must call it (for its RNG state)."""
+    """Write `checkpoints/step-<step>` atomically; every rank must call it (for its RNG state).
+
+    `extra` holds further named tensor dicts (e.g. EMA weights), each saved as <name>.safetensors.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp"
@@ -83,6 +87,10 @@ def save_checkpoint(
         save_file(trainable_state_dict(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        for name, tensors in (extra or {}).items():
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, tmp / f"extra-{name}.safetensors"
+            )
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -104,7 +112,8 @@ def load_checkpoint(
     scheduler: Any,
     process_index: int = 0,
 ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return the saved trainer state."""
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the saved trainer state,
+    with the `extra` tensor dicts under state["extra"]."""
     path = Path(path)
     weights = load_file(path / "trainable.safetensors")
     params = dict(model.named_parameters())
@@ -124,4 +133,9 @@ def load_checkpoint(
     rng_file = path / f"rng-{process_index}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((path / "state.json").read_text())
+    state = json.loads((path / "state.json").read_text())
+    state["extra"] = {
+        f.name.removeprefix("extra-").removesuffix(".safetensors"): load_file(f)
+        for f in path.glob("extra-*.safetensors")
+    }
+    return state

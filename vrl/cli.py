@@ -17,18 +17,23 @@ from pathlib import Path
 from vrl.config import ConfigError, config_help, load_config
 
 
-def _train_vlm(args: argparse.Namespace) -> int:
-    from vrl.trainers.vlm_config import VLMTrainConfig
-
+def _train(args: argparse.Namespace) -> int:
+    if args.trainer == "vlm":
+        from vrl.trainers.vlm_config import VLMTrainConfig as config_cls
+    else:
+        from vrl.trainers.diffusion_config import DiffusionTrainConfig as config_cls
     if args.help_config:
-        print("\n".join(config_help(VLMTrainConfig)))
+        print("\n".join(config_help(config_cls)))
         return 0
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
-    cfg = load_config(VLMTrainConfig, args.config, overrides)
-    from vrl.trainers.vlm_grpo import train
-
+    cfg = load_config(config_cls, args.config, overrides)
+    if args.trainer == "vlm":
+        from vrl.trainers.vlm_grpo import train
+    else:
+        from vrl.trainers.diffusion_grpo import train
     summary = train(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("rewards", "model")}, indent=2))
+    printable = {k: v for k, v in summary.items() if isinstance(v, str | int | float | dict)}
+    print(json.dumps(printable, indent=2))
     return 0
 
 
@@ -77,12 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run an RL trainer from a YAML recipe")
     train_sub = train.add_subparsers(dest="trainer", required=True)
-    vlm = train_sub.add_parser("vlm", help="VLM-R1 GRPO for vision-language models")
-    vlm.add_argument("--config", help="YAML recipe (see configs/)")
-    vlm.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    vlm.add_argument("--help-config", action="store_true", help="list every setting and exit")
-    vlm.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5")
-    vlm.set_defaults(func=_train_vlm)
+    for name, text in (
+        ("vlm", "VLM-R1 GRPO for vision-language models"),
+        ("diffusion", "GRPO for flow-matching text-to-image models (SD3, FLUX)"),
+    ):
+        trainer = train_sub.add_parser(name, help=text)
+        trainer.add_argument("--config", help="YAML recipe (see configs/)")
+        trainer.add_argument(
+            "--resume", action="store_true", help="continue from the last checkpoint"
+        )
+        trainer.add_argument("--help-config", action="store_true", help="list every setting, exit")
+        trainer.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5")
+        trainer.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate a VLM with greedy decoding")
     ev.add_argument(

@@ -131,18 +131,31 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def config_help(cls: type, prefix: str = "") -> list[str]:
-    """One line per leaf field: `section.key (type, default): help`."""
+def config_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per leaf field: `section.key (type, default): help`.
+
+    Defaults are read from an instance, so a nested section built by a default factory (e.g. the
+    diffusion trainer's LoRA r=32) shows its own values, not its class's.
+    """
     lines: list[str] = []
     hints = typing.get_type_hints(cls)
+    if defaults is None:
+        try:
+            defaults = cls()
+        except (TypeError, ValueError):  # a required field, or validation of empty defaults
+            defaults = None
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         ftype = hints[f.name]
+        value = getattr(defaults, f.name, dataclasses.MISSING)
         if dataclasses.is_dataclass(ftype):
             lines.append(f"{name}: {f.metadata.get('help', '')}")
-            lines.extend(config_help(ftype, prefix=f"{name}."))
+            nested = value if value is not dataclasses.MISSING else None
+            lines.extend(config_help(ftype, prefix=f"{name}.", defaults=nested))
             continue
-        if f.default is not dataclasses.MISSING:
+        if value is not dataclasses.MISSING:
+            default = repr(value)
+        elif f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             default = repr(f.default_factory())

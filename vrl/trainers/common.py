@@ -3,6 +3,7 @@ metrics file. Kept here so that each trainer file reads as the algorithm alone."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -79,6 +80,15 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
 
     family = path[len(TINY_PREFIX) :]
     return str(tiny_vlm_path(family, cache_root() / "tiny"))
+
+
+def resolve_pipeline_path(path: str, seed: int = 0) -> str:
+    """A diffusers pipeline folder or hub id passes through; tiny-random:<sd3|flux> is built once."""
+    if not path.startswith(TINY_PREFIX):
+        return path
+    from vrl.models.tiny_diffusion import tiny_pipeline_path
+
+    return str(tiny_pipeline_path(path[len(TINY_PREFIX) :], cache_root() / "tiny", seed=seed))
 
 
 def sample_order(n: int, seed: int, epochs: int = 64) -> list[int]:
@@ -181,6 +191,56 @@ def build_optimizer(model: torch.nn.Module, optim, total_steps: int):
         num_training_steps=max(total_steps, 1),
     )
     return optimizer, scheduler
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters, for evaluation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {
+            n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad
+        }
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: t.cpu() for n, t in self.shadow.items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            self.shadow[name].copy_(value)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module):
+        """Run with the EMA weights in the model, then put the trained weights back."""
+        params = dict(model.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self.shadow}
+        with torch.no_grad():
+            for name, value in self.shadow.items():
+                params[name].copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
+
+
+def truncate_metrics(path: Path, step: int, is_main: bool) -> None:
+    """On resume, drop the records a killed run wrote after its last checkpoint."""
+    if not is_main or not Path(path).exists():
+        return
+    keep = [
+        line
+        for line in Path(path).read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    Path(path).write_text("".join(line + "\n" for line in keep))
 
 
 class MetricsWriter:

@@ -9,9 +9,7 @@ from vrl.config import config, field
 
 @config
 class LoraSettings:
-    enabled: bool = field(
-        True, help="train LoRA adapters on the language model (False: full fine-tuning)"
-    )
+    enabled: bool = field(True, help="train LoRA adapters (False: full fine-tuning)")
     r: int = field(64, help="LoRA rank")
     alpha: int = field(128, help="LoRA alpha (scale = alpha / r)")
     dropout: float = field(
@@ -19,7 +17,7 @@ class LoraSettings:
     )
     target_modules: str | None = field(
         None,
-        help="regex of module names to adapt; default: the adapter's language-model projections",
+        help="modules to adapt (VLM: a regex; diffusion: comma-separated names); None = the model adapter's default",
     )
 
     def __post_init__(self):

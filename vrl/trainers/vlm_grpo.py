@@ -42,6 +42,7 @@ from vrl.trainers.common import (
     load_vlm_policy,
     make_accelerator,
     sample_order,
+    truncate_metrics,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def train(cfg) -> dict[str, Any]:
             ckpt, model=unwrapped, optimizer=optimizer, scheduler=scheduler, process_index=rank
         )
         start_step = state["step"]
+        truncate_metrics(run_dir / "metrics.jsonl", start_step, accelerator.is_main_process)
         logger.info("resumed from %s at step %d", ckpt, start_step)
     if accelerator.is_main_process and cfg.run.report_to:
         accelerator.init_trackers("vrl-vlm", config={"seed": cfg.run.seed})

@@ -1,0 +1,111 @@
+"""The diffusion GRPO recipe (Flow-GRPO / HiCoGen): every setting of `vrl train diffusion`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from vrl.config import config, field
+from vrl.trainers.settings import LoraSettings, OptimSettings, RunSettings
+
+
+@config
+class DiffusionModelSettings:
+    path: str = field(
+        "tiny-random:sd3",
+        help="diffusers pipeline folder or hub id (SD3/SD3.5, FLUX.1); 'tiny-random:sd3' or "
+        "'tiny-random:flux' builds a tiny random pipeline of that architecture offline",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        "auto", help="weights dtype; auto = bfloat16 on a GPU that supports it, float32 on the CPU"
+    )
+    lora: LoraSettings = field(
+        default_factory=lambda: LoraSettings(enabled=True, r=32, alpha=64, dropout=0.0),
+        help="LoRA on the transformer's attention projections (published: r 32, alpha 64)",
+    )
+    gradient_checkpointing: bool = field(False, help="recompute transformer activations")
+
+
+@config
+class PromptSettings:
+    train: str = field(
+        "synthetic:shapes",
+        help="prompt file (.txt one per line, or .jsonl with 'prompt' + metadata)",
+    )
+    eval: str | None = field(None, help="evaluation prompt file (None = the first train prompts)")
+    num_eval: int = field(8, help="evaluation prompts (one image each, fixed noise)")
+    skip_bad_lines: bool = field(False, help="skip malformed lines (logged) instead of stopping")
+
+
+@config
+class SamplingSettings:
+    height: int = field(32, help="image height in pixels")
+    width: int = field(32, help="image width in pixels")
+    num_steps: int = field(10, help="denoising steps of training rollouts (fewer than evaluation)")
+    eval_num_steps: int = field(40, help="denoising steps at evaluation (deterministic ODE)")
+    guidance_scale: float = field(4.5, help="classifier-free guidance (FLUX.1-dev: embedded)")
+    step: Literal["sde", "cps"] = field("sde", help="stochastic step: Flow-GRPO SDE or CPS")
+    noise: dict[str, Any] = field(
+        default_factory=lambda: {"kind": "constant", "level": 0.7},
+        help="noise schedule: {kind: constant, level} | {kind: decaying, eta_max, eta_min} | "
+        "{kind: window, size, start, inner: {...}}",
+    )
+
+    def __post_init__(self):
+        from vrl.samplers import from_config
+
+        try:
+            from_config(self.noise)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"sampling.noise: {err}") from None
+        if self.num_steps < 2:
+            raise ValueError(f"sampling.num_steps must be >= 2, got {self.num_steps}")
+
+
+@config
+class DiffusionGRPOSettings:
+    group_size: int = field(16, help="images per prompt (G)")
+    prompts_per_step: int = field(2, help="distinct prompts per rollout, over all processes")
+    num_iterations: int = field(1, help="policy updates per rollout (>1 uses stored log-probs)")
+    beta: float = field(0.0, help="weight of the Gaussian-mean KL to the reference; 0 = none held")
+    eps: float = field(1e-4, help="clip range of the per-step ratio (published: 1e-4)")
+    adv_clip_max: float = field(5.0, help="advantages are clipped to +-this")
+    advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
+    timestep_fraction: float = field(
+        1.0, help="fraction of the stochastic steps trained per rollout (drawn at random)"
+    )
+    skip_last_step: bool = field(True, help="never train the last step (its Gaussian is too sharp)")
+    rewards: dict[str, float] = field(
+        default_factory=lambda: {"redness": 1.0}, help="reward name -> weight (vrl.rewards)"
+    )
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size must be >= 2, got {self.group_size}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError(
+                f"grpo.timestep_fraction must be in (0, 1], got {self.timestep_fraction}"
+            )
+        if not self.rewards:
+            raise ValueError("grpo.rewards is empty: name at least one reward")
+
+
+@config
+class EvalSettings:
+    every: int = field(0, help="evaluate every N steps (0 = only before and after training)")
+    ema: bool = field(True, help="evaluate with the EMA of the trainable weights")
+    ema_decay: float = field(0.9, help="EMA decay per optimizer step")
+
+
+@config
+class DiffusionTrainConfig:
+    model: DiffusionModelSettings = field(default_factory=DiffusionModelSettings, help="policy")
+    prompts: PromptSettings = field(default_factory=PromptSettings, help="prompts")
+    sampling: SamplingSettings = field(default_factory=SamplingSettings, help="rollout sampler")
+    grpo: DiffusionGRPOSettings = field(default_factory=DiffusionGRPOSettings, help="algorithm")
+    optim: OptimSettings = field(
+        default_factory=lambda: OptimSettings(lr=1e-4, micro_batch_size=8), help="optimizer"
+    )
+    eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation and EMA")
+    run: RunSettings = field(
+        default_factory=lambda: RunSettings(output_dir="runs/diffusion"), help="run folder"
+    )

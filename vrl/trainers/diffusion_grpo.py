@@ -1,0 +1,412 @@
+"""GRPO for flow-matching text-to-image models (Flow-GRPO, with HiCoGen's noise schedules).
+
+One step reads top to bottom:
+
+    #### ROLLOUT ####    P prompts x G images, sampled with a stochastic step (SDE or CPS) under a
+                         noise schedule; each trajectory stores its latents and per-step log-probs
+    #### REWARD ####     image rewards from the registry, gathered from every process
+    #### ADVANTAGE ####  group advantages from vrl.core, clipped to +-adv_clip_max
+    #### TRAINING ####   for each trained denoising step: re-score the stored transition under the
+                         current policy, clipped surrogate from vrl.core (+ Gaussian-mean KL),
+                         gradients accumulated over steps and micro-batches, one optimizer step
+
+Simplifications, stated: all images of a micro-batch share the timesteps; the same steps are
+trained for every sample of a rollout; steps whose noise level is 0 (ODE) carry no log-prob and are
+never trained; the last step is skipped by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from vrl import core
+from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vrl.config import save_config
+from vrl.data.t2i import load_prompts
+from vrl.rewards import WeightedReward
+from vrl.samplers import from_config, gaussian_kl_mean, sample, score_step
+from vrl.samplers.loop import Trajectory
+from vrl.trainers.common import (
+    EMA,
+    MetricsWriter,
+    build_optimizer,
+    make_accelerator,
+    resolve_dtype,
+    sample_order,
+    truncate_metrics,
+)
+from vrl.trainers.vlm_grpo import step_prompts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutChunk:
+    embeds: Any  # PromptEmbeds of the chunk's prompts
+    trajectory: Trajectory  # latents (b, T+1, ...), log_probs (b, T)
+    advantages: torch.Tensor | None = None  # (b,)
+
+
+def load_diffusion_policy(cfg, accelerator):
+    """Adapter with LoRA (or full fine-tuning) on the transformer, and the reference (or None)."""
+    from vrl.models.diffusion import FlowMatchingAdapter
+    from vrl.trainers.common import resolve_pipeline_path
+
+    m = cfg.model
+    adapter = FlowMatchingAdapter.from_pretrained(
+        resolve_pipeline_path(m.path),
+        dtype=resolve_dtype(m.dtype, accelerator.device),
+        device=accelerator.device,
+    )
+    adapter.pipeline.set_progress_bar_config(disable=True)
+    if m.gradient_checkpointing:
+        adapter.transformer.enable_gradient_checkpointing()
+    ref = None
+    if m.lora.enabled:
+        adapter.add_lora(m.lora.r, m.lora.alpha, target_modules=_targets(m.lora.target_modules))
+    else:
+        adapter.transformer.requires_grad_(True)
+        if cfg.grpo.beta != 0.0:
+            ref = copy.deepcopy(adapter.transformer).eval().requires_grad_(False)
+    return adapter, ref
+
+
+def _targets(spec: str | None):
+    return None if spec is None else [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def train(cfg) -> dict[str, Any]:
+    """Run diffusion GRPO as configured; returns a summary with the trained adapter."""
+    run_dir = Path(cfg.run.output_dir)
+    accelerator = make_accelerator(cfg.run)
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    grpo, optim, smp = cfg.grpo, cfg.optim, cfg.sampling
+    samples_per_step = grpo.prompts_per_step * grpo.group_size
+    if samples_per_step % world:
+        raise ValueError(
+            f"prompts_per_step * group_size = {samples_per_step} must be divisible by the "
+            f"{world} processes"
+        )
+    n_local = samples_per_step // world
+    set_seed(cfg.run.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    prompts = load_prompts(cfg.prompts.train, skip_bad_lines=cfg.prompts.skip_bad_lines)
+    eval_prompts = (load_prompts(cfg.prompts.eval) if cfg.prompts.eval else prompts)[
+        : cfg.prompts.num_eval
+    ]
+    reward_fn = WeightedReward(grpo.rewards)
+    schedule = from_config(smp.noise)
+    with accelerator.main_process_first():
+        adapter, ref_transformer = load_diffusion_policy(cfg, accelerator)
+    transformer = adapter.transformer
+    optimizer, scheduler = build_optimizer(
+        transformer, optim, cfg.run.max_steps * grpo.num_iterations
+    )
+    policy, optimizer, scheduler = accelerator.prepare(transformer, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(policy)
+    ema = EMA(unwrapped, cfg.eval.ema_decay) if cfg.eval.ema else None
+    sigmas = adapter.sigmas(smp.num_steps, smp.height, smp.width).to(device)
+
+    start_step = 0
+    if cfg.run.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(
+            ckpt, model=unwrapped, optimizer=optimizer, scheduler=scheduler, process_index=rank
+        )
+        start_step = state["step"]
+        if ema is not None and "ema" in state.get("extra", {}):
+            ema.load(state["extra"]["ema"])
+        truncate_metrics(run_dir / "metrics.jsonl", start_step, accelerator.is_main_process)
+        logger.info("resumed from %s at step %d", ckpt, start_step)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    order = sample_order(len(prompts), cfg.run.seed)
+    history: list[float] = []
+    evaluate = EvalRunner(cfg, adapter, eval_prompts, reward_fn, run_dir, accelerator)
+    eval_results = {}
+    if start_step == 0:
+        eval_results["before"] = evaluate(unwrapped, ema, step=0)
+
+    bar = tqdm(
+        range(start_step, cfg.run.max_steps),
+        initial=start_step,
+        total=cfg.run.max_steps,
+        desc="Diffusion GRPO",
+        disable=not accelerator.is_local_main_process,
+    )
+    for step in bar:
+        t0 = time.perf_counter()
+        #### ROLLOUT ####
+        prompt_ids = step_prompts(order, step, grpo.prompts_per_step)
+        global_items = [i for i in prompt_ids for _ in range(grpo.group_size)]
+        local_items = global_items[rank * n_local : (rank + 1) * n_local]
+        # noise depends only on (seed, step, rank); the window of noisy steps only on (seed, step),
+        # so every process trains the same steps and a resumed run replays the same rollout
+        step_gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
+        levels = schedule.levels(smp.num_steps, generator=step_gen).to(device)  # (T,)
+        noise_gen = torch.Generator(device).manual_seed(
+            cfg.run.seed * 1_000_003 + step * 1009 + rank
+        )
+        policy.eval()
+        chunks: list[RolloutChunk] = []
+        images, rows = [], []
+        for lo in range(0, n_local, optim.micro_batch_size):
+            batch_rows = [prompts[i] for i in local_items[lo : lo + optim.micro_batch_size]]
+            embeds = adapter.encode_prompts([r["prompt"] for r in batch_rows])
+            noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
+            with torch.no_grad():
+                trajectory = sample(
+                    adapter.velocity_fn(unwrapped, embeds, smp.guidance_scale),
+                    noise,
+                    sigmas,
+                    step=smp.step,
+                    schedule=levels,
+                    generator=noise_gen,
+                )
+                images.append(adapter.decode(trajectory.final, (smp.height, smp.width)))
+            chunks.append(RolloutChunk(embeds, trajectory))
+            rows.extend(batch_rows)
+
+        #### REWARD ####
+        result = reward_fn(torch.cat(images), rows)
+        names = list(result.components)
+        local_table = torch.stack([result.total, *(result.components[n] for n in names)], dim=1)
+        table = accelerator.gather(local_table.to(device)).cpu()  # (P*G, 1 + K)
+        rewards = table[:, 0]
+
+        #### ADVANTAGE ####
+        adv = core.group_advantages(rewards, grpo.group_size, grpo.advantage_scale)
+        advantages = adv.advantages.clamp(-grpo.adv_clip_max, grpo.adv_clip_max)
+        local_adv = advantages[rank * n_local : (rank + 1) * n_local].to(device)
+        lo = 0
+        for chunk in chunks:
+            b = chunk.trajectory.latents.shape[0]
+            chunk.advantages = local_adv[lo : lo + b]
+            lo += b
+
+        #### TRAINING ####
+        train_steps = trained_steps(levels, grpo, step_gen)
+        normaliser = n_local * max(len(train_steps), 1)
+        policy.train()
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("clip_fraction", "approx_kl", "ratio", "kl")
+        }
+        losses: list[float] = []
+        grad_norm = torch.tensor(0.0)
+        for _ in range(grpo.num_iterations):
+            for c, chunk in enumerate(chunks):
+                traj = chunk.trajectory
+                for k, j in enumerate(train_steps):
+                    last = c == len(chunks) - 1 and k == len(train_steps) - 1
+                    with contextlib.nullcontext() if last else accelerator.no_sync(policy):
+                        v = adapter.velocity(
+                            policy, traj.latents[:, j], sigmas[j], chunk.embeds,
+                            guidance_scale=smp.guidance_scale,
+                        )  # fmt: skip
+                        out = score_step(traj, j, v)
+                        pl = core.policy_loss(
+                            out.log_prob[:, None],  # (b, 1): one "token" per denoising step
+                            traj.log_probs[:, j, None],
+                            chunk.advantages,
+                            torch.ones_like(out.log_prob[:, None]),
+                            eps_low=grpo.eps,
+                            eps_high=grpo.eps,
+                            aggregation="grpo",
+                            num_sequences=normaliser,
+                        )
+                        loss = pl.loss
+                        if grpo.beta != 0.0:
+                            kl = gaussian_kl_mean(out.mean, reference_mean(
+                                adapter, unwrapped, ref_transformer, traj, j, sigmas, chunk, smp
+                            ), out.std)  # fmt: skip
+                            loss = loss + grpo.beta * kl.sum() / normaliser
+                            stats["kl"].append(kl.mean().item())
+                        accelerator.backward(loss)
+                    losses.append(loss.item())
+                    stats["clip_fraction"].append(pl.clip_fraction.item())
+                    stats["approx_kl"].append(pl.approx_kl.item())
+                    stats["ratio"].append(pl.ratio_mean.item())
+            if optim.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(unwrapped)
+
+        #### LOGGING, EVALUATION, CHECKPOINTS ####
+        done = step + 1
+        mean_reward = rewards.mean().item()
+        history.append(mean_reward)
+        record = {
+            "step": done,
+            "reward": mean_reward,
+            "reward_std": rewards.std().item(),
+            **{f"rewards/{n}": table[:, j + 1].nanmean().item() for j, n in enumerate(names)},
+            "zero_std_fraction": adv.zero_std_fraction,
+            "loss": sum(losses),
+            "clip_fraction": _mean(stats["clip_fraction"]),
+            "approx_kl": _mean(stats["approx_kl"]),
+            "ratio_mean": _mean(stats["ratio"]),
+            "ratio_first": stats["ratio"][0] if stats["ratio"] else math.nan,
+            "kl": _mean(stats["kl"]),
+            "trained_steps": len(train_steps),
+            "noise_mean": levels.mean().item(),
+            "grad_norm": float(grad_norm),
+            "lr": scheduler.get_last_lr()[0],
+            "reward_errors": result.num_errors,
+            "seconds": time.perf_counter() - t0,
+        }
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.run.max_steps:
+            record.update({f"eval/{k}": v for k, v in evaluate(unwrapped, ema, done).items()})
+        if done % cfg.run.log_every == 0 or done == cfg.run.max_steps:
+            metrics.write(record)
+        bar.set_postfix(reward=f"{mean_reward:.3f}")
+        if (cfg.run.save_every and done % cfg.run.save_every == 0) or done == cfg.run.max_steps:
+            save_checkpoint(
+                run_dir, done, model=unwrapped, optimizer=optimizer, scheduler=scheduler,
+                state={"seed": cfg.run.seed}, accelerator=accelerator,
+                keep_last=cfg.run.keep_checkpoints,
+                extra={"ema": ema.state_dict()} if ema is not None else None,
+            )  # fmt: skip
+
+    eval_results["after"] = evaluate(unwrapped, ema, step=cfg.run.max_steps)
+    if cfg.run.save_final and accelerator.is_main_process:
+        save_final(adapter, unwrapped, ema, run_dir / "final", lora=cfg.model.lora.enabled)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {
+        "run_dir": str(run_dir),
+        "steps": cfg.run.max_steps,
+        "rewards": history,
+        "eval": eval_results,
+        "adapter": adapter,
+    }
+
+
+def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> list[int]:
+    """Indices of the denoising steps trained this rollout: stochastic ones, a random fraction."""
+    last = len(levels) - 1
+    candidates = [
+        i
+        for i, a in enumerate(levels.tolist())
+        if a > 0 and not (grpo.skip_last_step and i == last)
+    ]
+    keep = max(1, round(len(candidates) * grpo.timestep_fraction)) if candidates else 0
+    if keep < len(candidates):
+        picked = torch.randperm(len(candidates), generator=generator)[:keep]
+        candidates = sorted(candidates[i] for i in picked.tolist())
+    return candidates
+
+
+def reference_mean(
+    adapter, unwrapped, ref_transformer, traj, j, sigmas, chunk, smp
+) -> torch.Tensor:
+    """The reference policy's Gaussian mean for stored step j (adapter disabled, or frozen copy)."""
+    with torch.no_grad():
+        if ref_transformer is not None:
+            v_ref = adapter.velocity(
+                ref_transformer, traj.latents[:, j], sigmas[j], chunk.embeds,
+                guidance_scale=smp.guidance_scale,
+            )  # fmt: skip
+        else:
+            with adapter.disabled_adapter():
+                v_ref = adapter.velocity(
+                    unwrapped, traj.latents[:, j], sigmas[j], chunk.embeds,
+                    guidance_scale=smp.guidance_scale,
+                )  # fmt: skip
+        return score_step(traj, j, v_ref).mean
+
+
+class EvalRunner:
+    """Deterministic evaluation: fixed prompts and noise, ODE sampling with the evaluation step
+    count, EMA weights when enabled; writes an image grid per evaluation."""
+
+    def __init__(self, cfg, adapter, prompts, reward_fn, run_dir: Path, accelerator):
+        self.cfg, self.adapter, self.prompts, self.reward_fn = cfg, adapter, prompts, reward_fn
+        self.run_dir, self.accelerator = run_dir, accelerator
+
+    @torch.no_grad()
+    def __call__(self, model, ema, step: int) -> dict[str, float]:
+        smp = self.cfg.sampling
+        context = ema.swapped_in(model) if ema is not None else contextlib.nullcontext()
+        with context:
+            images = generate_images(
+                self.adapter, model, [r["prompt"] for r in self.prompts],
+                height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
+                guidance_scale=smp.guidance_scale, seed=self.cfg.run.seed,
+                batch_size=self.cfg.optim.micro_batch_size,
+            )  # fmt: skip
+        result = self.reward_fn(images, self.prompts)
+        out = {"reward": result.total.mean().item()}
+        out.update({n: v.nanmean().item() for n, v in result.components.items()})
+        if self.accelerator.is_main_process:
+            from torchvision.utils import save_image
+
+            (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
+            save_image(images, self.run_dir / "eval" / f"step-{step}.png", nrow=8, padding=1)
+        return out
+
+
+@torch.no_grad()
+def generate_images(
+    adapter,
+    transformer,
+    prompts: list[str],
+    *,
+    height: int,
+    width: int,
+    num_steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch_size: int = 8,
+    schedule=None,
+    step: str = "sde",
+) -> torch.Tensor:
+    """(N, 3, H, W) images in [0, 1]; deterministic (ODE) unless a noise schedule is given."""
+    sigmas = adapter.sigmas(num_steps, height, width).to(adapter.device)
+    gen = torch.Generator(adapter.device).manual_seed(seed)
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        chunk = prompts[lo : lo + batch_size]
+        embeds = adapter.encode_prompts(chunk)
+        noise = adapter.initial_noise(len(chunk), height, width, gen)
+        traj = sample(
+            adapter.velocity_fn(transformer, embeds, guidance_scale), noise, sigmas,
+            step=step, schedule=schedule, generator=gen, store_trajectory=False,
+        )  # fmt: skip
+        out.append(adapter.decode(traj.final, (height, width)))
+    return torch.cat(out)
+
+
+def save_final(adapter, transformer, ema, folder: Path, *, lora: bool) -> None:
+    """The trained weights in the format diffusers loads: LoRA (`pipe.load_lora_weights`) or
+    the full transformer; EMA weights too, in final/ema, when kept."""
+    context = [(folder, contextlib.nullcontext())]
+    if ema is not None:
+        context.append((folder / "ema", ema.swapped_in(transformer)))
+    for target, ctx in context:
+        with ctx:
+            target.mkdir(parents=True, exist_ok=True)
+            if lora:
+                type(adapter.pipeline).save_lora_weights(
+                    target, transformer_lora_layers=adapter.lora_state_dict()
+                )
+            else:
+                transformer.save_pretrained(target / "transformer")
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
