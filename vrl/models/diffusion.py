@@ -1,0 +1,602 @@
+"""Flow-matching text-to-image models behind one small interface, for the diffusion RL trainers.
+
+A trainer needs six things from a pipeline: encode prompts (frozen text encoders), the sigma
+schedule the family's own pipeline would use, initial noise in the layout the transformer consumes,
+the velocity prediction (with classifier-free guidance), decoding latents to images, and LoRA on
+the transformer with the base model available as the reference policy. `FlowMatchingAdapter` holds
+the shared logic; a family is one small subclass (`SD3Adapter`, `FluxAdapter`) that says how to
+encode, which scheduler call to make, how latents are laid out and how the transformer is called.
+
+Conventions (`shared/reference/algorithms.md`, section 3): x_t = (1 - s) x_0 + s eps, sampling
+runs from s = 1 to s = 0, and the transformer's output v = eps - x_0 is used as is by diffusers'
+`FlowMatchEulerDiscreteScheduler.step`: x_next = x + (s_next - s) * v. So `velocity` returns the
+transformer output (after guidance) and an Euler loop with it reproduces the pipeline exactly.
+Timesteps: SD3's transformer takes t = s * 1000; FLUX's takes s and multiplies by 1000 inside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+# Attention projections of the joint / single-stream blocks (diffusers' names): image-stream
+# q, k, v, out; text-stream (added) q, k, v, out. Flow-GRPO puts its LoRA on exactly these.
+ATTENTION_PROJECTIONS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+
+
+@dataclass
+class PromptEmbeds:
+    """Text conditioning of a batch of prompts, in whatever form the family's transformer takes."""
+
+    prompt_embeds: Tensor
+    """(B, L, D) token embeddings (SD3: CLIP-L/G hidden states padded and stacked on T5's)."""
+    pooled: Tensor | None = None
+    """(B, P) pooled text embedding (SD3: CLIP-L + CLIP-G projections; FLUX: CLIP pooled)."""
+    text_ids: Tensor | None = None
+    """(L, 3) RoPE position ids of the text tokens (FLUX); shared by the whole batch."""
+
+    def __len__(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PromptEmbeds:
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        return PromptEmbeds(move(self.prompt_embeds), move(self.pooled), move(self.text_ids))
+
+    def _map_batch(self, fn: Callable[[Tensor], Tensor]) -> PromptEmbeds:
+        pooled = None if self.pooled is None else fn(self.pooled)
+        return replace(self, prompt_embeds=fn(self.prompt_embeds), pooled=pooled)
+
+    def index_select(self, idx: Tensor | Sequence[int]) -> PromptEmbeds:
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.prompt_embeds.device)
+        return self._map_batch(lambda t: t.index_select(0, idx))
+
+    def __getitem__(self, idx: int | slice | Tensor | Sequence[int]) -> PromptEmbeds:
+        """Rows of the batch; an int keeps the batch dimension (a batch of one)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        if isinstance(idx, slice):
+            return self._map_batch(lambda t: t[idx])
+        return self.index_select(idx)
+
+    def repeat_interleave(self, n: int) -> PromptEmbeds:
+        """Each prompt `n` times in a row (GRPO's group of images per prompt)."""
+        return self._map_batch(lambda t: t.repeat_interleave(n, dim=0))
+
+    @staticmethod
+    def cat(items: Sequence[PromptEmbeds]) -> PromptEmbeds:
+        """Concatenate batches (same sequence length; FLUX's shared `text_ids` must agree)."""
+        first = items[0]
+        lengths = {e.prompt_embeds.shape[1:] for e in items}
+        if len(lengths) != 1:
+            raise ValueError(f"cannot concatenate prompt embeddings of shapes {sorted(lengths)}")
+        pooled = None if first.pooled is None else torch.cat([e.pooled for e in items])
+        return PromptEmbeds(torch.cat([e.prompt_embeds for e in items]), pooled, first.text_ids)
+
+
+# Pipeline class name (model_index.json's `_class_name`) -> adapter class.
+_ADAPTERS: dict[str, type[FlowMatchingAdapter]] = {}
+
+
+def register_adapter(cls: type[FlowMatchingAdapter]) -> type[FlowMatchingAdapter]:
+    """Class decorator: route the pipeline classes in `cls.pipeline_classes` to `cls`."""
+    for name in cls.pipeline_classes:
+        if name in _ADAPTERS:
+            raise ValueError(f"{name} already maps to {_ADAPTERS[name].__name__}")
+        _ADAPTERS[name] = cls
+    return cls
+
+
+class FlowMatchingAdapter:
+    """Shared logic of a flow-matching text-to-image family; subclasses fill in the `_` hooks.
+
+    Latents handled here are float32 whatever the model dtype: the transformer gets them cast to
+    its dtype and its output comes back in the latents' dtype, so sampler math stays in float32.
+    """
+
+    family: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    default_max_sequence_length: ClassVar[int]
+
+    def __init__(self, pipeline: DiffusionPipeline, max_sequence_length: int | None = None):
+        self.pipeline = pipeline
+        self.transformer: torch.nn.Module = pipeline.transformer
+        if max_sequence_length is None:
+            # The pipeline's default, unless the T5 tokenizer declares a shorter maximum (the tiny
+            # test pipelines do; real T5 tokenizers declare 512).
+            t5_max = getattr(self._t5_tokenizer(), "model_max_length", None) or math.inf
+            max_sequence_length = int(min(self.default_max_sequence_length, t5_max))
+        self.max_sequence_length = max_sequence_length
+        """T5 tokens per prompt (padded to this length; smaller is much cheaper on a CPU)."""
+        self._negative: PromptEmbeds | None = None
+        self._packed_grids: dict[int, set[tuple[int, int]]] = {}
+        for name, component in pipeline.components.items():
+            if isinstance(component, torch.nn.Module) and name != "transformer":
+                component.requires_grad_(False)  # text encoders and VAE are never trained
+                component.eval()
+        pipeline.set_progress_bar_config(disable=True)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        max_sequence_length: int | None = None,
+        **pipeline_kwargs: Any,
+    ) -> FlowMatchingAdapter:
+        """Load a pipeline folder or hub id (through the local HF cache) into its family's adapter.
+
+        The adapter class is picked from `_class_name` in the pipeline's `model_index.json`.
+        Full precision on the CPU by default; pass `dtype=torch.bfloat16, device="cuda"` on a GPU.
+        """
+        from diffusers import DiffusionPipeline
+
+        class_name = DiffusionPipeline.load_config(str(path))["_class_name"]
+        adapter_cls = _ADAPTERS.get(class_name)
+        if adapter_cls is None:
+            raise ValueError(
+                f"no flow-matching adapter for pipeline class {class_name!r} ({path}); "
+                f"supported: {sorted(_ADAPTERS)}"
+            )
+        if not issubclass(adapter_cls, cls):
+            raise ValueError(f"{path} is a {class_name}, not a {cls.__name__} pipeline")
+        pipeline = DiffusionPipeline.from_pretrained(
+            str(path), **_dtype_kwarg(dtype), **pipeline_kwargs
+        )
+        if device is not None:
+            pipeline.to(device)
+        return adapter_cls(pipeline, max_sequence_length=max_sequence_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """True for guidance-distilled models (FLUX.1-dev): the scale is an input, no CFG batch."""
+        return False
+
+    # ------------------------------------------------------------------ text
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeds:
+        """Embeddings of a batch of prompts with the frozen text encoders (no grad)."""
+        if isinstance(prompts, str):
+            raise TypeError("encode_prompts takes a list of prompts, not a single string")
+        return self._encode(list(prompts))
+
+    def negative_embeds(self, n: int) -> PromptEmbeds:
+        """Empty-prompt embeddings for CFG's unconditional branch, encoded once and cached."""
+        if self._negative is None or self._negative.prompt_embeds.device != self.device:
+            self._negative = self.encode_prompts([""])
+        return self._negative.repeat_interleave(n)
+
+    # ------------------------------------------------------------------ schedule and latents
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> Tensor:
+        """(num_steps + 1,) float32 sigmas from 1 down to 0, as the family's pipeline sets them.
+
+        Computed by the pipeline's scheduler class itself (a fresh copy, so the pipeline's own
+        scheduler state is untouched), with the same arguments the pipeline passes.
+        """
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self._check_size(height, width)
+        scheduler_config = self.pipeline.scheduler.config
+        scheduler = type(self.pipeline.scheduler).from_config(scheduler_config)
+        self._set_timesteps(scheduler, num_steps, height, width)
+        return scheduler.sigmas.to(device=self.device, dtype=torch.float32)
+
+    def initial_noise(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> Tensor:
+        """Standard normal float32 latents in the transformer's layout (the pipeline's own draw).
+
+        With the same generator, this is exactly the noise the pipeline would start from.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        self._check_size(height, width)
+        channels, h, w = self._latent_chw(height, width)
+        noise = randn_tensor(
+            (batch, channels, h, w), generator=generator, device=self.device, dtype=torch.float32
+        )
+        return self._pack(noise)
+
+    def _check_size(self, height: int, width: int) -> None:
+        multiple = self._size_multiple()
+        if height % multiple or width % multiple or height <= 0 or width <= 0:
+            raise ValueError(
+                f"{self.family}: height and width must be positive multiples of {multiple}, "
+                f"got {height}x{width}"
+            )
+
+    # ------------------------------------------------------------------ model
+
+    def velocity(
+        self,
+        transformer: torch.nn.Module,
+        latents: Tensor,
+        sigma: Tensor | float,
+        embeds: PromptEmbeds,
+        *,
+        guidance_scale: float = 1.0,
+        negative: PromptEmbeds | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Velocity v (Euler step x + v * (s_next - s)) of `latents` at noise level `sigma`.
+
+        `transformer` is passed explicitly so that a DDP- or peft-wrapped module can be used.
+        `sigma`: a scalar or (B,). With `guidance_scale > 1` on a model without a guidance
+        embedding, classifier-free guidance runs as ONE forward of the batch [uncond, cond]
+        (`negative` defaults to the empty prompt) and the unconditional half is detached:
+        v = v_u + g (v_c - v_u). A guidance-embedded model (FLUX.1-dev) gets the scale as input
+        (one forward of B; `negative` is not used).
+        `image_size` (H, W) is only needed for packed layouts whose grid is ambiguous.
+        """
+        b = latents.shape[0]
+        if len(embeds) != b:
+            raise ValueError(f"{len(embeds)} prompt embeddings for a batch of {b} latents")
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(b)
+        if sigma.shape != (b,):
+            raise ValueError(f"sigma must be a scalar or of shape ({b},), got {tuple(sigma.shape)}")
+        embeds = embeds.to(latents.device, self.dtype)
+        x = latents.to(self.dtype)
+
+        if guidance_scale > 1.0 and not self.guidance_embedded:
+            if negative is None:
+                negative = self.negative_embeds(b)
+            if len(negative) == 1 and b > 1:
+                negative = negative.repeat_interleave(b)
+            if len(negative) != b:
+                raise ValueError(f"{len(negative)} negative embeddings for a batch of {b}")
+            negative = negative.to(latents.device, self.dtype)
+            both = PromptEmbeds.cat([negative, embeds])  # (2B, ...): [uncond, cond]
+            out = self._forward(
+                transformer, torch.cat([x, x]), sigma.repeat(2), both, None, image_size
+            )
+            v_uncond, v_cond = out.chunk(2)
+            v_uncond = v_uncond.detach()
+            v = v_uncond + guidance_scale * (v_cond - v_uncond)
+        else:
+            guidance = None
+            if self.guidance_embedded:
+                guidance = torch.full((b,), guidance_scale, dtype=torch.float32, device=x.device)
+            v = self._forward(transformer, x, sigma, embeds, guidance, image_size)
+        return v.to(latents.dtype)
+
+    def velocity_fn(
+        self,
+        transformer: torch.nn.Module,
+        embeds: PromptEmbeds,
+        guidance_scale: float = 1.0,
+        negative: PromptEmbeds | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """`fn(latents (B, ...), sigma (B,)) -> v (B, ...)` for a sampling loop."""
+
+        def fn(latents: Tensor, sigma: Tensor) -> Tensor:
+            return self.velocity(
+                transformer,
+                latents,
+                sigma,
+                embeds,
+                guidance_scale=guidance_scale,
+                negative=negative,
+                image_size=image_size,
+            )
+
+        return fn
+
+    def decode(self, latents: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+        """(B, 3, H, W) float32 images in [0, 1] from latents in the transformer's layout."""
+        latents = self._unpack(latents, image_size)  # (B, C, h, w)
+        vae = self.pipeline.vae
+        shift = vae.config.shift_factor or 0.0
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + shift
+        image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in about [-1, 1]
+        return (image.float() * 0.5 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------------ LoRA
+
+    def lora_target_modules(self) -> list[str]:
+        """Suffixes (peft matching) of the attention projections this transformer has."""
+        names = [n for n, m in self.transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+        found = [s for s in ATTENTION_PROJECTIONS if any(n.endswith("." + s) for n in names)]
+        if not found:
+            raise ValueError(f"no attention projection found in {type(self.transformer).__name__}")
+        return found
+
+    def add_lora(
+        self,
+        r: int,
+        alpha: int,
+        target_modules: Sequence[str] | None = None,
+        init_lora_weights: bool | str = "gaussian",
+    ) -> None:
+        """Put a LoRA adapter on the transformer; afterwards only LoRA parameters are trainable.
+
+        The adapter is injected in place (the pipeline's transformer itself), so `pipeline(...)`
+        samples with the policy and `disabled_adapter()` gives the reference without a copy.
+        """
+        from peft import LoraConfig
+
+        if _lora_layers(self.transformer):
+            raise RuntimeError("the transformer already has a LoRA adapter")
+        targets = list(target_modules) if target_modules is not None else self.lora_target_modules()
+        config = LoraConfig(
+            r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=init_lora_weights
+        )
+        self.transformer.requires_grad_(False)
+        self.transformer.add_adapter(config)  # diffusers' PeftAdapterMixin
+        for name, param in self.transformer.named_parameters():
+            param.requires_grad_("lora_" in name)
+
+    @contextmanager
+    def disabled_adapter(self) -> Iterator[None]:
+        """Run the transformer without its LoRA (the reference policy), then restore it."""
+        lora_layers = _lora_layers(self.transformer)
+        if not lora_layers:
+            raise RuntimeError("no LoRA adapter to disable: call add_lora first")
+        # peft toggles requires_grad when disabling/enabling; give the caller's flags back as set.
+        flags = [(p, p.requires_grad) for layer in lora_layers for p in layer.parameters()]
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
+            for param, flag in flags:
+                param.requires_grad_(flag)
+
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The LoRA weights (peft's key names), e.g. for a checkpoint."""
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.transformer)
+
+    # ------------------------------------------------------------------ family hooks
+
+    def _encode(self, prompts: list[str]) -> PromptEmbeds:
+        raise NotImplementedError
+
+    def _t5_tokenizer(self):
+        raise NotImplementedError
+
+    def _set_timesteps(self, scheduler, num_steps: int, height: int, width: int) -> None:
+        raise NotImplementedError
+
+    def _size_multiple(self) -> int:
+        raise NotImplementedError
+
+    def _latent_chw(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, h, w) of the VAE latent of an image of the given size."""
+        channels = self.pipeline.vae.config.latent_channels
+        return channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def _pack(self, latents: Tensor) -> Tensor:
+        """VAE latents (B, C, h, w) -> the transformer's layout (identity unless packed)."""
+        return latents
+
+    def _unpack(self, latents: Tensor, image_size: tuple[int, int] | None) -> Tensor:
+        return latents
+
+    def _forward(
+        self,
+        transformer: torch.nn.Module,
+        latents: Tensor,
+        sigma: Tensor,
+        embeds: PromptEmbeds,
+        guidance: Tensor | None,
+        image_size: tuple[int, int] | None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+@register_adapter
+class SD3Adapter(FlowMatchingAdapter):
+    """Stable Diffusion 3 / 3.5: latents (B, 16, h, w), CFG by batch doubling, t = sigma * 1000."""
+
+    family = "sd3"
+    pipeline_classes = ("StableDiffusion3Pipeline",)
+    default_max_sequence_length = 256
+
+    def _t5_tokenizer(self):
+        return self.pipeline.tokenizer_3
+
+    def _encode(self, prompts: list[str]) -> PromptEmbeds:
+        prompt_embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return PromptEmbeds(prompt_embeds, pooled)  # (B, 77 + L, D), (B, P)
+
+    def _size_multiple(self) -> int:
+        return self.vae_scale_factor * self.transformer.config.patch_size
+
+    def _set_timesteps(self, scheduler, num_steps: int, height: int, width: int) -> None:
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", False):  # SD3.5 variants with mu
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+                calculate_shift,
+            )
+
+            patch = self.transformer.config.patch_size
+            _, h, w = self._latent_chw(height, width)
+            kwargs["mu"] = calculate_shift(
+                (h // patch) * (w // patch),
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
+                scheduler.config.get("max_shift", 1.16),
+            )
+        scheduler.set_timesteps(num_steps, device=self.device, **kwargs)
+
+    def _forward(self, transformer, latents, sigma, embeds, guidance, image_size) -> Tensor:
+        num_train_timesteps = self.pipeline.scheduler.config.num_train_timesteps
+        return transformer(
+            hidden_states=latents,  # (B, C, h, w)
+            timestep=sigma * num_train_timesteps,  # (B,) as the scheduler's timesteps
+            encoder_hidden_states=embeds.prompt_embeds,
+            pooled_projections=embeds.pooled,
+            return_dict=False,
+        )[0]
+
+
+@register_adapter
+class FluxAdapter(FlowMatchingAdapter):
+    """FLUX.1: 2x2 patches packed into tokens (B, h/2 * w/2, 4C), timestep = sigma, RoPE ids.
+
+    FLUX.1-dev (`guidance_embeds=True`) takes the guidance scale as an input; a model without the
+    guidance embedding gets true CFG by batch doubling when `guidance_scale > 1`.
+    """
+
+    family = "flux"
+    pipeline_classes = ("FluxPipeline",)
+    default_max_sequence_length = 512
+
+    def _t5_tokenizer(self):
+        return self.pipeline.tokenizer_2
+
+    @property
+    def guidance_embedded(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)
+
+    def _encode(self, prompts: list[str]) -> PromptEmbeds:
+        prompt_embeds, pooled, text_ids = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return PromptEmbeds(prompt_embeds, pooled, text_ids)  # (B, L, D), (B, P), (L, 3)
+
+    def _size_multiple(self) -> int:
+        return self.vae_scale_factor * 2  # the VAE's downsampling, then 2x2 packing
+
+    def _set_timesteps(self, scheduler, num_steps: int, height: int, width: int) -> None:
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        _, h, w = self._latent_chw(height, width)
+        config = scheduler.config
+        mu = calculate_shift(
+            (h // 2) * (w // 2),  # image tokens: the shift grows with the resolution
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        # FluxPipeline passes explicit linear sigmas, which the scheduler then shifts by mu.
+        sigmas = None
+        if not config.get("use_flow_sigmas", False):
+            sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        scheduler.set_timesteps(num_steps, device=self.device, sigmas=sigmas, mu=mu)
+
+    def _pack(self, latents: Tensor) -> Tensor:
+        b, c, h, w = latents.shape
+        self._packed_grids.setdefault((h // 2) * (w // 2), set()).add((h, w))
+        x = latents.view(b, c, h // 2, 2, w // 2, 2)
+        x = x.permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, C, 2, 2): a token per 2x2 patch
+        return x.reshape(b, (h // 2) * (w // 2), c * 4)  # (B, seq, 4C)
+
+    def _unpack(self, latents: Tensor, image_size: tuple[int, int] | None) -> Tensor:
+        b, seq, c4 = latents.shape
+        h, w = self._latent_hw(seq, image_size)
+        x = latents.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, c4 // 4, h, w)  # (B, C, h, w)
+
+    def _latent_hw(self, seq: int, image_size: tuple[int, int] | None) -> tuple[int, int]:
+        """Latent (h, w) of packed latents with `seq` tokens: from `image_size`, from the shapes
+        `initial_noise` produced, or square."""
+        if image_size is not None:
+            _, h, w = self._latent_chw(*image_size)
+            if (h // 2) * (w // 2) != seq:
+                raise ValueError(f"image_size {image_size} does not give {seq} latent tokens")
+            return h, w
+        grids = self._packed_grids.get(seq, set())
+        if len(grids) == 1:
+            return next(iter(grids))
+        side = math.isqrt(seq)
+        if not grids and side * side == seq:
+            return 2 * side, 2 * side
+        raise ValueError(f"cannot tell the image shape of {seq} packed tokens: pass image_size")
+
+    def _forward(self, transformer, latents, sigma, embeds, guidance, image_size) -> Tensor:
+        h, w = self._latent_hw(latents.shape[1], image_size)
+        img_ids = _flux_image_ids(h // 2, w // 2, latents.device, latents.dtype)  # (seq, 3)
+        return transformer(
+            hidden_states=latents,  # (B, seq, 4C)
+            timestep=sigma,  # FLUX multiplies by 1000 inside
+            guidance=guidance,
+            pooled_projections=embeds.pooled,
+            encoder_hidden_states=embeds.prompt_embeds,
+            txt_ids=embeds.text_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+
+
+def _flux_image_ids(rows: int, cols: int, device, dtype) -> Tensor:
+    """(rows * cols, 3) RoPE ids of FLUX's image tokens: (0, row, column), row-major."""
+    ids = torch.zeros(rows, cols, 3, device=device, dtype=dtype)
+    ids[..., 1] = torch.arange(rows, device=device, dtype=dtype)[:, None]
+    ids[..., 2] = torch.arange(cols, device=device, dtype=dtype)[None, :]
+    return ids.reshape(rows * cols, 3)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    # Recent diffusers renamed `torch_dtype` to `dtype` (the old name warns); older ones know only
+    # `torch_dtype`. Loading in the right dtype matters: a float32 load of FLUX then cast is 2x RAM.
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def _lora_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
