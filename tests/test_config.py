@@ -71,3 +71,13 @@ def test_help_lists_every_leaf_with_its_text():
     assert "optim.lr (float, default 1e-05): learning rate" in text
     assert "'constant' | 'cosine'" in text
     assert "steps (int, default 10): number of steps" in text
+
+
+def test_inline_mapping_replaces_and_dotted_key_sets_one_entry(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rewards: {format: 1.0, accuracy: 1.0}\n")
+    assert load_config(Recipe, recipe, ["rewards={iou: 2}"]).rewards == {"iou": 2.0}
+    cfg = load_config(Recipe, recipe, ["rewards.accuracy=3"])
+    assert cfg.rewards == {"format": 1.0, "accuracy": 3.0}
+    with pytest.raises(ConfigError, match="rewards.accuracy is not a section"):
+        load_config(Recipe, recipe, ["rewards.accuracy.x=1"])

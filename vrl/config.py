@@ -8,6 +8,7 @@ add cross-field checks in `__post_init__`, raising `ValueError` with an actionab
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from collections.abc import Sequence
@@ -41,40 +42,35 @@ def config(cls: type[T]) -> type[T]:
     return cls
 
 
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """['a.b=1', 'c=[1, 2]'] -> {'a': {'b': 1}, 'c': [1, 2]}; values are parsed as YAML."""
-    tree: dict[str, Any] = {}
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """['a.b=1', 'c={x: 2}'] -> [(['a', 'b'], 1), (['c'], {'x': 2})]; values are parsed as YAML."""
+    parsed: list[tuple[list[str], Any]] = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-5)"
-            )
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-5)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each key path in order. `a.b=1` sets one entry; `a={b: 1}` replaces `a` whole (so
+    `grpo.rewards={x: 1}` means exactly that reward, not the recipe's rewards plus x)."""
+    data = copy.deepcopy(data)
+    for parts, value in parse_overrides(overrides):
+        node = data
+        for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {item!r} conflicts with an earlier override of {part!r}"
-                )
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {'.'.join(parts)}: {where} is not a section")
             node = child
         node[parts[-1]] = value
-    return tree
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return data
 
 
 def _format_validation_error(err: pydantic.ValidationError, origin: str) -> str:
@@ -117,7 +113,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         data = loaded or {}
         origin = str(path)
     if overrides:
-        data = _deep_merge(data, parse_overrides(overrides))
+        data = apply_overrides(data, overrides)
         origin += " + command-line overrides"
     return build_config(cls, data, origin)
 
