@@ -96,3 +96,22 @@ def test_bad_noise_schedule_is_a_config_error():
 
     with pytest.raises(ConfigError, match="sampling.noise"):
         load_config(DiffusionTrainConfig, RECIPE, ["sampling.noise={kind: linear}"])
+
+
+def test_prompt_embedding_cache_encodes_each_prompt_once_and_matches(monkeypatch):
+    from vrl.trainers.diffusion_grpo import PromptEmbedCache
+
+    adapter = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path("tiny-random:flux"))
+    calls = []
+    real = adapter.encode_prompts
+    monkeypatch.setattr(adapter, "encode_prompts", lambda ps: calls.append(list(ps)) or real(ps))
+    cache = PromptEmbedCache(adapter, max_entries=2)
+    prompts = ["a red circle", "a red circle", "a blue square"]
+    first = cache(prompts)
+    again = cache(list(reversed(prompts)))
+    assert calls == [["a red circle", "a blue square"]]
+    direct = real(prompts)
+    assert torch.equal(first.prompt_embeds, direct.prompt_embeds)
+    assert torch.equal(again.prompt_embeds, direct.prompt_embeds.flip(0))
+    cache(["a green triangle"])  # evicts the least recently used entry
+    assert len(cache.entries) == 2 and "a blue square" not in cache.entries

@@ -22,6 +22,7 @@ import copy
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,30 @@ class RolloutChunk:
     embeds: Any  # PromptEmbeds of the chunk's prompts
     trajectory: Trajectory  # latents (b, T+1, ...), log_probs (b, T)
     advantages: torch.Tensor | None = None  # (b,)
+
+
+class PromptEmbedCache:
+    """The text encoders are frozen, so each distinct prompt is encoded once. Least recently used
+    entries are dropped past `max_entries` (a real T5 embedding is megabytes)."""
+
+    def __init__(self, adapter, max_entries: int = 1024):
+        self.adapter, self.max_entries = adapter, max_entries
+        self.entries: OrderedDict[str, Any] = OrderedDict()
+
+    def __call__(self, prompts: list[str]):
+        from vrl.models.diffusion import PromptEmbeds
+
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.entries]
+        if missing:
+            embeds = self.adapter.encode_prompts(missing)
+            for i, prompt in enumerate(missing):
+                self.entries[prompt] = embeds[i]  # an int index keeps the batch dimension
+        for prompt in prompts:
+            self.entries.move_to_end(prompt)
+        batch = PromptEmbeds.cat([self.entries[p] for p in prompts])
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+        return batch
 
 
 def load_diffusion_policy(cfg, accelerator):
@@ -120,6 +145,7 @@ def train(cfg) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(policy)
     ema = EMA(unwrapped, cfg.eval.ema_decay) if cfg.eval.ema else None
     sigmas = adapter.sigmas(smp.num_steps, smp.height, smp.width).to(device)
+    encode = PromptEmbedCache(adapter)
 
     start_step = 0
     if cfg.run.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
@@ -164,7 +190,7 @@ def train(cfg) -> dict[str, Any]:
         images, rows = [], []
         for lo in range(0, n_local, optim.micro_batch_size):
             batch_rows = [prompts[i] for i in local_items[lo : lo + optim.micro_batch_size]]
-            embeds = adapter.encode_prompts([r["prompt"] for r in batch_rows])
+            embeds = encode([r["prompt"] for r in batch_rows])
             noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
             with torch.no_grad():
                 trajectory = sample(
