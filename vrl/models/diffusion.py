@@ -337,6 +337,15 @@ class FlowMatchingAdapter:
         image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in about [-1, 1]
         return (image.float() * 0.5 + 0.5).clamp(0, 1)
 
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Latents in the transformer's layout from (B, 3, H, W) images in [0, 1]: the inverse
+        of `decode` (the VAE posterior mean, scaled and shifted), for image-to-image."""
+        vae = self.pipeline.vae
+        x = images.to(self.device, vae.dtype) * 2 - 1
+        z = vae.encode(x, return_dict=False)[0].mean  # (B, C, h, w)
+        shift = vae.config.shift_factor or 0.0
+        return self._pack(((z - shift) * vae.config.scaling_factor).float())
+
     # ------------------------------------------------------------------ LoRA
 
     def lora_target_modules(self) -> list[str]:
