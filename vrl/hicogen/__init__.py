@@ -1,0 +1,36 @@
+"""HiCoGen: hierarchical prompts as scenes, and their decomposition (algorithms.md §4).
+
+Submodules are imported lazily by their users; importing `vrl.hicogen` loads no model.
+"""
+
+from vrl.hicogen.decompose import (
+    DecompositionResult,
+    LLMDecomposer,
+    decompose_structured,
+    decompose_template,
+    extract_json_object,
+)
+from vrl.hicogen.scene import (
+    Question,
+    QuestionTarget,
+    Relation,
+    Scene,
+    SceneValidationError,
+    Subject,
+    SynthesisUnit,
+)
+
+__all__ = [
+    "DecompositionResult",
+    "LLMDecomposer",
+    "Question",
+    "QuestionTarget",
+    "Relation",
+    "Scene",
+    "SceneValidationError",
+    "Subject",
+    "SynthesisUnit",
+    "decompose_structured",
+    "decompose_template",
+    "extract_json_object",
+]

@@ -1,0 +1,624 @@
+"""One scene schema for hierarchical prompts: decomposition, rewards, benchmark and demo share it.
+
+A `Scene` is the structured form of a complex prompt (HiCoGen, algorithms.md §4): a global part
+(description, background, style), subjects with attributes and sub-attributes, pairwise relations,
+and the ordered synthesis units of the chain of synthesis. Everything is a frozen dataclass so a
+scene can be hashed, cached and compared; `to_json` / `from_json` round-trip exactly, and
+`from_json` is the single validation gate: every problem is reported with its field path
+(`relations[0].object: unknown subject id 'cup'`) so an LLM can be told exactly what to fix.
+
+The same structure renders the text prompts (`prompt`, `unit_prompt`) and the DSG-style evaluation
+questions (`questions`), so a prompt and the questions that grade it can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "PREDICATE_CATEGORIES",
+    "Question",
+    "QuestionTarget",
+    "Relation",
+    "Scene",
+    "SceneValidationError",
+    "Subject",
+    "SynthesisUnit",
+    "normalize_predicate",
+    "predicate_category",
+]
+
+RelationCategory = Literal["spatial", "size", "support", "other"]
+QuestionLevel = Literal["exist", "attribute", "relation"]
+
+# Canonical predicates by category. Spatial ones are the GenEval/T2I-CompBench vocabulary, the
+# others are what the HiCoGen relation reward checks (scale, support: "no floating objects").
+PREDICATE_CATEGORIES: dict[str, RelationCategory] = {
+    "left of": "spatial",
+    "right of": "spatial",
+    "above": "spatial",
+    "below": "spatial",
+    "in front of": "spatial",
+    "behind": "spatial",
+    "next to": "spatial",
+    "larger than": "size",
+    "smaller than": "size",
+    "on": "support",
+    "under": "support",
+    "in": "support",
+}
+
+# Common phrasings folded onto the canonical predicate, so "to the left of" and "left of" compare equal.
+_PREDICATE_ALIASES: dict[str, str] = {
+    "to the left of": "left of",
+    "on the left of": "left of",
+    "to the right of": "right of",
+    "on the right of": "right of",
+    "over": "above",
+    "on top of": "on",
+    "on the top of": "on",
+    "atop": "on",
+    "beneath": "under",
+    "underneath": "under",
+    "below of": "below",
+    "inside": "in",
+    "inside of": "in",
+    "within": "in",
+    "beside": "next to",
+    "near": "next to",
+    "close to": "next to",
+    "adjacent to": "next to",
+    "bigger than": "larger than",
+    "in back of": "behind",
+}
+
+# How a canonical predicate reads inside a sentence ("A is <phrase> B").
+_PREDICATE_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to the right of"}
+
+_NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+]
+
+
+def normalize_predicate(predicate: str) -> str:
+    """Lower-case, collapse spaces and fold known aliases onto the canonical vocabulary."""
+    text = " ".join(predicate.lower().replace("_", " ").split())
+    return _PREDICATE_ALIASES.get(text, text)
+
+
+def predicate_category(predicate: str) -> RelationCategory:
+    """Category of a predicate; anything outside the vocabulary is kept but flagged as "other"."""
+    return PREDICATE_CATEGORIES.get(normalize_predicate(predicate), "other")
+
+
+class SceneValidationError(ValueError):
+    """Raised by `Scene.from_json`; `errors` lists every problem as "field.path: message"."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("invalid scene:\n" + "\n".join(f"  {e}" for e in self.errors))
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One entity of the scene.
+
+    `sub_attributes` describe parts of the subject ("outline: red", "stripes"): they are graded as
+    attributes but rendered with "with" ("with a red outline"), which is why they are kept apart.
+    """
+
+    id: str
+    name: str
+    attributes: tuple[str, ...] = ()
+    sub_attributes: tuple[str, ...] = ()
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Relation:
+    """`subject` <predicate> `object`, both subject ids; the predicate is stored canonicalised."""
+
+    subject: str
+    predicate: str
+    object: str
+
+    @property
+    def category(self) -> RelationCategory:
+        return predicate_category(self.predicate)
+
+
+@dataclass(frozen=True)
+class SynthesisUnit:
+    """One step of the chain of synthesis: the subjects it introduces and, optionally, its prompt.
+
+    An empty `prompt` means "render it from the scene" (see `Scene.unit_prompt`).
+    """
+
+    subjects: tuple[str, ...]
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class QuestionTarget:
+    """What an exact checker must verify: subject ids, plus the attribute or predicate asked about."""
+
+    subjects: tuple[str, ...]
+    attribute: str | None = None
+    predicate: str | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Question:
+    """A DSG-style yes/no question; it only counts as correct if all its `parents` are correct."""
+
+    id: str
+    text: str
+    level: QuestionLevel
+    parents: tuple[str, ...]
+    target: QuestionTarget
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A hierarchical prompt: global fields, subjects, relations and the ordered synthesis units.
+
+    `description` is kept verbatim (often the original prompt) for the final composition pass;
+    `prompt()` is rendered from the structure instead, so it always agrees with `questions()`.
+    `units` may be empty; `default_units()` then supplies one unit per subject.
+    """
+
+    subjects: tuple[Subject, ...]
+    relations: tuple[Relation, ...] = ()
+    units: tuple[SynthesisUnit, ...] = ()
+    description: str = ""
+    background: str | None = None
+    style: str | None = None
+    _by_id: dict[str, Subject] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {s.id: s for s in self.subjects})
+
+    # ------------------------------------------------------------------ access
+
+    def subject(self, subject_id: str) -> Subject:
+        """The subject with this id (KeyError naming the known ids otherwise)."""
+        try:
+            return self._by_id[subject_id]
+        except KeyError:
+            raise KeyError(
+                f"unknown subject id {subject_id!r}; known: {list(self._by_id)}"
+            ) from None
+
+    def default_units(self) -> tuple[SynthesisUnit, ...]:
+        """The synthesis units: the given ones, or one unit per subject in order if none were given."""
+        if self.units:
+            return self.units
+        return tuple(SynthesisUnit(subjects=(s.id,)) for s in self.subjects)
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict; every field is written so the form is stable for diffs and caches."""
+        return {
+            "description": self.description,
+            "background": self.background,
+            "style": self.style,
+            "subjects": [
+                {
+                    "id": s.id,
+                    "name": s.name,
+                    "attributes": list(s.attributes),
+                    "sub_attributes": list(s.sub_attributes),
+                    "count": s.count,
+                }
+                for s in self.subjects
+            ],
+            "relations": [
+                {"subject": r.subject, "predicate": r.predicate, "object": r.object}
+                for r in self.relations
+            ],
+            "units": [{"subjects": list(u.subjects), "prompt": u.prompt} for u in self.units],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | dict[str, Any]) -> Scene:
+        """Parse and validate; raises `SceneValidationError` listing every problem with its path.
+
+        Lenient where it costs nothing and loses no information: subject ids default to a slug of
+        the name, relations and units may refer to subjects by index, sub-attributes may be a dict
+        ({"outline": "red"} -> "outline: red"), predicates are canonicalised.
+        """
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as err:
+                raise SceneValidationError([f"<root>: invalid JSON ({err})"]) from None
+        if not isinstance(data, dict):
+            raise SceneValidationError([f"<root>: expected a JSON object, got {_type(data)}"])
+        return _SceneParser(data).parse()
+
+    # ------------------------------------------------------------------ text
+
+    def reference(self, subject_id: str) -> str:
+        """How questions name a subject: "circle", or "red circle" when the name alone is ambiguous."""
+        subject = self.subject(subject_id)
+        same_name = [s for s in self.subjects if s.name == subject.name]
+        words = [*subject.attributes, subject.name] if len(same_name) > 1 else [subject.name]
+        return _plural(" ".join(words)) if (subject.count or 1) > 1 else " ".join(words)
+
+    def noun_phrase(self, subject_id: str) -> str:
+        """Full indefinite phrase: "a small green square with a red outline", "three red circles"."""
+        s = self.subject(subject_id)
+        words = " ".join([*s.attributes, s.name])
+        count = s.count or 1
+        if count > 1:
+            number = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
+            head = f"{number} {_plural(words)}"
+        else:
+            head = f"{_article(words)} {words}"
+        parts = [_sub_attribute_phrase(a) for a in s.sub_attributes]
+        return head + (" with " + " and ".join(parts) if parts else "")
+
+    def prompt(self) -> str:
+        """Fluent English for the whole scene, rendered from the structure."""
+        return self._render({s.id for s in self.subjects}, with_globals=True)
+
+    def unit_prompt(self, unit: SynthesisUnit, cumulative: bool = False) -> str:
+        """The text prompt of one synthesis step.
+
+        By default only the subjects this unit introduces (and relations among them): in the chain of
+        synthesis the earlier subjects arrive as visual context, so repeating them in text would ask
+        the model to draw them twice. `cumulative=True` renders every subject introduced up to and
+        including this unit, for pipelines without visual context. A unit's explicit `prompt` wins
+        in the default mode.
+        """
+        if not cumulative:
+            return unit.prompt or self._render(set(unit.subjects), with_globals=False)
+        introduced: set[str] = set()
+        for step in self.default_units():
+            introduced.update(step.subjects)
+            if step == unit:
+                return self._render(introduced, with_globals=False)
+        raise ValueError(f"unit {unit} is not one of this scene's units")
+
+    def _render(self, subject_ids: set[str], with_globals: bool) -> str:
+        clauses: list[str] = []
+        mentioned: set[str] = set()
+
+        def mention(subject_id: str) -> str:
+            if subject_id in mentioned:
+                return f"the {self.reference(subject_id)}"
+            mentioned.add(subject_id)
+            return self.noun_phrase(subject_id)
+
+        # Clauses follow subject order: at each subject, first the relations whose earlier
+        # participant it is, then the subject alone if no relation mentioned it.
+        order = {s.id: i for i, s in enumerate(self.subjects)}
+        relations = [
+            r for r in self.relations if r.subject in subject_ids and r.object in subject_ids
+        ]
+        for s in self.subjects:
+            if s.id not in subject_ids:
+                continue
+            for r in relations:
+                if min(order[r.subject], order[r.object]) == order[s.id]:
+                    phrase = _PREDICATE_PHRASES.get(r.predicate, r.predicate)
+                    clauses.append(f"{mention(r.subject)} {phrase} {mention(r.object)}")
+            if s.id not in mentioned:
+                clauses.append(mention(s.id))
+        text = _join_list(clauses)
+        if with_globals and self.background:
+            background = self.background.strip()
+            text += (
+                f" on {_article(background)} {background}"
+                if "background" in background.lower()
+                else f" on {_article(background)} {background} background"
+            )
+        if with_globals and self.style:
+            text += f", {self.style.strip()} style"
+        return text[:1].upper() + text[1:]
+
+    # ------------------------------------------------------------------ evaluation
+
+    def questions(self) -> list[Question]:
+        """DSG-style questions: existence -> attributes, existence of both -> relation.
+
+        Existence asks about the subject's name only ("Is there a circle?", or "a red circle" when two
+        subjects share a name), so a wrong colour fails the attribute question rather than existence:
+        per-level accuracies then measure different things.
+        """
+        questions: list[Question] = []
+        exist_id: dict[str, str] = {}
+        for s in self.subjects:
+            ref = self.reference(s.id)
+            qid = f"{s.id}/exist"
+            exist_id[s.id] = qid
+            count = s.count or 1
+            text = (
+                f"Are there {_NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else count} {ref}?"
+                if count > 1
+                else f"Is there {_article(ref)} {ref}?"
+            )
+            target = QuestionTarget(subjects=(s.id,), count=s.count)
+            questions.append(Question(qid, text, "exist", (), target))
+            be = "Are the" if count > 1 else "Is the"
+            have = "Do the" if count > 1 else "Does the"
+            for i, attribute in enumerate(s.attributes):
+                questions.append(
+                    Question(
+                        f"{s.id}/attr/{i}",
+                        f"{be} {ref} {attribute}?",
+                        "attribute",
+                        (qid,),
+                        QuestionTarget(subjects=(s.id,), attribute=attribute),
+                    )
+                )
+            for i, sub in enumerate(s.sub_attributes):
+                questions.append(
+                    Question(
+                        f"{s.id}/sub/{i}",
+                        f"{have} {ref} have {_sub_attribute_phrase(sub)}?",
+                        "attribute",
+                        (qid,),
+                        QuestionTarget(subjects=(s.id,), attribute=sub),
+                    )
+                )
+        for i, r in enumerate(self.relations):
+            phrase = _PREDICATE_PHRASES.get(r.predicate, r.predicate)
+            be = "Are" if (self.subject(r.subject).count or 1) > 1 else "Is"
+            questions.append(
+                Question(
+                    f"rel/{i}",
+                    f"{be} the {self.reference(r.subject)} {phrase} the {self.reference(r.object)}?",
+                    "relation",
+                    (exist_id[r.subject], exist_id[r.object]),
+                    QuestionTarget(subjects=(r.subject, r.object), predicate=r.predicate),
+                )
+            )
+        return questions
+
+
+# ---------------------------------------------------------------------- parsing
+
+
+class _SceneParser:
+    """Collects every validation error instead of stopping at the first, for useful LLM feedback."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+        self.errors: list[str] = []
+        self.ids: list[str] = []
+
+    def parse(self) -> Scene:
+        description = self._optional_str(self.data.get("description"), "description") or ""
+        background = self._optional_str(self.data.get("background"), "background")
+        style = self._optional_str(self.data.get("style"), "style")
+        subjects = self._subjects(self.data.get("subjects"))
+        relations = self._list("relations", self._relation)
+        units = self._units()
+        if self.errors:
+            raise SceneValidationError(self.errors)
+        return Scene(
+            subjects=tuple(subjects),
+            relations=tuple(relations),
+            units=tuple(units),
+            description=description,
+            background=background or None,
+            style=style or None,
+        )
+
+    def _optional_str(self, value: Any, path: str) -> str | None:
+        if value is None or isinstance(value, str):
+            return value.strip() if isinstance(value, str) else None
+        self.errors.append(f"{path}: expected a string or null, got {_type(value)}")
+        return None
+
+    def _list(self, key: str, parse_item: Any) -> list[Any]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.errors.append(f"{key}: expected a list, got {_type(value)}")
+            return []
+        items = [parse_item(item, f"{key}[{i}]") for i, item in enumerate(value)]
+        return [item for item in items if item is not None]
+
+    def _subjects(self, value: Any) -> list[Subject]:
+        if not isinstance(value, list) or not value:
+            got = "an empty list" if value == [] else _type(value)
+            self.errors.append(f"subjects: expected a non-empty list of objects, got {got}")
+            return []
+        subjects = []
+        for i, item in enumerate(value):
+            path = f"subjects[{i}]"
+            if not isinstance(item, dict):
+                self.errors.append(f"{path}: expected an object, got {_type(item)}")
+                self.ids.append("")
+                continue
+            name = item.get("name")
+            if not isinstance(name, str) or not name.strip():
+                self.errors.append(f"{path}.name: expected a non-empty string, got {_type(name)}")
+                name = ""
+            subject_id = item.get("id")
+            if subject_id is None:
+                subject_id = _unique_slug(name or f"subject{i}", self.ids)
+            elif not isinstance(subject_id, str) or not subject_id.strip():
+                self.errors.append(
+                    f"{path}.id: expected a non-empty string, got {_type(subject_id)}"
+                )
+                subject_id = ""
+            elif subject_id in self.ids:
+                self.errors.append(f"{path}.id: duplicate subject id {subject_id!r}")
+            self.ids.append(subject_id)
+            attributes = self._strings(item.get("attributes"), f"{path}.attributes")
+            sub_attributes = self._sub_attributes(
+                item.get("sub_attributes"), f"{path}.sub_attributes"
+            )
+            count = item.get("count")
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 1
+            ):
+                self.errors.append(
+                    f"{path}.count: expected a positive integer or null, got {count!r}"
+                )
+                count = None
+            subjects.append(Subject(subject_id, name.strip(), attributes, sub_attributes, count))
+        return subjects
+
+    def _strings(self, value: Any, path: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.errors.append(f"{path}: expected a list of strings, got {_type(value)}")
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                self.errors.append(f"{path}[{i}]: expected a non-empty string, got {_type(item)}")
+            else:
+                out.append(item.strip())
+        return tuple(out)
+
+    def _sub_attributes(self, value: Any, path: str) -> tuple[str, ...]:
+        if isinstance(value, dict):
+            out = []
+            for key, item in value.items():
+                if not isinstance(item, str) or not item.strip():
+                    self.errors.append(
+                        f"{path}.{key}: expected a non-empty string, got {_type(item)}"
+                    )
+                else:
+                    out.append(f"{key.strip()}: {item.strip()}")
+            return tuple(out)
+        return self._strings(value, path)
+
+    def _subject_ref(self, value: Any, path: str) -> str | None:
+        # Indices are accepted because LLMs often emit them; the scene always stores ids.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if 0 <= value < len(self.ids):
+                return self.ids[value]
+            self.errors.append(
+                f"{path}: subject index {value} out of range (0..{len(self.ids) - 1})"
+            )
+        elif isinstance(value, str) and value in self.ids:
+            return value
+        elif isinstance(value, str):
+            self.errors.append(
+                f"{path}: unknown subject id {value!r} (known: {', '.join(self.ids)})"
+            )
+        else:
+            self.errors.append(f"{path}: expected a subject id or index, got {_type(value)}")
+        return None
+
+    def _relation(self, item: Any, path: str) -> Relation | None:
+        if not isinstance(item, dict):
+            self.errors.append(f"{path}: expected an object, got {_type(item)}")
+            return None
+        subject = self._subject_ref(item.get("subject"), f"{path}.subject")
+        obj = self._subject_ref(item.get("object"), f"{path}.object")
+        predicate = item.get("predicate")
+        if not isinstance(predicate, str) or not predicate.strip():
+            self.errors.append(
+                f"{path}.predicate: expected a non-empty string, got {_type(predicate)}"
+            )
+            return None
+        if subject is None or obj is None:
+            return None
+        if subject == obj:
+            self.errors.append(f"{path}: a subject cannot relate to itself ({subject!r})")
+            return None
+        return Relation(subject, normalize_predicate(predicate), obj)
+
+    def _units(self) -> list[SynthesisUnit]:
+        introduced: dict[str, int] = {}
+
+        def unit(item: Any, path: str) -> SynthesisUnit | None:
+            if not isinstance(item, dict):
+                self.errors.append(f"{path}: expected an object, got {_type(item)}")
+                return None
+            refs = item.get("subjects")
+            if not isinstance(refs, list) or not refs:
+                self.errors.append(f"{path}.subjects: expected a non-empty list of subject ids")
+                return None
+            ids = []
+            for j, ref in enumerate(refs):
+                subject_id = self._subject_ref(ref, f"{path}.subjects[{j}]")
+                if subject_id is None:
+                    continue
+                if subject_id in introduced:
+                    earlier = introduced[subject_id]
+                    self.errors.append(
+                        f"{path}.subjects[{j}]: subject {subject_id!r} is already introduced by units[{earlier}]"
+                    )
+                introduced[subject_id] = int(path[path.index("[") + 1 : -1])
+                ids.append(subject_id)
+            prompt = self._optional_str(item.get("prompt"), f"{path}.prompt") or ""
+            return SynthesisUnit(tuple(ids), prompt)
+
+        return self._list("units", unit)
+
+
+# ---------------------------------------------------------------------- small text helpers
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _unique_slug(name: str, taken: list[str]) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "subject"
+    candidate, n = slug, 2
+    while candidate in taken:
+        candidate, n = f"{slug}_{n}", n + 1
+    return candidate
+
+
+def _article(words: str) -> str:
+    return "an" if words[:1].lower() in "aeiou" and words[:1] else "a"
+
+
+def _plural(words: str) -> str:
+    head, _, last = words.rpartition(" ")
+    if re.search(r"(s|x|z|ch|sh)$", last):
+        last += "es"
+    elif re.search(r"[^aeiou]y$", last):
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return f"{head} {last}" if head else last
+
+
+def _sub_attribute_phrase(sub_attribute: str) -> str:
+    """ "outline: red" -> "a red outline"; "stripes" -> "stripes" (plural parts take no article)."""
+    part, sep, value = sub_attribute.partition(":")
+    if sep:
+        words = f"{value.strip()} {part.strip()}"
+        return words if part.strip().endswith("s") else f"{_article(words)} {words}"
+    return sub_attribute.strip()
+
+
+def _join_list(items: list[str]) -> str:
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + ", and " + items[-1]
