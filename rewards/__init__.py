@@ -10,6 +10,13 @@ Importing this package registers every reward below, so ``get_reward("rec_iou")`
 from . import accuracy, detection, format, grounding, image  # noqa: F401  (registers the rewards)
 from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
 from .detection import average_precision, mean_average_precision
+from .geometry import position_relations, relation_holds, size_relations
+from .hierarchical_global import (
+    CLIPScorer,
+    PreferenceScorer,
+    build_global_reward,
+    make_clip_reward,
+)
 from .parsing import (
     Box,
     BoxTransform,
@@ -35,6 +42,13 @@ from .registry import (
 
 __all__ = [
     "ACCURACY_METHODS",
+    "CLIPScorer",
+    "PreferenceScorer",
+    "build_global_reward",
+    "make_clip_reward",
+    "position_relations",
+    "relation_holds",
+    "size_relations",
     "Box",
     "BoxTransform",
     "Completion",
