@@ -11,11 +11,19 @@ from . import accuracy, detection, format, grounding, image  # noqa: F401  (regi
 from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
 from .detection import average_precision, mean_average_precision
 from .geometry import position_relations, relation_holds, size_relations
+from .hierarchical import HierarchicalReward
 from .hierarchical_global import (
     CLIPScorer,
     PreferenceScorer,
     build_global_reward,
     make_clip_reward,
+)
+from .hierarchical_relation import RelationReward
+from .hierarchical_subject import (
+    DinoSimilarity,
+    OpenVocabDetector,
+    SubjectReward,
+    VLMYesProbability,
 )
 from .parsing import (
     Box,
@@ -43,6 +51,12 @@ from .registry import (
 __all__ = [
     "ACCURACY_METHODS",
     "CLIPScorer",
+    "DinoSimilarity",
+    "HierarchicalReward",
+    "OpenVocabDetector",
+    "RelationReward",
+    "SubjectReward",
+    "VLMYesProbability",
     "PreferenceScorer",
     "build_global_reward",
     "make_clip_reward",
