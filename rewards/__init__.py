@@ -45,6 +45,7 @@ from .registry import (
     available_rewards,
     get_reward,
     register_reward,
+    reward_modality,
     unregister_reward,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "parse_completion",
     "parse_solution",
     "register_reward",
+    "reward_modality",
     "resized_to_original",
     "unregister_reward",
 ]

@@ -20,7 +20,7 @@ def _check_images(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
-@register_reward("redness")
+@register_reward("redness", modality="image")
 def redness_reward(images: torch.Tensor, samples: Sequence[Sample]) -> list[float | None]:
     """Mean over pixels of R - (G + B) / 2, in [-1, 1]: 1 for pure red, -1 for cyan."""
     x = _check_images(images)
@@ -28,7 +28,7 @@ def redness_reward(images: torch.Tensor, samples: Sequence[Sample]) -> list[floa
     return score.mean(dim=(1, 2)).tolist()
 
 
-@register_reward("brightness")
+@register_reward("brightness", modality="image")
 def brightness_reward(images: torch.Tensor, samples: Sequence[Sample]) -> list[float | None]:
     """Mean pixel value in [0, 1]."""
     return _check_images(images).mean(dim=(1, 2, 3)).tolist()

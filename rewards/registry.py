@@ -35,6 +35,9 @@ Sample = Mapping[str, Any]
 RewardFn = Callable[[Sequence[Completion], Sequence[Sample]], list[float | None]]
 
 _REGISTRY: dict[str, RewardFn] = {}
+_MODALITY: dict[str, str] = {}
+MODALITIES = ("text", "image")
+"""What a reward scores: parsed VLM completions ("text") or generated images ("image")."""
 
 
 class UnknownRewardError(KeyError, ValueError):
@@ -44,10 +47,16 @@ class UnknownRewardError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register ``fn`` under ``name``; a name that is taken is refused."""
+def register_reward(name: str, *, modality: str = "text") -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register ``fn`` under ``name``; a name that is taken is refused.
+
+    ``modality`` says what it scores ("text": parsed completions, "image": an image batch), so a
+    trainer can refuse a reward of the other kind when the config is read, not mid-run.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a reward name is a non-empty string, got {name!r}")
+    if modality not in MODALITIES:
+        raise ValueError(f"reward modality must be one of {MODALITIES}, got {modality!r}")
 
     def decorator(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY:
@@ -58,6 +67,7 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
                 "or unregister_reward() the old one first"
             )
         _REGISTRY[name] = fn
+        _MODALITY[name] = modality
         return fn
 
     return decorator
@@ -68,11 +78,18 @@ def unregister_reward(name: str) -> None:
     if name not in _REGISTRY:
         raise _unknown(name)
     del _REGISTRY[name]
+    del _MODALITY[name]
 
 
-def available_rewards() -> list[str]:
-    """The registered reward names, sorted."""
-    return sorted(_REGISTRY)
+def available_rewards(modality: str | None = None) -> list[str]:
+    """The registered reward names, sorted; only those of ``modality`` when given."""
+    return sorted(n for n in _REGISTRY if modality is None or _MODALITY[n] == modality)
+
+
+def reward_modality(name: str) -> str:
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _MODALITY[name]
 
 
 def get_reward(name: str) -> RewardFn:
@@ -102,7 +119,7 @@ class RewardResult:
 class WeightedReward:
     """The config's ``{name: weight}`` turned into one callable scoring a batch."""
 
-    def __init__(self, weights: Mapping[str, float]):
+    def __init__(self, weights: Mapping[str, float], modality: str | None = None):
         if not weights:
             raise ValueError(
                 f"no rewards given; name at least one, e.g. {{'format': 1.0}}. "
@@ -112,6 +129,11 @@ class WeightedReward:
         self.fns: dict[str, RewardFn] = {}
         for name, weight in weights.items():
             self.fns[name] = get_reward(name)  # fail at config time, not mid-run
+            if modality is not None and _MODALITY[name] != modality:
+                raise ValueError(
+                    f"reward {name!r} scores {_MODALITY[name]} outputs, but this trainer produces "
+                    f"{modality}; {modality} rewards: {', '.join(available_rewards(modality))}"
+                )
             if not isinstance(weight, numbers.Real):
                 raise ValueError(f"weight of reward {name!r} must be a number, got {weight!r}")
             if not math.isfinite(weight):
@@ -126,7 +148,9 @@ class WeightedReward:
     ) -> RewardResult:
         if len(completions) != len(samples):
             raise ValueError(f"{len(completions)} completions but {len(samples)} samples")
-        if not isinstance(completions, torch.Tensor) and any(isinstance(c, str) for c in completions):
+        if not isinstance(completions, torch.Tensor) and any(
+            isinstance(c, str) for c in completions
+        ):
             raise TypeError(
                 "rewards take parsed Completion objects, not raw strings; "
                 "use vrl.rewards.parse_completion(text, box_transform) first"

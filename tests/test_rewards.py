@@ -367,3 +367,15 @@ def test_image_rewards_by_hand_and_through_weighted_reward():
     assert result.components["redness"].tolist() == [1.0, -1.0, 0.0]
     assert result.components["brightness"].tolist() == pytest.approx([1 / 3, 2 / 3, 0.5])
     assert result.total.tolist() == pytest.approx([2 + 1 / 3, -2 + 2 / 3, 0.5])
+
+
+def test_a_trainer_refuses_rewards_of_the_other_modality():
+    from vrl.rewards import WeightedReward, available_rewards, reward_modality
+
+    assert reward_modality("redness") == "image" and reward_modality("rec_iou") == "text"
+    assert "redness" in available_rewards("image") and "redness" not in available_rewards("text")
+    with pytest.raises(ValueError, match="reward 'redness' scores image outputs") as err:
+        WeightedReward({"accuracy": 1.0, "redness": 1.0}, modality="text")
+    assert "rec_iou" in str(err.value)  # the message lists what would fit
+    with pytest.raises(ValueError, match="modality"):
+        register_reward("x", modality="audio")

@@ -112,7 +112,7 @@ def test_iou_is_symmetric_and_bounded(a, b):
 def test_every_reward_scores_any_text_in_unit_interval(text, solution, method, transform):
     completions = [parse_completion(text, transform)]
     samples = [{"solution": solution, "accu_reward_method": method}]
-    for name in available_rewards():
+    for name in available_rewards("text"):
         scores = get_reward(name)(completions, samples)
         assert len(scores) == 1, name
         assert scores[0] is None or 0.0 <= scores[0] <= 1.0, (name, scores)
@@ -121,7 +121,7 @@ def test_every_reward_scores_any_text_in_unit_interval(text, solution, method, t
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(any_text, any_text), min_size=1, max_size=4))
 def test_weighted_sum_of_all_rewards_never_hits_an_error(pairs):
-    reward = WeightedReward(dict.fromkeys(available_rewards(), 1.0))
+    reward = WeightedReward(dict.fromkeys(available_rewards("text"), 1.0))
     completions = [parse_completion(text) for text, _ in pairs]
     samples = [{"solution": solution} for _, solution in pairs]
     result = reward(completions, samples)

@@ -133,7 +133,7 @@ def train(cfg) -> dict[str, Any]:
     eval_prompts = (load_prompts(cfg.prompts.eval) if cfg.prompts.eval else prompts)[
         : cfg.prompts.num_eval
     ]
-    reward_fn = WeightedReward(grpo.rewards)
+    reward_fn = WeightedReward(grpo.rewards, modality="image")
     schedule = from_config(smp.noise)
     with accelerator.main_process_first():
         adapter, ref_transformer = load_diffusion_policy(cfg, accelerator)

@@ -94,7 +94,7 @@ def train(cfg) -> dict[str, Any]:
     with accelerator.main_process_first():
         dataset: list[VLMSample] = load_vlm_dataset(cfg)
         adapter, policy, ref_model = load_vlm_policy(cfg, accelerator)
-    reward_fn = WeightedReward(grpo.rewards)
+    reward_fn = WeightedReward(grpo.rewards, modality="text")
     optimizer, scheduler = build_optimizer(policy, optim, cfg.run.max_steps * grpo.num_iterations)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(policy)
