@@ -48,7 +48,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-5)")
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-5)"
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
