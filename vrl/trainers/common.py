@@ -97,6 +97,31 @@ def sample_order(n: int, seed: int, epochs: int = 64) -> list[int]:
     return [i for _ in range(epochs) for i in torch.randperm(n, generator=g).tolist()]
 
 
+def local_step_items(
+    order: list[int], step: int, prompts_per_step: int, group_size: int, rank: int, n_local: int
+) -> list[int]:
+    """Dataset indices of this process's samples at `step`.
+
+    Every process builds the same global list (the step's P prompts, each repeated G times: one
+    group per prompt) and takes its own slice, so a group may span processes; rewards are
+    gathered before advantages so that every group is normalised whole.
+    """
+    n = len(order)
+    start = step * prompts_per_step
+    prompts = [order[(start + i) % n] for i in range(prompts_per_step)]
+    global_items = [i for i in prompts for _ in range(group_size)]
+    return global_items[rank * n_local : (rank + 1) * n_local]
+
+
+def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
+    """Seed of the random draws at `step` on `rank`: a resumed run draws the same samples.
+
+    stream 0 is the sampling noise (one per rank); stream 1 the choices every rank must share
+    (which denoising steps are noisy and trained), drawn with rank 0.
+    """
+    return ((seed * 1_000_003 + step) * 1009 + rank) * 2 + stream
+
+
 def load_vlm_dataset(cfg) -> list:
     """The training samples, validated whole; synthetic:<name> writes a generated set first."""
     from vrl.data.vlm_r1 import load_vlm_r1_jsonl

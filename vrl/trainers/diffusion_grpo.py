@@ -42,12 +42,13 @@ from vrl.trainers.common import (
     EMA,
     MetricsWriter,
     build_optimizer,
+    local_step_items,
     make_accelerator,
     resolve_dtype,
     sample_order,
+    step_seed,
     truncate_metrics,
 )
-from vrl.trainers.vlm_grpo import step_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def train(cfg) -> dict[str, Any]:
             ema.load(state["extra"]["ema"])
         truncate_metrics(run_dir / "metrics.jsonl", start_step, accelerator.is_main_process)
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    if accelerator.is_main_process and cfg.run.report_to:
+        accelerator.init_trackers("vrl-diffusion", config={"seed": cfg.run.seed})
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     order = sample_order(len(prompts), cfg.run.seed)
     history: list[float] = []
@@ -175,16 +178,14 @@ def train(cfg) -> dict[str, Any]:
     for step in bar:
         t0 = time.perf_counter()
         #### ROLLOUT ####
-        prompt_ids = step_prompts(order, step, grpo.prompts_per_step)
-        global_items = [i for i in prompt_ids for _ in range(grpo.group_size)]
-        local_items = global_items[rank * n_local : (rank + 1) * n_local]
+        local_items = local_step_items(
+            order, step, grpo.prompts_per_step, grpo.group_size, rank, n_local
+        )
         # noise depends only on (seed, step, rank); the window of noisy steps only on (seed, step),
         # so every process trains the same steps and a resumed run replays the same rollout
-        step_gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
+        step_gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, step, stream=1))
         levels = schedule.levels(smp.num_steps, generator=step_gen).to(device)  # (T,)
-        noise_gen = torch.Generator(device).manual_seed(
-            cfg.run.seed * 1_000_003 + step * 1009 + rank
-        )
+        noise_gen = torch.Generator(device).manual_seed(step_seed(cfg.run.seed, step, rank))
         policy.eval()
         chunks: list[RolloutChunk] = []
         images, rows = [], []
@@ -299,6 +300,8 @@ def train(cfg) -> dict[str, Any]:
             record.update({f"eval/{k}": v for k, v in evaluate(unwrapped, ema, done).items()})
         if done % cfg.run.log_every == 0 or done == cfg.run.max_steps:
             metrics.write(record)
+            if cfg.run.report_to:
+                accelerator.log(record, step=done)
         bar.set_postfix(reward=f"{mean_reward:.3f}")
         if (cfg.run.save_every and done % cfg.run.save_every == 0) or done == cfg.run.max_steps:
             save_checkpoint(

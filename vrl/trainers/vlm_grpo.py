@@ -40,8 +40,10 @@ from vrl.trainers.common import (
     build_optimizer,
     load_vlm_dataset,
     load_vlm_policy,
+    local_step_items,
     make_accelerator,
     sample_order,
+    step_seed,
     truncate_metrics,
 )
 
@@ -59,13 +61,6 @@ class RolloutChunk:
     ref_logp: torch.Tensor | None  # (b, L) under the reference; None when beta == 0
     advantages: torch.Tensor | None = None  # (b,)
     keep: torch.Tensor | None = None  # (b,) bool, False for filtered zero-std groups
-
-
-def step_prompts(order: list[int], step: int, prompts_per_step: int) -> list[int]:
-    """Dataset indices of the prompts of one step, walking through epochs of `order`."""
-    n = len(order)
-    start = step * prompts_per_step
-    return [order[(start + i) % n] for i in range(prompts_per_step)]
 
 
 def train(cfg) -> dict[str, Any]:
@@ -125,13 +120,10 @@ def train(cfg) -> dict[str, Any]:
     for step in bar:
         t0 = time.perf_counter()
         #### ROLLOUT ####
-        # Every process sees the same global list of P*G samples and takes its own slice, so a
-        # group of G completions of one prompt may span processes.
-        prompt_ids = step_prompts(order, step, grpo.prompts_per_step)
-        global_items = [i for i in prompt_ids for _ in range(grpo.group_size)]
-        local_items = global_items[rank * n_local : (rank + 1) * n_local]
-        # sampling noise depends only on (seed, step, rank): a resumed run draws the same completions
-        torch.manual_seed(cfg.run.seed * 1_000_003 + step * 1009 + rank)
+        local_items = local_step_items(
+            order, step, grpo.prompts_per_step, grpo.group_size, rank, n_local
+        )
+        torch.manual_seed(step_seed(cfg.run.seed, step, rank))
         policy.eval()
         chunks: list[RolloutChunk] = []
         texts: list[str] = []
