@@ -66,15 +66,16 @@ def test_second_update_sees_a_moved_policy_and_kl_to_the_disabled_adapter(tmp_pa
 
 
 def test_tiny_sd3_learns_to_make_redder_images(tmp_path):
-    """The mean reward rises clearly within a few seeded epochs (25 steps, 16 images each)."""
-    summary = train(tiny_config(tmp_path, "run.max_steps=25"))
+    """The mean reward rises clearly within a few seeded epochs (40 steps, 16 images each)."""
+    summary = train(tiny_config(tmp_path, "run.max_steps=40"))
     rewards = summary["rewards"]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    # measured for seeds 0, 1, 2: first five about -0.14, last five -0.05 to +0.03
+    # measured (seed 0): training reward, first five -0.145, last five +0.022
     assert last > first + 0.05, rewards
     before, after = summary["eval"]["before"]["redness"], summary["eval"]["after"]["redness"]
-    assert after > before + 0.05  # held-out: fixed prompts and noise, 10-step ODE sampling
-    assert (tmp_path / "run" / "eval" / "step-25.png").exists()
+    # held-out (fixed prompts and noise, 10-step ODE): -0.138 -> +0.046 for seed 0
+    assert after > before + 0.05
+    assert (tmp_path / "run" / "eval" / "step-40.png").exists()
 
 
 def test_a_bad_prompt_file_names_the_line(tmp_path):
