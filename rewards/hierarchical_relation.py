@@ -25,6 +25,7 @@ from .hierarchical_subject import (
     OpenVocabDetector,
     VLMYesProbability,
     check_images,
+    mean_row_scores,
     scene_of,
     weighted_terms,
 )
@@ -123,9 +124,7 @@ class RelationReward:
     def __call__(self, images: torch.Tensor, samples: Sequence[Mapping]) -> list[float | None]:
         """Mean relation score per image; None for a scene without relations."""
         self.last_breakdown = self.breakdown(images, samples)
-        return [
-            sum(r.score for r in rows) / len(rows) if rows else None for rows in self.last_breakdown
-        ]
+        return mean_row_scores(self.last_breakdown)
 
     def __repr__(self) -> str:
         w = self.weights

@@ -358,6 +358,11 @@ def weighted_terms(terms: Mapping[str, float | None], weights: Mapping[str, floa
     return scale * sum(weights[k] * v for k, v in present.items())
 
 
+def mean_row_scores(rows_per_image: Sequence[Sequence[Any]]) -> list[float | None]:
+    """Mean of the rows' `.score` per image; None for an image with no rows (nothing to judge)."""
+    return [sum(r.score for r in rows) / len(rows) if rows else None for rows in rows_per_image]
+
+
 class SubjectReward:
     """R_subject as a registry reward over ``sample["scene"]`` and ``sample["references"]``.
 
@@ -452,9 +457,7 @@ class SubjectReward:
     def __call__(self, images: torch.Tensor, samples: Sequence[Mapping]) -> list[float | None]:
         """Mean subject score per image (None for a scene without subjects)."""
         self.last_breakdown = self.breakdown(images, samples)
-        return [
-            sum(r.score for r in rows) / len(rows) if rows else None for rows in self.last_breakdown
-        ]
+        return mean_row_scores(self.last_breakdown)
 
     def __repr__(self) -> str:
         w = self.weights

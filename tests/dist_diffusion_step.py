@@ -4,7 +4,6 @@ Trains 2 diffusion GRPO steps with one prompt x G=4 per step, records what group
 and a digest of the weights, and writes rank<k>.json into the folder given as argv[1].
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+from _helpers import param_digest  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from vrl import core  # noqa: E402
@@ -21,14 +20,6 @@ from vrl.trainers import diffusion_grpo  # noqa: E402
 from vrl.trainers.diffusion_config import DiffusionTrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(out: Path) -> None:
@@ -42,7 +33,7 @@ def main(out: Path) -> None:
 
     def recording_prepare(self, *objs):
         seen["state"] = (self.process_index, self.num_processes, self.distributed_type.name)
-        seen["initial"] = digest(objs[0])
+        seen["initial"] = param_digest(objs[0])
         return real_prepare(self, *objs)
 
     core.group_advantages = recording_group_advantages
@@ -71,7 +62,7 @@ def main(out: Path) -> None:
                 "distributed_type": kind,
                 "advantage_calls": calls,
                 "initial_digest": seen["initial"],
-                "param_digest": digest(summary["adapter"].transformer),
+                "param_digest": param_digest(summary["adapter"].transformer),
             }
         )
     )

@@ -4,7 +4,6 @@ Trains 2 GRPO steps with one prompt x G=4 per step, records what group_advantage
 digest of the weights, and writes rank<k>.json into the folder given as argv[1].
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -13,7 +12,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
+
+from _helpers import param_digest  # noqa: E402
 
 from vrl import core  # noqa: E402
 from vrl.config import load_config  # noqa: E402
@@ -22,14 +22,6 @@ from vrl.trainers import vlm_grpo  # noqa: E402
 from vrl.trainers.vlm_config import VLMTrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(out: Path) -> None:
@@ -53,7 +45,7 @@ def main(out: Path) -> None:
     real_prepare = Accelerator.prepare
 
     def recording_prepare(self, *objs):
-        initial["digest"] = digest(objs[0])
+        initial["digest"] = param_digest(objs[0])
         initial["state"] = (self.process_index, self.num_processes, self.distributed_type.name)
         return real_prepare(self, *objs)
 
@@ -83,7 +75,7 @@ def main(out: Path) -> None:
                 "advantage_calls": calls,
                 "completions": completions,
                 "initial_digest": initial["digest"],
-                "param_digest": digest(summary["model"]),
+                "param_digest": param_digest(summary["model"]),
             }
         )
     )

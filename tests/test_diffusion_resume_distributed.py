@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _helpers import kill_after_checkpoint
 from safetensors.torch import load_file
 
 from vrl.checkpoint import latest_checkpoint
@@ -33,17 +32,7 @@ def test_killed_run_resumes_to_the_same_weights_and_ema(tmp_path):
     steps = 6
     subprocess.run(TRAIN + _overrides(tmp_path / "full", steps), check=True, capture_output=True)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        TRAIN + _overrides(run, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step-2").exists():
-        assert proc.poll() is None and time.time() < deadline, (
-            "run ended before its first checkpoint"
-        )
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(TRAIN + _overrides(run, steps), run, step=2)
     assert int(latest_checkpoint(run).name.split("-")[1]) < steps
     subprocess.run(TRAIN + _overrides(run, steps) + ["--resume"], check=True, capture_output=True)
     for name in ("trainable.safetensors", "extra-ema.safetensors"):
