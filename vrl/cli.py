@@ -1,9 +1,10 @@
-"""The `vrl` command: train, eval, quickstart.
+"""The `vrl` command: train, eval, quickstart, demo.
 
 vrl train vlm --config configs/vlm_tiny_cpu.yaml optim.lr=1e-5 run.max_steps=20
 vrl train vlm --help-config
 vrl eval rec --model runs/vlm/final --data data/rec.jsonl --images data/images
 vrl quickstart
+vrl demo --model tiny-random:sd3 --lora runs/diffusion/final
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from vrl.demo.app import run_from_args  # Gradio loads only for this command
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vrl", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -120,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--seed", type=int, default=0)
     qs.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's)")
     qs.set_defaults(func=_quickstart)
+
+    from vrl.demo.settings import add_demo_arguments  # stdlib only: no Gradio, no torch
+
+    demo = sub.add_parser("demo", help="the Gradio demo: watch the chain of synthesis (HiCoGen)")
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -1,0 +1,486 @@
+"""The demo's model side, free of Gradio: load once, check a request, run the chain pass by pass.
+
+`DemoEngine.generate(request)` is a generator of `DemoState` snapshots: first the decomposition,
+then one snapshot after every pass of the chain of synthesis (for every model shown: the base and
+the RL-tuned adapter alternate, on the same seed), then the rewards. The page renders each
+snapshot as it comes, so a person watches the scene being built unit by unit.
+
+A pass is exactly a pass of `vrl.hicogen.chain.synthesize_chain` (the same start sigma for
+image-to-image, the same noise draws in the same order; a test checks the images are equal), run
+here one at a time and without storing trajectories, which display does not need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vrl.demo.rewards import RewardReport, build_reward, score_images
+from vrl.demo.settings import DemoSettings, Limits
+from vrl.hicogen.chain import img2img_start
+from vrl.hicogen.decompose import decompose_template, fallback_scene
+from vrl.hicogen.scene import Scene, SynthesisUnit
+from vrl.samplers import ConstantNoise, DecayingNoise, NoiseSchedule, WindowNoise, sample
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("ode", "sde")
+SCHEDULE_KINDS = ("constant", "decaying", "window")
+MAX_SEED = 2**31 - 1
+# Weight files that are pickles (torch.load runs code from them): never loaded by the demo.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+LABELS = {"model": "model", "tuned": "RL-tuned adapter", "base": "base model"}
+
+
+class LimitError(ValueError):
+    """A request outside the launch limits or otherwise unusable; the message is for the person."""
+
+
+class DemoSetupError(RuntimeError):
+    """The demo cannot start with these settings (missing model, unsafe weights, ...)."""
+
+
+class UnsafeWeightsError(DemoSetupError):
+    """Weights in a pickle-based format: the demo loads safetensors only."""
+
+
+# ---------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One press of "Generate", checked (`check_request` builds it from the page's raw values)."""
+
+    prompt: str
+    seed: int = 0
+    steps: int = 8
+    guidance: float = 1.0
+    chain: bool = True
+    sampler: str = "sde"
+    schedule: str = "decaying"
+    noise_level: float = 0.7
+    strength: float = 0.7
+    num_images: int = 1
+
+
+def _whole_number(name: str, value: Any, low: int, high: int) -> int:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or int(value) != value or not low <= value <= high:
+        raise LimitError(f"{name} must be a whole number from {low} to {high}; got {value!r}.")
+    return int(value)
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        raise LimitError(f"{name} must be a number from {low:g} to {high:g}; got {value!r}.")
+    return float(value)
+
+
+def check_request(
+    limits: Limits,
+    prompt: Any,
+    seed: Any = 0,
+    steps: Any = 8,
+    guidance: Any = 1.0,
+    chain: Any = True,
+    sampler: Any = "sde",
+    schedule: Any = "decaying",
+    noise_level: Any = 0.7,
+    strength: Any = 0.7,
+    num_images: Any = 1,
+) -> GenerationRequest:
+    """The page's raw values as a request, or `LimitError` saying what is wrong and the limit.
+
+    Everything from the page is untrusted (a client can post any JSON to the API), so types are
+    checked as well as ranges.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise LimitError("Type a prompt first.")
+    prompt = prompt.strip()
+    if len(prompt) > limits.max_prompt_chars:
+        raise LimitError(
+            f"The prompt has {len(prompt)} characters; this demo takes at most "
+            f"{limits.max_prompt_chars}. Shorten it and try again."
+        )
+    if sampler not in SAMPLERS:
+        raise LimitError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}.")
+    if schedule not in SCHEDULE_KINDS:
+        raise LimitError(
+            f"noise schedule must be one of {', '.join(SCHEDULE_KINDS)}; got {schedule!r}."
+        )
+    return GenerationRequest(
+        prompt=prompt,
+        seed=_whole_number("Seed", seed, 0, MAX_SEED),
+        steps=_whole_number("Steps", steps, 1, limits.max_steps),
+        guidance=_number("Guidance", guidance, 0.0, limits.max_guidance),
+        chain=bool(chain),
+        sampler=sampler,
+        schedule=schedule,
+        noise_level=_number("Noise level", noise_level, 0.0, 1.0),
+        strength=_number("Context strength", strength, 0.05, 1.0),
+        num_images=_whole_number("Number of images", num_images, 1, limits.max_images),
+    )
+
+
+def noise_schedule(request: GenerationRequest, shortest_pass: int) -> NoiseSchedule | None:
+    """The SDE's noise levels for the request (None: the deterministic ODE sampler).
+
+    decaying: HiCoGen's cosine from the level down to a tenth of it; window: the level on the first
+    half of each pass's steps, ODE after (sized on the shortest pass so that it fits every pass).
+    """
+    if request.sampler == "ode":
+        return None
+    level = request.noise_level
+    if request.schedule == "constant":
+        return ConstantNoise(level)
+    if request.schedule == "decaying":
+        return DecayingNoise(eta_max=level, eta_min=level / 10)
+    return WindowNoise(ConstantNoise(level), size=max(1, shortest_pass // 2), start=0)
+
+
+# ---------------------------------------------------------------------- decomposition and state
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """The prompt as a scene and the passes of its chain: one per unit, then the final prompt."""
+
+    scene: Scene
+    source: str  # "template", "llm" or "fallback"
+    units: tuple[SynthesisUnit, ...]
+    unit_prompts: tuple[str, ...]
+    final_prompt: str
+    merged: int = 0  # units merged into the last one by Limits.max_units
+
+
+@dataclass
+class PassResult:
+    prompt: str
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
+
+
+@dataclass
+class DemoState:
+    """What the page shows, as it grows: filled in pass by pass, then with the rewards."""
+
+    request: GenerationRequest
+    decomposition: Decomposition
+    labels: tuple[str, ...]
+    total: int
+    done: int = 0
+    message: str = ""
+    passes: dict[str, list[PassResult]] = field(default_factory=dict)
+    reports: dict[str, RewardReport] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    finished: bool = False
+
+    def final(self, label: str) -> torch.Tensor | None:
+        """(B, 3, H, W) final images of `label` once its last pass is done."""
+        wanted = len(self.decomposition.units) + 1 if self.request.chain else 1
+        passes = self.passes.get(label, [])
+        return passes[-1].images if len(passes) == wanted else None
+
+
+def denoise_pass(
+    adapter,
+    transformer: torch.nn.Module,
+    embeds,
+    canvas: torch.Tensor | None,
+    sigmas: torch.Tensor,
+    start: int,
+    *,
+    batch_size: int,
+    size: int,
+    guidance: float,
+    step: str,
+    schedule: NoiseSchedule | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Final latents of one chain pass: from noise (canvas None) or from the canvas noised back to
+    sigmas[start] (image-to-image), as `synthesize_chain` does it."""
+    noise = adapter.initial_noise(batch_size, size, size, generator)
+    if canvas is None:
+        step_sigmas, x = sigmas, noise
+    else:  # flow matching: x_s = (1 - s) x_0 + s eps, from the canvas as x_0
+        step_sigmas = sigmas[start:]
+        s0 = step_sigmas[0].to(noise.dtype)
+        x = (1 - s0) * canvas + s0 * noise
+    levels = None
+    if schedule is not None and step != "ode":
+        levels = schedule.levels(len(step_sigmas) - 1).to(adapter.device)
+    traj = sample(
+        adapter.velocity_fn(transformer, embeds, guidance),
+        x,
+        step_sigmas,
+        step=step if levels is not None else "ode",
+        schedule=levels,
+        generator=generator,
+        store_trajectory=False,
+    )
+    return traj.final
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def find_lora_weights(path: str | Path) -> Path:
+    """The .safetensors file of a LoRA adapter (a folder or the file itself); pickles refused."""
+    p = Path(path)
+    if not p.exists():
+        raise DemoSetupError(f"LoRA adapter {path}: no such file or folder")
+    refuse = (
+        "the demo loads safetensors weights only: pickle-based formats ({}) can run code when "
+        "loaded. Convert it with safetensors.torch.save_file, or save it again with "
+        "`vrl train diffusion` (which writes pytorch_lora_weights.safetensors)"
+    )
+    if p.is_file():
+        if p.suffix != ".safetensors":
+            raise UnsafeWeightsError(
+                f"LoRA adapter {path}: {refuse.format(p.suffix or 'no extension')}"
+            )
+        return p
+    found = sorted(p.glob("*.safetensors"))
+    if not found:
+        pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UnsafeWeightsError(
+                f"LoRA adapter {path} holds {', '.join(pickles)}; {refuse.format(', '.join(PICKLE_SUFFIXES))}"
+            )
+        raise DemoSetupError(f"LoRA adapter {path}: no .safetensors file in the folder")
+    preferred = [f for f in found if f.name == "pytorch_lora_weights.safetensors"]
+    if preferred:
+        return preferred[0]
+    if len(found) > 1:
+        raise DemoSetupError(
+            f"LoRA adapter {path}: several .safetensors files ({', '.join(f.name for f in found)}); "
+            "name the file itself"
+        )
+    return found[0]
+
+
+def load_lora(adapter, path: str | Path) -> list[str]:
+    """Put the adapter's LoRA on the transformer (safetensors only); returns notes for the page."""
+    from safetensors import safe_open
+
+    from vrl.models.diffusion import _lora_layers
+
+    weights = find_lora_weights(path)
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata() or {}
+    try:
+        # use_safetensors with an explicit .safetensors file: diffusers never unpickles here.
+        adapter.pipeline.load_lora_weights(
+            str(weights.parent), weight_name=weights.name, use_safetensors=True
+        )
+    except Exception as err:
+        raise DemoSetupError(f"LoRA adapter {path} does not fit this model: {err}") from err
+    if not _lora_layers(adapter.transformer):
+        raise DemoSetupError(f"LoRA adapter {path} holds no LoRA weights for the transformer")
+    notes = []
+    if "lora_adapter_metadata" not in metadata:
+        notes.append(
+            "The adapter file does not record its LoRA alpha; it is applied with alpha = rank "
+            "(scale 1), which differs from training when alpha != rank."
+        )
+    return notes
+
+
+def load_adapter(model: str, device: torch.device):
+    """A flow-matching adapter for the model, safetensors weights only."""
+    from vrl.models.diffusion import FlowMatchingAdapter
+    from vrl.trainers.common import resolve_dtype, resolve_pipeline_path
+
+    path = resolve_pipeline_path(model)
+    try:
+        return FlowMatchingAdapter.from_pretrained(
+            path,
+            dtype=resolve_dtype("auto", device),
+            device=device,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as err:
+        raise DemoSetupError(
+            f"cannot load the model {model!r} (a diffusers SD3/FLUX pipeline folder with "
+            f"safetensors weights is needed): {err}"
+        ) from err
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_size(adapter, settings: DemoSettings) -> int:
+    if settings.size:
+        return settings.size
+    if settings.is_tiny:
+        from vrl.models.tiny_diffusion import TINY_IMAGE_SIZE
+
+        return TINY_IMAGE_SIZE
+    pipeline = adapter.pipeline
+    sample_size = getattr(pipeline, "default_sample_size", None)
+    return int(sample_size * pipeline.vae_scale_factor) if sample_size else 512
+
+
+# ---------------------------------------------------------------------- the engine
+
+
+class DemoEngine:
+    """The loaded model (and adapter), decomposer and reward, and the generation loop.
+
+    `adapter` and `reward` may be passed in already built (tests share them between apps);
+    otherwise they are built from the settings.
+    """
+
+    def __init__(
+        self,
+        settings: DemoSettings,
+        *,
+        adapter=None,
+        reward: tuple[str, Any] | None = None,
+    ):
+        self.settings = settings
+        self.notes: list[str] = []
+        self.adapter = adapter or load_adapter(settings.model, resolve_device(settings.device))
+        self.has_lora = settings.lora is not None
+        if self.has_lora:
+            self.notes += load_lora(self.adapter, settings.lora)
+        self.size = default_size(self.adapter, settings)
+        try:
+            self.adapter.sigmas(1, self.size, self.size)  # checks the size fits the model
+        except ValueError as err:
+            raise DemoSetupError(str(err)) from err
+        self.reward_name, self.reward = reward if reward is not None else build_reward(settings)
+        self.decomposer = None
+        if settings.decomposer:
+            from vrl.hicogen.decompose import LLMDecomposer
+
+            self.decomposer = LLMDecomposer.from_pretrained(settings.decomposer)
+        # Passes toggle the adapter on and off: one pass at a time touches the model. The lock is
+        # never held across a yield, so an abandoned page cannot leave it taken.
+        self._lock = threading.Lock()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return ("tuned", "base") if self.has_lora else ("model",)
+
+    def decompose(self, prompt: str) -> Decomposition:
+        """Rules first (shapes-world prompts), then the local LM if one was given, else one unit."""
+        scene, source = decompose_template(prompt), "template"
+        if scene is None and self.decomposer is not None:
+            result = self.decomposer(prompt)
+            scene, source = result.scene, result.source
+        if scene is None:
+            scene, source = fallback_scene(prompt), "fallback"
+        units = scene.default_units()
+        merged = 0
+        limit = self.settings.limits.max_units
+        if len(units) > limit:
+            merged = len(units) - limit
+            tail = tuple(sid for unit in units[limit - 1 :] for sid in unit.subjects)
+            units = (*units[: limit - 1], SynthesisUnit(tail))
+        prompts = tuple(scene.unit_prompt(u) for u in units)
+        return Decomposition(scene, source, units, prompts, prompt.strip(), merged)
+
+    def _policy(self, label: str):
+        return self.adapter.disabled_adapter() if label == "base" else contextlib.nullcontext()
+
+    def generate(self, request: GenerationRequest) -> Iterator[DemoState]:
+        """Snapshots of the state: after the decomposition, after every pass, after the rewards."""
+        adapter, size, batch = self.adapter, self.size, request.num_images
+        dec = self.decompose(request.prompt)
+        prompts = [*dec.unit_prompts, dec.final_prompt] if request.chain else [dec.final_prompt]
+        labels = self.labels
+        scoring = self.reward is not None
+        state = DemoState(
+            request,
+            dec,
+            labels,
+            total=len(prompts) * len(labels) + (len(labels) if scoring else 0),
+            passes={label: [] for label in labels},
+            message=f"decomposed into {len(dec.units)} unit(s) ({dec.source})",
+        )
+        if dec.merged:
+            state.notes.append(
+                f"{dec.merged} unit(s) past the limit of {self.settings.limits.max_units} were "
+                "merged into the last one."
+            )
+        yield state
+
+        sigmas = adapter.sigmas(request.steps, size, size).to(adapter.device)  # (T + 1,)
+        start = img2img_start(sigmas, request.strength)
+        shortest = request.steps - start if len(prompts) > 1 else request.steps
+        schedule = noise_schedule(request, shortest)
+        generators = {
+            label: torch.Generator(adapter.device).manual_seed(request.seed) for label in labels
+        }
+        canvas: dict[str, torch.Tensor | None] = {label: None for label in labels}
+        for k, prompt in enumerate(prompts):
+            for label in labels:
+                with self._lock, torch.no_grad(), self._policy(label):
+                    embeds = adapter.encode_prompts([prompt] * batch)
+                    canvas[label] = denoise_pass(
+                        adapter,
+                        adapter.transformer,
+                        embeds,
+                        canvas[label],
+                        sigmas,
+                        start,
+                        batch_size=batch,
+                        size=size,
+                        guidance=request.guidance,
+                        step=request.sampler,
+                        schedule=schedule,
+                        generator=generators[label],
+                    )
+                    images = adapter.decode(canvas[label], (size, size)).float().cpu()
+                state.passes[label].append(PassResult(prompt, images))
+                state.done += 1
+                what = "final pass" if k == len(prompts) - 1 else f"unit {k + 1}"
+                state.message = f"{LABELS[label]}: {what} of {len(prompts)}: {prompt}"
+                yield state
+
+        if scoring:
+            for label in labels:
+                samples = self._reward_samples(state, label)
+                try:
+                    with self._lock:
+                        state.reports[label] = score_images(
+                            self.reward, state.final(label), samples
+                        )
+                except Exception as err:  # a failing backend must not take the images away
+                    logger.exception("reward failed")
+                    state.notes.append(f"The reward failed for the {LABELS[label]}: {err}")
+                state.done += 1
+                state.message = f"scored the {LABELS[label]}"
+                yield state
+        state.finished = True
+        state.message = "done"
+        yield state
+
+    def _reward_samples(self, state: DemoState, label: str) -> list[dict[str, Any]]:
+        """One sample per image: the scene, and each subject's unit image as its reference."""
+        dec, passes = state.decomposition, state.passes[label]
+        samples = []
+        for i in range(state.request.num_images):
+            references = {}
+            if state.request.chain:
+                references = {
+                    sid: passes[k].images[i]
+                    for k, unit in enumerate(dec.units)
+                    for sid in unit.subjects
+                }
+            samples.append(
+                {"prompt": dec.final_prompt, "scene": dec.scene, "references": references}
+            )
+        return samples

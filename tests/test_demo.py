@@ -1,0 +1,203 @@
+"""The demo's checks and generation loop, without a browser: limits, safetensors-only adapters,
+base vs tuned side by side, and the passes being exactly those of the chain of synthesis."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import gradio as gr
+import pytest
+import torch
+from _demo import PROMPT, shared_engine, unscored_engine
+
+from vrl.demo.app import levels_table, make_generate, rows_table, units_table
+from vrl.demo.engine import (
+    DemoEngine,
+    DemoSetupError,
+    LimitError,
+    UnsafeWeightsError,
+    check_request,
+    find_lora_weights,
+    load_adapter,
+)
+from vrl.demo.rewards import score_images
+from vrl.demo.settings import DemoSettings, Limits
+from vrl.hicogen.chain import synthesize_chain
+from vrl.rewards.hierarchical import HierarchicalReward
+from vrl.samplers import DecayingNoise
+
+LIMITS = Limits()
+PAGE_DEFAULTS = dict(seed=0, steps=2, guidance=1.0, chain=True, sampler="sde")
+PAGE_DEFAULTS |= dict(schedule="decaying", noise_level=0.7, strength=0.7, num_images=1)
+
+
+# ---------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"prompt": "a red circle " * 40},
+            "The prompt has 519 characters; this demo takes at most 300",
+        ),
+        ({"prompt": "   "}, "Type a prompt first"),
+        ({"steps": 51}, "Steps must be a whole number from 1 to 50; got 51"),
+        ({"steps": 2.5}, "Steps must be a whole number"),
+        ({"num_images": 5}, "Number of images must be a whole number from 1 to 4; got 5"),
+        ({"num_images": "4"}, "Number of images must be a whole number"),
+        ({"guidance": 100.0}, "Guidance must be a number from 0 to 15; got 100.0"),
+        ({"seed": -1}, "Seed must be a whole number from 0"),
+        ({"seed": None}, "Seed must be a whole number"),
+        ({"sampler": "../../etc/passwd"}, "sampler must be one of ode, sde"),
+        ({"schedule": "cosine"}, "noise schedule must be one of constant, decaying, window"),
+        ({"noise_level": float("nan")}, "Noise level must be a number from 0 to 1"),
+    ],
+)
+def test_a_request_outside_the_limits_is_refused_with_the_limit(change, message):
+    values = {"prompt": PROMPT, **PAGE_DEFAULTS, **change}
+    with pytest.raises(LimitError, match=re.escape(message)):
+        check_request(LIMITS, **values)
+
+
+def test_a_request_within_the_limits_is_kept_as_typed():
+    request = check_request(LIMITS, f"  {PROMPT} ", **{**PAGE_DEFAULTS, "steps": 50.0})
+    assert request.prompt == PROMPT and request.steps == 50 and isinstance(request.steps, int)
+    assert request.num_images == 1 and request.sampler == "sde"
+
+
+def test_the_page_handler_refuses_oversize_input_then_still_generates():
+    generate = make_generate(shared_engine())
+    for change in ({"steps": 500}, {"num_images": 64}):
+        values = {**PAGE_DEFAULTS, **change}
+        with pytest.raises(gr.Error, match="must be a whole number from 1 to"):
+            next(generate(PROMPT, *values.values()))
+    with pytest.raises(gr.Error, match="at most 300"):
+        next(generate("x" * 301, *PAGE_DEFAULTS.values()))
+    outputs = list(generate(PROMPT, *PAGE_DEFAULTS.values()))
+    status, units, _, chain_a, _, final_a, _, levels, subjects, relations = outputs[-1]
+    assert status.startswith("**done**")
+    assert list(units["pass"]) == ["unit 1", "unit 2", "final"]
+    assert len(chain_a) == 3 and final_a is not None and final_a.width >= 256
+    assert list(levels.columns) == ["model", "image", "global", "subject", "relation", "total"]
+    assert len(levels) == 1 and all(v != "-" for v in levels.iloc[0, 2:])
+    assert sorted(subjects["subject"]) == ["circle", "square"] and len(relations) == 1
+    # the decomposition is shown first, before any image is made
+    assert outputs[0][5] is None and len(outputs) == 1 + 3 + 1 + 1
+
+
+# ---------------------------------------------------------------------- what is shown
+
+
+def test_demo_passes_are_exactly_the_chain_of_synthesis():
+    engine = unscored_engine()
+    request = check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "steps": 3, "num_images": 2})
+    state = list(engine.generate(request))[-1]
+    dec = state.decomposition
+    chain = synthesize_chain(
+        engine.adapter, engine.adapter.transformer, list(dec.unit_prompts), dec.final_prompt,
+        batch_size=2, height=32, width=32, num_steps=3, strength=0.7, step="sde",
+        schedule=DecayingNoise(eta_max=0.7, eta_min=0.07),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    shown = [p.images for p in state.passes["model"]]
+    assert len(shown) == len(chain.images) == 3
+    for ours, theirs in zip(shown, chain.images, strict=True):
+        torch.testing.assert_close(ours, theirs.cpu(), rtol=0, atol=1e-6)
+    assert not torch.allclose(shown[0][0], shown[0][1])  # two images, two different draws
+
+
+def test_units_past_the_limit_merge_into_the_last_one():
+    engine = unscored_engine()
+    small = DemoEngine(
+        dataclasses.replace(engine.settings, limits=Limits(max_units=2)),
+        adapter=engine.adapter,
+        reward=("none", None),
+    )
+    prompt = "a red circle and a blue square and a green triangle"
+    dec = small.decompose(prompt)
+    assert [u.subjects for u in dec.units] == [("circle",), ("square", "triangle")]
+    assert dec.unit_prompts[1] == "A blue square and a green triangle" and dec.merged == 1
+    request = check_request(small.settings.limits, prompt, **{**PAGE_DEFAULTS, "steps": 1})
+    states = list(small.generate(request))
+    assert "merged into the last one" in states[-1].notes[0]
+    assert list(units_table(states[-1])["pass"]) == ["unit 1", "unit 2", "final"]
+    assert levels_table(states[-1]).empty  # reward "none": no scores, no crash
+
+
+def test_free_text_falls_back_to_one_unit_and_chain_off_is_one_pass():
+    engine = unscored_engine()
+    request = check_request(LIMITS, "a cosy cabin in the snow", **{**PAGE_DEFAULTS, "chain": False})
+    state = list(engine.generate(request))[-1]
+    assert state.decomposition.source == "fallback"
+    assert len(state.passes["model"]) == 1 and state.final("model").shape == (1, 3, 32, 32)
+
+
+def test_reward_rows_come_from_each_levels_breakdown():
+    @dataclasses.dataclass
+    class Row:
+        subject: str
+        box: tuple
+        score: float
+
+    class Subject:
+        def __call__(self, images, samples):
+            self.last_breakdown = [[Row("circle", (0, 0, 1, 1), 0.5)] for _ in samples]
+            return [0.5] * len(samples)
+
+    reward = HierarchicalReward(lambda images, samples: [1.0] * len(samples), Subject())
+    report = score_images(reward, torch.zeros(2, 3, 8, 8), [{}, {}])
+    assert report.levels["total"] == [1.5, 1.5] and report.levels["relation"] == [None, None]
+    assert report.subjects == [[{"subject": "circle", "score": 0.5}]] * 2  # no box column
+    assert report.relations == [[], []]
+
+
+# ---------------------------------------------------------------------- adapters
+
+
+def test_pickle_adapters_are_refused(tmp_path, capsys):
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / "adapter_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(UnsafeWeightsError, match="adapter_model.bin.*safetensors weights only"):
+        find_lora_weights(folder)
+    (tmp_path / "lora.pt").write_bytes(b"")
+    with pytest.raises(UnsafeWeightsError, match="safetensors weights only"):
+        find_lora_weights(tmp_path / "lora.pt")
+    with pytest.raises(DemoSetupError, match="no such file"):
+        find_lora_weights(tmp_path / "missing")
+    # and from the command line: one line, exit 2, nothing served
+    from vrl.cli import main
+
+    assert main(["demo", "--lora", str(folder), "--reward", "none"]) == 2
+    assert "safetensors weights only" in capsys.readouterr().err
+
+
+def test_a_trained_adapter_is_shown_beside_its_base_model(tmp_path):
+    from vrl.trainers.diffusion_grpo import save_final
+
+    trained = load_adapter("tiny-random:sd3", torch.device("cpu"))
+    trained.add_lora(4, 4)  # alpha = r: the scale diffusers assumes when the file records none
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    save_final(trained, trained.transformer, None, tmp_path / "final", lora=True)
+
+    settings = DemoSettings(lora=str(tmp_path / "final"), reward="none")
+    engine = DemoEngine(settings, adapter=load_adapter("tiny-random:sd3", torch.device("cpu")))
+    assert engine.labels == ("tuned", "base")
+    values = {**PAGE_DEFAULTS, "steps": 2, "sampler": "ode"}
+    request = check_request(settings.limits, PROMPT, **values)
+    state = list(engine.generate(request))[-1]
+    tuned, base = state.final("tuned"), state.final("base")
+    assert (tuned - base).abs().max() > 1e-3
+    # the base column is the model without the adapter, the tuned one the adapter as trained
+    plain = list(unscored_engine().generate(request))[-1].final("model")
+    torch.testing.assert_close(base, plain, rtol=0, atol=1e-5)
+    reference = DemoEngine(DemoSettings(reward="none"), adapter=trained, reward=("none", None))
+    torch.testing.assert_close(
+        tuned, list(reference.generate(request))[-1].final("model"), rtol=0, atol=1e-5
+    )
+    assert rows_table(state, "subjects").empty
