@@ -2,6 +2,8 @@
 
 A JSONL line is an object with a "prompt" string; every other field is metadata that the rewards
 receive with the prompt (GenEval-style `{"prompt": ..., "tag": "counting", "include": [...]}`).
+A "scene" field (the HiCoGen scene schema, `vrl.hicogen.scene`) is validated here and replaced by
+the parsed `Scene`, so the chain of synthesis and the hierarchical rewards never meet a bad one.
 As with VLM data, the whole file is validated before any compute is spent and every bad line is
 reported as `file:line: what is wrong`.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vrl.data.vlm_r1 import DataError
+from vrl.hicogen.scene import Scene, SceneValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,14 @@ def synthetic_prompts(name: str) -> list[dict[str, Any]]:
     """Small built-in prompt sets for CPU recipes and tests."""
     if name == "shapes":
         return [{"prompt": f"a {c} {s}", "colour": c, "shape": s} for c in COLOURS for s in SHAPES]
-    raise ValueError(f"unknown synthetic prompt set {name!r}; choose 'shapes'")
+    if name == "shape_pairs":  # two subjects and a relation: the template parser gives the scene
+        return [
+            {"prompt": f"a {c1} {s1} {relation} a {c2} {s2}"}
+            for relation in ("to the left of", "above")
+            for c1, c2 in zip(COLOURS, COLOURS[1:] + COLOURS[:1], strict=True)
+            for s1, s2 in zip(SHAPES, SHAPES[1:] + SHAPES[:1], strict=True)
+        ]
+    raise ValueError(f"unknown synthetic prompt set {name!r}; choose 'shapes' or 'shape_pairs'")
 
 
 def load_prompts(path: str | Path, *, skip_bad_lines: bool = False) -> list[dict[str, Any]]:
@@ -56,6 +66,13 @@ def load_prompts(path: str | Path, *, skip_bad_lines: bool = False) -> list[dict
             problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         elif not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             problems.append(f'{path}:{number}: field "prompt": expected a non-empty string')
+        elif "scene" in row:
+            try:
+                row["scene"] = Scene.from_json(row["scene"])
+            except SceneValidationError as err:
+                problems.append(f'{path}:{number}: field "scene": ' + "; ".join(err.errors))
+            else:
+                rows.append(row)
         else:
             rows.append(row)
     if problems and not skip_bad_lines:

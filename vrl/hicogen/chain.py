@@ -24,10 +24,68 @@ from typing import Literal
 import torch
 
 from vrl import core
+from vrl.hicogen.scene import Scene, SynthesisUnit
 from vrl.samplers import from_config, sample, score_step
 from vrl.samplers.loop import Trajectory
 
 CreditRule = Literal["final", "unit"]
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """What a chain synthesises for one scene: its units, their prompts and the final prompt."""
+
+    scene: Scene
+    units: tuple[SynthesisUnit, ...]
+    unit_prompts: tuple[str, ...]
+    final_prompt: str
+
+    def partial_scene(self, k: int) -> Scene:
+        """The scene as drawn after unit k: the subjects introduced so far and their relations.
+
+        Unit images are graded against it (credit="unit"): unit 2's image should hold units 1-2.
+        """
+        ids = {sid for unit in self.units[: k + 1] for sid in unit.subjects}
+        scene = self.scene
+        return Scene(
+            subjects=tuple(s for s in scene.subjects if s.id in ids),
+            relations=tuple(r for r in scene.relations if r.subject in ids and r.object in ids),
+            units=self.units[: k + 1],
+            background=scene.background,
+            style=scene.style,
+        )
+
+    def partial_prompt(self, k: int) -> str:
+        """Text of everything introduced up to unit k (what unit k's image should show)."""
+        return self.partial_scene(k).prompt()
+
+    def references(self, chain: ChainResult, i: int) -> dict[str, torch.Tensor]:
+        """Subject id -> the unit image (3, H, W) of sample i that introduced it, for R_subject."""
+        return {
+            sid: chain.steps[k].image[i]
+            for k, unit in enumerate(self.units)
+            for sid in unit.subjects
+        }
+
+
+def plan_chain(
+    scene: Scene, final_prompt: str, *, cumulative: bool = False, max_units: int | None = None
+) -> ChainPlan:
+    """The scene's synthesis units (one per subject if it names none) and their prompts.
+
+    With `max_units`, the units past the limit are merged into the last one: the chain's cost
+    grows with its length, and a 12-subject prompt need not take 13 passes.
+    """
+    units = scene.default_units()
+    if max_units is not None and len(units) > max_units:
+        if max_units < 1:
+            raise ValueError(f"max_units must be >= 1, got {max_units}")
+        tail = tuple(sid for unit in units[max_units - 1 :] for sid in unit.subjects)
+        units = (*units[: max_units - 1], SynthesisUnit(tail))
+    # unit_prompt(cumulative=True) looks a unit up in the scene's own list: give it these units
+    planned = Scene(scene.subjects, scene.relations, units, background=scene.background)
+    prompts = tuple(planned.unit_prompt(u, cumulative=cumulative) for u in units)
+    return ChainPlan(scene, units, prompts, final_prompt)
 
 
 @dataclass
@@ -75,8 +133,13 @@ def synthesize_chain(
     schedule=None,
     generator: torch.Generator | None = None,
     encode: Callable[[list[str]], object] | None = None,
+    level_generator: torch.Generator | None = None,
 ) -> ChainResult:
-    """Run the chain for `batch_size` samples of one scene; every step stores its trajectory."""
+    """Run the chain for `batch_size` samples of one scene; every step stores its trajectory.
+
+    `generator` draws the initial and SDE noise; `level_generator` (CPU) draws a schedule's random
+    choices (a window's position), so that processes sharing it train the same kind of steps.
+    """
     if not unit_prompts:
         raise ValueError("a chain needs at least one unit prompt")
     encode = encode or adapter.encode_prompts
@@ -95,7 +158,9 @@ def synthesize_chain(
             x = (1 - s0) * canvas + s0 * noise
         levels = None
         if schedule is not None and step != "ode":
-            levels = schedule.levels(len(step_sigmas) - 1, generator=None).to(adapter.device)
+            levels = schedule.levels(len(step_sigmas) - 1, generator=level_generator).to(
+                adapter.device
+            )
         embeds = encode([prompt] * batch_size)
         with torch.no_grad():
             traj = sample(

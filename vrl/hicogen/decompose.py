@@ -35,6 +35,7 @@ __all__ = [
     "decompose_template",
     "extract_json_object",
     "fallback_scene",
+    "scene_for_row",
 ]
 
 GenerateFn = Callable[[str], str]
@@ -364,9 +365,31 @@ class DecompositionResult:
     """The scene plus where it came from, how many generations it took and what went wrong."""
 
     scene: Scene
-    source: Literal["llm", "template", "fallback"]
+    source: Literal["metadata", "llm", "template", "fallback"]
     attempts: int
     errors: list[str] = field(default_factory=list)
+
+
+def scene_for_row(
+    row: dict[str, Any], decomposer: Callable[[str], DecompositionResult] | None = None
+) -> DecompositionResult:
+    """The scene of one prompt row: its "scene" metadata, else the decomposer, else the rules.
+
+    Order: a "scene" field (already validated by `vrl.data.t2i.load_prompts`) wins; then the
+    decomposer (an `LLMDecomposer`, which falls back to the template parser itself); then the
+    template parser; then the one-unit fallback. Never raises on the prompt's text.
+    """
+    if row.get("scene") is not None:
+        scene = row["scene"]
+        scene = scene if isinstance(scene, Scene) else decompose_structured(row)
+        return DecompositionResult(scene, "metadata", 0)
+    prompt = row["prompt"]
+    if decomposer is not None:
+        return decomposer(prompt)
+    scene = decompose_template(prompt)
+    if scene is not None:
+        return DecompositionResult(scene, "template", 0)
+    return DecompositionResult(fallback_scene(prompt), "fallback", 0)
 
 
 def fallback_scene(prompt: str) -> Scene:

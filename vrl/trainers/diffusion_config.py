@@ -90,6 +90,43 @@ class DiffusionGRPOSettings:
 
 
 @config
+class ChainSettings:
+    enabled: bool = field(
+        False,
+        help="HiCoGen chain of synthesis: each prompt's units are drawn in turn, each from the "
+        "canvas so far (image-to-image), then a final pass with the full prompt; every pass is "
+        "a trained trajectory",
+    )
+    decompose: Literal["auto", "llm"] = field(
+        "auto",
+        help="scenes for prompts without scene metadata: auto = the rule-based template parser, "
+        "else one unit holding the whole prompt; llm = a local instruction-tuned LM (chain.llm) "
+        "with the parser as fallback. A JSONL 'scene' field always wins",
+    )
+    llm: str | None = field(
+        None, help="local causal LM folder for decompose=llm (e.g. a Qwen2.5-Instruct checkpoint)"
+    )
+    strength: float = field(0.7, help="image-to-image strength: sigma a later pass starts from")
+    credit: Literal["final", "unit"] = field(
+        "final",
+        help="final = every pass gets the final image's advantage; unit = a unit pass gets the "
+        "advantage of its own image, graded against the scene drawn so far",
+    )
+    max_units: int = field(4, help="units past this are merged into the last one")
+    cumulative_prompts: bool = field(
+        False, help="unit prompts name every subject so far (default: only the new ones)"
+    )
+
+    def __post_init__(self):
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"chain.strength must be in (0, 1], got {self.strength}")
+        if self.max_units < 1:
+            raise ValueError(f"chain.max_units must be >= 1, got {self.max_units}")
+        if self.decompose == "llm" and not self.llm:
+            raise ValueError("chain.decompose=llm needs chain.llm (a local model folder)")
+
+
+@config
 class EvalSettings:
     every: int = field(0, help="evaluate every N steps (0 = only before and after training)")
     ema: bool = field(True, help="evaluate with the EMA of the trainable weights")
@@ -105,7 +142,19 @@ class DiffusionTrainConfig:
     optim: OptimSettings = field(
         default_factory=lambda: OptimSettings(lr=1e-4, micro_batch_size=8), help="optimizer"
     )
+    chain: ChainSettings = field(default_factory=ChainSettings, help="HiCoGen chain of synthesis")
+    reward_models: dict[str, Any] = field(
+        default_factory=dict,
+        help="models of the hierarchical reward levels hier_global / hier_subject / "
+        "hier_relation: {clip, preference, detector, dino, vlm: {path, ...}, weights} "
+        "(see vrl.rewards.hierarchical_models; path 'tiny-random' builds a tiny random model)",
+    )
     eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation and EMA")
     run: RunSettings = field(
         default_factory=lambda: RunSettings(output_dir="runs/diffusion"), help="run folder"
     )
+
+    def __post_init__(self):
+        from vrl.rewards.hierarchical_models import check_spec, levels_named
+
+        check_spec(self.reward_models, levels_named(self.grpo.rewards))

@@ -10,6 +10,12 @@ One step reads top to bottom:
                          current policy, clipped surrogate from vrl.core (+ Gaussian-mean KL),
                          gradients accumulated over steps and micro-batches, one optimizer step
 
+With `chain.enabled` (HiCoGen) a rollout is a chain of synthesis per prompt: its scene (JSONL
+metadata, the template parser or a local LLM) gives the units, each unit is drawn from the canvas so
+far, a final pass composes the full prompt, and every pass's trajectory is trained like any other
+(`chain.credit` picks whose advantage a unit pass gets). The hierarchical reward levels named among
+the rewards (hier_global / hier_subject / hier_relation) are built from `reward_models`.
+
 Simplifications, stated: all images of a micro-batch share the timesteps; the same steps are
 trained for every sample of a rollout; steps whose noise level is 0 (ODE) carry no log-prob and are
 never trained; the last step is skipped by default.
@@ -23,7 +29,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vrl.config import save_config
 from vrl.data.t2i import load_prompts
 from vrl.rewards import WeightedReward
+from vrl.rewards.hierarchical_models import register_level_rewards
 from vrl.samplers import from_config, gaussian_kl_mean, sample, score_step
 from vrl.samplers.loop import Trajectory
 from vrl.trainers.common import (
@@ -56,7 +63,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class RolloutChunk:
     embeds: Any  # PromptEmbeds of the chunk's prompts
-    trajectory: Trajectory  # latents (b, T+1, ...), log_probs (b, T)
+    trajectory: Trajectory  # latents (b, T+1, ...), log_probs (b, T), sigmas (T+1,)
+    offset: int = 0  # first sample of the chunk in this process's batch
+    unit: int | None = None  # chain of synthesis: the unit pass it is (None: final or plain)
+    train_steps: list[int] = field(default_factory=list)  # trajectory steps trained
     advantages: torch.Tensor | None = None  # (b,)
 
 
@@ -134,6 +144,14 @@ def train(cfg) -> dict[str, Any]:
     eval_prompts = (load_prompts(cfg.prompts.eval) if cfg.prompts.eval else prompts)[
         : cfg.prompts.num_eval
     ]
+    with accelerator.main_process_first():  # the main process decomposes; the others read its cache
+        sources = attach_scenes(
+            _unique_rows(prompts + eval_prompts),
+            cfg.chain,
+            run_dir / "scenes.jsonl" if cfg.chain.decompose == "llm" else None,
+        )
+    logger.info("scenes by source: %s", sources)
+    register_level_rewards(cfg.reward_models, grpo.rewards, device=device)
     reward_fn = WeightedReward(grpo.rewards, modality="image")
     schedule = from_config(smp.noise)
     with accelerator.main_process_first():
@@ -187,24 +205,37 @@ def train(cfg) -> dict[str, Any]:
         levels = schedule.levels(smp.num_steps, generator=step_gen).to(device)  # (T,)
         noise_gen = torch.Generator(device).manual_seed(step_seed(cfg.run.seed, step, rank))
         policy.eval()
-        chunks: list[RolloutChunk] = []
-        images, rows = [], []
-        for lo in range(0, n_local, optim.micro_batch_size):
-            batch_rows = [prompts[i] for i in local_items[lo : lo + optim.micro_batch_size]]
-            embeds = encode([r["prompt"] for r in batch_rows])
-            noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
-            with torch.no_grad():
-                trajectory = sample(
-                    adapter.velocity_fn(unwrapped, embeds, smp.guidance_scale),
-                    noise,
-                    sigmas,
-                    step=smp.step,
-                    schedule=levels,
-                    generator=noise_gen,
-                )
-                images.append(adapter.decode(trajectory.final, (smp.height, smp.width)))
-            chunks.append(RolloutChunk(embeds, trajectory))
-            rows.extend(batch_rows)
+        local_rows = [prompts[i] for i in local_items]
+        unit_table = torch.full((n_local, cfg.chain.max_units), math.nan)  # (n_local, U)
+        if cfg.chain.enabled:
+            roll = chain_rollout(
+                adapter, unwrapped, local_items, prompts, cfg, schedule, encode, noise_gen,
+                step_gen,
+            )  # fmt: skip
+            chunks, images, rows = roll.chunks, roll.images, roll.rows
+            if cfg.chain.credit == "unit":
+                for k, lo, unit_images, unit_rows in roll.units:
+                    unit_table[lo : lo + len(unit_rows), k] = reward_fn(
+                        unit_images, unit_rows
+                    ).total
+        else:
+            chunks, images, rows = [], [], []
+            for lo in range(0, n_local, optim.micro_batch_size):
+                batch_rows = local_rows[lo : lo + optim.micro_batch_size]
+                embeds = encode([r["prompt"] for r in batch_rows])
+                noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
+                with torch.no_grad():
+                    trajectory = sample(
+                        adapter.velocity_fn(unwrapped, embeds, smp.guidance_scale),
+                        noise,
+                        sigmas,
+                        step=smp.step,
+                        schedule=levels,
+                        generator=noise_gen,
+                    )
+                    images.append(adapter.decode(trajectory.final, (smp.height, smp.width)))
+                chunks.append(RolloutChunk(embeds, trajectory, offset=lo))
+                rows.extend(batch_rows)
 
         #### REWARD ####
         result = reward_fn(torch.cat(images), rows)
@@ -217,15 +248,26 @@ def train(cfg) -> dict[str, Any]:
         adv = core.group_advantages(rewards, grpo.group_size, grpo.advantage_scale)
         advantages = adv.advantages.clamp(-grpo.adv_clip_max, grpo.adv_clip_max)
         local_adv = advantages[rank * n_local : (rank + 1) * n_local].to(device)
-        lo = 0
+        if cfg.chain.enabled and cfg.chain.credit == "unit":
+            units = accelerator.gather(unit_table.to(device)).cpu()  # (P*G, U)
+            unit_adv = unit_advantages(units, grpo)[rank * n_local : (rank + 1) * n_local]
         for chunk in chunks:
             b = chunk.trajectory.latents.shape[0]
-            chunk.advantages = local_adv[lo : lo + b]
-            lo += b
+            if chunk.unit is not None and cfg.chain.credit == "unit":
+                chunk.advantages = unit_adv[chunk.offset : chunk.offset + b, chunk.unit].to(device)
+            else:
+                chunk.advantages = local_adv[chunk.offset : chunk.offset + b]
 
         #### TRAINING ####
-        train_steps = trained_steps(levels, grpo, step_gen)
-        normaliser = n_local * max(len(train_steps), 1)
+        plain_steps = trained_steps(levels, grpo, step_gen)
+        for chunk in chunks:
+            chunk.train_steps = (
+                trained_steps(chunk.trajectory.noise_levels, grpo, step_gen)
+                if cfg.chain.enabled
+                else plain_steps
+            )
+        work = [(chunk, j) for chunk in chunks for j in chunk.train_steps]
+        normaliser = max(sum(c.trajectory.latents.shape[0] for c, _ in work), 1)
         policy.train()
         stats: dict[str, list[float]] = {
             k: [] for k in ("clip_fraction", "approx_kl", "ratio", "kl")
@@ -233,38 +275,37 @@ def train(cfg) -> dict[str, Any]:
         losses: list[float] = []
         grad_norm = torch.tensor(0.0)
         for _ in range(grpo.num_iterations):
-            for c, chunk in enumerate(chunks):
+            for w, (chunk, j) in enumerate(work):
                 traj = chunk.trajectory
-                for k, j in enumerate(train_steps):
-                    last = c == len(chunks) - 1 and k == len(train_steps) - 1
-                    with contextlib.nullcontext() if last else accelerator.no_sync(policy):
-                        v = adapter.velocity(
-                            policy, traj.latents[:, j], sigmas[j], chunk.embeds,
-                            guidance_scale=smp.guidance_scale,
-                        )  # fmt: skip
-                        out = score_step(traj, j, v)
-                        pl = core.policy_loss(
-                            out.log_prob[:, None],  # (b, 1): one "token" per denoising step
-                            traj.log_probs[:, j, None],
-                            chunk.advantages,
-                            torch.ones_like(out.log_prob[:, None]),
-                            eps_low=grpo.eps,
-                            eps_high=grpo.eps,
-                            aggregation="grpo",
-                            num_sequences=normaliser,
-                        )
-                        loss = pl.loss
-                        if grpo.beta != 0.0:
-                            kl = gaussian_kl_mean(out.mean, reference_mean(
-                                adapter, unwrapped, ref_transformer, traj, j, sigmas, chunk, smp
-                            ), out.std)  # fmt: skip
-                            loss = loss + grpo.beta * kl.sum() / normaliser
-                            stats["kl"].append(kl.mean().item())
-                        accelerator.backward(loss)
-                    losses.append(loss.item())
-                    stats["clip_fraction"].append(pl.clip_fraction.item())
-                    stats["approx_kl"].append(pl.approx_kl.item())
-                    stats["ratio"].append(pl.ratio_mean.item())
+                last = w == len(work) - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(policy):
+                    v = adapter.velocity(
+                        policy, traj.latents[:, j], traj.sigmas[j], chunk.embeds,
+                        guidance_scale=smp.guidance_scale,
+                    )  # fmt: skip
+                    out = score_step(traj, j, v)
+                    pl = core.policy_loss(
+                        out.log_prob[:, None],  # (b, 1): one "token" per denoising step
+                        traj.log_probs[:, j, None],
+                        chunk.advantages,
+                        torch.ones_like(out.log_prob[:, None]),
+                        eps_low=grpo.eps,
+                        eps_high=grpo.eps,
+                        aggregation="grpo",
+                        num_sequences=normaliser,
+                    )
+                    loss = pl.loss
+                    if grpo.beta != 0.0:
+                        kl = gaussian_kl_mean(out.mean, reference_mean(
+                            adapter, unwrapped, ref_transformer, traj, j, chunk, smp
+                        ), out.std)  # fmt: skip
+                        loss = loss + grpo.beta * kl.sum() / normaliser
+                        stats["kl"].append(kl.mean().item())
+                    accelerator.backward(loss)
+                losses.append(loss.item())
+                stats["clip_fraction"].append(pl.clip_fraction.item())
+                stats["approx_kl"].append(pl.approx_kl.item())
+                stats["ratio"].append(pl.ratio_mean.item())
             if optim.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
             optimizer.step()
@@ -289,11 +330,12 @@ def train(cfg) -> dict[str, Any]:
             "ratio_mean": _mean(stats["ratio"]),
             "ratio_first": stats["ratio"][0] if stats["ratio"] else math.nan,
             "kl": _mean(stats["kl"]),
-            "trained_steps": len(train_steps),
+            "trained_steps": normaliser / n_local,  # trained transitions per image (all passes)
             "noise_mean": levels.mean().item(),
             "grad_norm": float(grad_norm),
             "lr": scheduler.get_last_lr()[0],
             "reward_errors": result.num_errors,
+            **chain_metrics(cfg, chunks, unit_table, n_local),
             "seconds": time.perf_counter() - t0,
         }
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.run.max_steps:
@@ -321,8 +363,134 @@ def train(cfg) -> dict[str, Any]:
         "steps": cfg.run.max_steps,
         "rewards": history,
         "eval": eval_results,
+        "scenes": sources,
         "adapter": adapter,
     }
+
+
+@dataclass
+class ChainRollout:
+    chunks: list[RolloutChunk]  # one per pass of every chain
+    images: list[torch.Tensor]  # final images, (b, 3, H, W) per chain
+    rows: list[dict[str, Any]]  # reward rows of the final images (with unit-image references)
+    # credit="unit": (unit k, first local sample, unit images (b, 3, H, W), rows graded for unit k)
+    units: list[tuple[int, int, torch.Tensor, list[dict[str, Any]]]]
+
+
+def chain_rollout(
+    adapter, model, local_items, prompts, cfg, schedule, encode, noise_gen, level_gen
+) -> ChainRollout:
+    """One chain of synthesis per run of equal prompts (a group's share on this process) and
+    micro-batch. Every pass becomes a trainable chunk; the final images are what the rewards see,
+    with each subject's unit image as its reference (R_subject's DINO term)."""
+    from vrl.hicogen.chain import plan_chain, synthesize_chain
+
+    smp, ch, micro = cfg.sampling, cfg.chain, cfg.optim.micro_batch_size
+    out = ChainRollout([], [], [], [])
+    runs: list[list[int]] = []  # [prompt index, count]
+    for i in local_items:
+        if runs and runs[-1][0] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
+    lo = 0
+    for index, count in runs:
+        row = prompts[index]
+        plan = plan_chain(
+            row["scene"], row["prompt"], cumulative=ch.cumulative_prompts, max_units=ch.max_units
+        )
+        for start in range(0, count, micro):
+            b = min(micro, count - start)
+            chain = synthesize_chain(
+                adapter, model, plan.unit_prompts, plan.final_prompt, batch_size=b,
+                height=smp.height, width=smp.width, num_steps=smp.num_steps,
+                guidance_scale=smp.guidance_scale, strength=ch.strength, step=smp.step,
+                schedule=schedule, generator=noise_gen, encode=encode, level_generator=level_gen,
+            )  # fmt: skip
+            for k, pass_ in enumerate(chain.steps):
+                unit = k if k < len(plan.units) else None
+                out.chunks.append(RolloutChunk(pass_.embeds, pass_.trajectory, lo, unit))
+            out.images.append(chain.final)
+            out.rows.extend({**row, "references": plan.references(chain, i)} for i in range(b))
+            if ch.credit == "unit":
+                for k in range(len(plan.units)):
+                    graded = {"prompt": plan.partial_prompt(k), "scene": plan.partial_scene(k)}
+                    unit_rows = [
+                        {**row, **graded, "references": plan.references(chain, i)} for i in range(b)
+                    ]
+                    out.units.append((k, lo, chain.steps[k].image, unit_rows))
+            lo += b
+    return out
+
+
+def unit_advantages(table: torch.Tensor, grpo) -> torch.Tensor:
+    """(N, U) group advantages of the unit rewards, column by column; 0 where a unit is absent.
+
+    A group shares its prompt, hence its units: a column is NaN for a whole group or for none.
+    """
+    out = torch.zeros_like(table)
+    for k in range(table.shape[1]):
+        column = table[:, k]
+        present = ~column.isnan()
+        if present.any():
+            adv = core.group_advantages(
+                column.nan_to_num(0.0), grpo.group_size, grpo.advantage_scale
+            )
+            out[:, k] = torch.where(present, adv.advantages, 0.0).clamp(
+                -grpo.adv_clip_max, grpo.adv_clip_max
+            )
+    return out
+
+
+def chain_metrics(cfg, chunks: list[RolloutChunk], unit_table: torch.Tensor, n_local: int):
+    """Chain-of-synthesis figures for the metrics log: passes per image, mean unit reward."""
+    if not cfg.chain.enabled:
+        return {}
+    passes = sum(c.trajectory.latents.shape[0] for c in chunks) / n_local
+    out = {"chain/passes": passes}
+    if cfg.chain.credit == "unit" and not unit_table.isnan().all():
+        out["chain/unit_reward"] = unit_table.nanmean().item()
+    return out
+
+
+def attach_scenes(rows: list[dict[str, Any]], chain, cache: Path | None) -> dict[str, int]:
+    """Give every prompt row a "scene" (metadata, LLM, template or fallback); count the sources.
+
+    LLM decompositions are appended to `cache` (JSONL) and read back by a resumed run and by the
+    other processes, so each prompt is decomposed once.
+    """
+    import json
+    from collections import Counter
+
+    from vrl.hicogen.decompose import LLMDecomposer, scene_for_row
+    from vrl.hicogen.scene import Scene
+
+    cached: dict[str, Scene] = {}
+    if cache is not None and cache.is_file():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            cached[record["prompt"]] = Scene.from_json(record["scene"])
+    pending = [r for r in rows if r.get("scene") is None and r["prompt"] not in cached]
+    decomposer = None
+    if chain.decompose == "llm" and pending:
+        decomposer = LLMDecomposer.from_pretrained(chain.llm)
+    counts: Counter[str] = Counter()
+    fresh: dict[str, Scene] = {}
+    for row in rows:
+        if row.get("scene") is None and row["prompt"] in cached:
+            row["scene"] = cached[row["prompt"]]
+            counts["cache"] += 1
+            continue
+        result = scene_for_row(row, decomposer)
+        row["scene"] = result.scene
+        counts[result.source] += 1
+        if decomposer is not None and result.source != "metadata":
+            fresh[row["prompt"]] = result.scene
+    if cache is not None and fresh:
+        with cache.open("a", encoding="utf-8") as f:
+            for prompt, scene in fresh.items():
+                f.write(json.dumps({"prompt": prompt, "scene": scene.to_dict()}) + "\n")
+    return dict(counts)
 
 
 def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> list[int]:
@@ -340,20 +508,18 @@ def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> lis
     return candidates
 
 
-def reference_mean(
-    adapter, unwrapped, ref_transformer, traj, j, sigmas, chunk, smp
-) -> torch.Tensor:
+def reference_mean(adapter, unwrapped, ref_transformer, traj, j, chunk, smp) -> torch.Tensor:
     """The reference policy's Gaussian mean for stored step j (adapter disabled, or frozen copy)."""
     with torch.no_grad():
         if ref_transformer is not None:
             v_ref = adapter.velocity(
-                ref_transformer, traj.latents[:, j], sigmas[j], chunk.embeds,
+                ref_transformer, traj.latents[:, j], traj.sigmas[j], chunk.embeds,
                 guidance_scale=smp.guidance_scale,
             )  # fmt: skip
         else:
             with adapter.disabled_adapter():
                 v_ref = adapter.velocity(
-                    unwrapped, traj.latents[:, j], sigmas[j], chunk.embeds,
+                    unwrapped, traj.latents[:, j], traj.sigmas[j], chunk.embeds,
                     guidance_scale=smp.guidance_scale,
                 )  # fmt: skip
         return score_step(traj, j, v_ref).mean
@@ -371,22 +537,58 @@ class EvalRunner:
     def __call__(self, model, ema, step: int) -> dict[str, float]:
         smp = self.cfg.sampling
         context = ema.swapped_in(model) if ema is not None else contextlib.nullcontext()
+        chains: list[torch.Tensor] = []
         with context:
-            images = generate_images(
-                self.adapter, model, [r["prompt"] for r in self.prompts],
-                height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-                guidance_scale=smp.guidance_scale, seed=self.cfg.run.seed,
-                batch_size=self.cfg.optim.micro_batch_size,
-            )  # fmt: skip
-        result = self.reward_fn(images, self.prompts)
+            if self.cfg.chain.enabled:
+                images, rows, chains = self._chains(model)
+            else:
+                rows = self.prompts
+                images = generate_images(
+                    self.adapter, model, [r["prompt"] for r in self.prompts],
+                    height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
+                    guidance_scale=smp.guidance_scale, seed=self.cfg.run.seed,
+                    batch_size=self.cfg.optim.micro_batch_size,
+                )  # fmt: skip
+        result = self.reward_fn(images, rows)
         out = {"reward": result.total.mean().item()}
         out.update({n: v.nanmean().item() for n, v in result.components.items()})
         if self.accelerator.is_main_process:
             from torchvision.utils import save_image
 
-            (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
-            save_image(images, self.run_dir / "eval" / f"step-{step}.png", nrow=8, padding=1)
+            folder = self.run_dir / "eval"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_image(images, folder / f"step-{step}.png", nrow=8, padding=1)
+            if chains:  # one row per prompt: unit images, then the final pass
+                width = max(len(c) for c in chains)
+                grid = [torch.cat([c, c.new_ones(width - len(c), *c.shape[1:])]) for c in chains]
+                save_image(
+                    torch.cat(grid), folder / f"step-{step}-chains.png", nrow=width, padding=1
+                )
         return out
+
+    def _chains(self, model):
+        """Deterministic chains (ODE, one seed per prompt) for the evaluation prompts."""
+        from vrl.hicogen.chain import plan_chain, synthesize_chain
+
+        smp, ch, adapter = self.cfg.sampling, self.cfg.chain, self.adapter
+        images, rows, strips = [], [], []
+        for i, row in enumerate(self.prompts):
+            plan = plan_chain(
+                row["scene"], row["prompt"], cumulative=ch.cumulative_prompts,
+                max_units=ch.max_units,
+            )  # fmt: skip
+            generator = torch.Generator(adapter.device).manual_seed(self.cfg.run.seed + i)
+            chain = synthesize_chain(
+                adapter, model, plan.unit_prompts, plan.final_prompt, batch_size=1,
+                height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
+                guidance_scale=smp.guidance_scale, strength=ch.strength, step="ode",
+                generator=generator,
+            )  # fmt: skip
+            images.append(chain.final)
+            rows.append({**row, "references": plan.references(chain, 0)})
+            if i < 8:
+                strips.append(torch.cat(chain.images))  # (passes, 3, H, W)
+        return torch.cat(images), rows, strips
 
 
 @torch.no_grad()
@@ -435,6 +637,10 @@ def save_final(adapter, transformer, ema, folder: Path, *, lora: bool) -> None:
                 )
             else:
                 transformer.save_pretrained(target / "transformer")
+
+
+def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({id(r): r for r in rows}.values())
 
 
 def _mean(xs: list[float]) -> float:

@@ -1,0 +1,220 @@
+"""HiCoGen through `vrl train diffusion`: scene metadata -> units -> chain rollout -> levels."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vrl.config import load_config
+from vrl.data.t2i import load_prompts
+from vrl.data.vlm_r1 import DataError
+from vrl.hicogen.chain import plan_chain
+from vrl.hicogen.decompose import DecompositionResult, LLMDecomposer
+from vrl.hicogen.scene import Scene
+from vrl.rewards import available_rewards, get_reward, unregister_reward
+from vrl.rewards.hierarchical_models import build_level_rewards, register_level_rewards
+from vrl.trainers.common import read_metrics
+from vrl.trainers.diffusion_config import DiffusionTrainConfig
+from vrl.trainers.diffusion_grpo import attach_scenes, train, unit_advantages
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = {
+    "subjects": [
+        {"id": "c", "name": "circle", "attributes": ["red"]},
+        {"id": "s", "name": "square", "attributes": ["blue"]},
+    ],
+    "relations": [{"subject": "c", "predicate": "left of", "object": "s"}],
+}
+# the global level on a tiny CLIP; subject: detector + DINO of the crop vs the unit image;
+# relation: detector geometry (the VLM term is exercised in tests/test_rewards_hierarchical.py)
+LEVELS = [
+    "grpo.rewards={hier_global: 1.0, hier_subject: 1.0, hier_relation: 1.0}",
+    "reward_models={clip: {path: tiny-random}, detector: {path: tiny-random}, "
+    "dino: {path: tiny-random}}",
+]
+
+
+def prompt_file(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": "a red circle to the left of a blue square", "scene": SCENE},
+        {"prompt": "a green triangle above a yellow circle"},  # no metadata: template parser
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chain_config(tmp_path: Path, *overrides: str) -> DiffusionTrainConfig:
+    base = [
+        f"run.output_dir={tmp_path / 'run'}",
+        "run.save_every=0",
+        "run.save_final=false",
+        f"prompts.train={prompt_file(tmp_path)}",
+        "prompts.num_eval=2",
+        "chain.enabled=true",
+        "grpo.group_size=4",
+        "grpo.prompts_per_step=1",
+        "sampling.num_steps=4",
+        "sampling.eval_num_steps=4",
+        "sampling.noise={kind: decaying, eta_max: 1.0, eta_min: 0.3}",
+        "run.max_steps=2",
+        "eval.ema=false",
+    ]
+    recipe = ROOT / "configs" / "diffusion_tiny_cpu.yaml"
+    return load_config(DiffusionTrainConfig, recipe, base + LEVELS + list(overrides))
+
+
+def test_chain_training_from_a_recipe_logs_every_level_and_moves_lora(tmp_path):
+    cfg = chain_config(tmp_path)
+    summary = train(cfg)
+    assert summary["scenes"] == {"metadata": 1, "template": 1}
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(records) == 2
+    for record in records:
+        for level in ("hier_global", "hier_subject", "hier_relation"):
+            assert math.isfinite(record[f"rewards/{level}"]), level
+        assert math.isfinite(record["loss"])
+        assert record["chain/passes"] == 3  # two units, then the final pass
+        # 3 passes: 4 steps from noise + 2 image-to-image steps from sigma <= 0.7 each, the last
+        # step of every pass skipped -> 3 + 1 + 1 trained transitions per image
+        assert record["trained_steps"] == 5
+    assert records[0]["ratio_first"] == 1.0  # re-scored under the rollout policy
+    lora_b = [p for n, p in summary["adapter"].transformer.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+    for when in ("before", "after"):
+        assert set(summary["eval"][when]) >= {"reward", "hier_global", "hier_subject"}
+    chains = tmp_path / "run" / "eval" / "step-0-chains.png"
+    from PIL import Image
+
+    with Image.open(chains) as grid:  # 2 prompts x 3 passes of 32 px (+ 1 px padding)
+        assert grid.size == (3 * 33 + 1, 2 * 33 + 1)
+
+
+def test_unit_credit_grades_unit_images_against_the_partial_scene(tmp_path):
+    cfg = chain_config(tmp_path, "chain.credit=unit", "run.max_steps=1")
+    train(cfg)
+    record = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(record["chain/unit_reward"])
+    assert math.isfinite(record["loss"])
+
+
+def test_same_seed_same_chain_run(tmp_path):
+    a = train(chain_config(tmp_path / "a", "run.max_steps=1"))["rewards"]
+    b = train(chain_config(tmp_path / "b", "run.max_steps=1"))["rewards"]
+    assert a == b
+
+
+def test_unit_advantages_per_column_and_zero_where_a_unit_is_absent():
+    grpo = SimpleNamespace(group_size=2, advantage_scale="group", adv_clip_max=5.0)
+    nan = math.nan
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, nan], [0.5, nan]])  # 2 groups, 2 units
+    adv = unit_advantages(table, grpo)
+    assert adv[0, 0] > 0 > adv[1, 0] and adv[0, 1] < 0 < adv[1, 1]
+    assert adv[0, 0] == pytest.approx(-adv[1, 0])
+    assert torch.equal(adv[2:], torch.zeros(2, 2))  # equal rewards / no second unit: no signal
+
+
+def test_plan_chain_units_prompts_partial_scenes_and_references():
+    scene = Scene.from_json(
+        {
+            "subjects": [
+                {"id": "a", "name": "circle", "attributes": ["red"]},
+                {"id": "b", "name": "square", "attributes": ["blue"]},
+                {"id": "c", "name": "triangle", "attributes": ["green"]},
+            ],
+            "relations": [{"subject": "a", "predicate": "left of", "object": "b"}],
+        }
+    )
+    plan = plan_chain(scene, "FULL")
+    assert plan.unit_prompts == ("A red circle", "A blue square", "A green triangle")
+    assert plan.final_prompt == "FULL"
+    assert [s.id for s in plan.partial_scene(0).subjects] == ["a"]
+    assert plan.partial_scene(0).relations == ()
+    assert len(plan.partial_scene(1).relations) == 1  # both ends drawn by unit 2
+    assert plan.partial_prompt(1) == "A red circle to the left of a blue square"
+    merged = plan_chain(scene, "FULL", max_units=2)
+    assert [u.subjects for u in merged.units] == [("a",), ("b", "c")]
+    assert merged.unit_prompts[1] == "A blue square and a green triangle"
+    cumulative = plan_chain(scene, "FULL", cumulative=True)
+    assert cumulative.unit_prompts[1] == "A red circle to the left of a blue square"
+    images = [torch.full((2, 3, 4, 4), float(k)) for k in range(4)]
+    refs = plan.references(SimpleNamespace(steps=[SimpleNamespace(image=i) for i in images]), 1)
+    assert {k: v[0, 0, 0].item() for k, v in refs.items()} == {"a": 0.0, "b": 1.0, "c": 2.0}
+
+
+def test_a_bad_scene_line_names_file_line_and_field(tmp_path):
+    path = tmp_path / "p.jsonl"
+    bad = {"prompt": "x", "scene": {"subjects": [{"name": "a"}], "relations": [["a", "on", "z"]]}}
+    path.write_text(json.dumps({"prompt": "ok", "scene": SCENE}) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r'p\.jsonl:2: field "scene": relations\[0\]'):
+        load_prompts(path)
+    rows = load_prompts(path, skip_bad_lines=True)  # the good line survives, parsed
+    assert len(rows) == 1 and isinstance(rows[0]["scene"], Scene)
+
+
+def test_llm_decompositions_are_cached_and_reused(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_from_pretrained(path, **kwargs):
+        def decompose(prompt):
+            calls.append(prompt)
+            scene = Scene.from_json({"subjects": [{"name": prompt.split()[-1]}]})
+            return DecompositionResult(scene, "llm", 1)
+
+        return decompose
+
+    monkeypatch.setattr(LLMDecomposer, "from_pretrained", staticmethod(fake_from_pretrained))
+    chain = SimpleNamespace(decompose="llm", llm="some/folder")
+    cache = tmp_path / "scenes.jsonl"
+    rows = [{"prompt": "a big dog"}, {"prompt": "one cat"}, {"prompt": "m", "scene": None}]
+    rows[2]["scene"] = Scene.from_json(SCENE)
+    assert attach_scenes(rows, chain, cache) == {"llm": 2, "metadata": 1}
+    assert [r["scene"].subjects[0].name for r in rows[:2]] == ["dog", "cat"]
+    again = [{"prompt": "a big dog"}, {"prompt": "one cat"}]
+    assert attach_scenes(again, chain, cache) == {"cache": 2}  # a resumed run: no LLM call
+    assert calls == ["a big dog", "one cat"] and again[0]["scene"] == rows[0]["scene"]
+
+
+def test_level_models_are_built_once_and_missing_ones_are_named():
+    with pytest.raises(ValueError, match=r"subject level .*reward_models\.dino or .*\.vlm$"):
+        build_level_rewards({"detector": {"path": "tiny-random"}}, ["subject"])
+    with pytest.raises(ValueError, match=r"reward_models\.vlm: give a mapping with a path"):
+        build_level_rewards({"vlm": "Qwen/Qwen2.5-VL-3B-Instruct"}, ["relation"])
+    with pytest.raises(ValueError, match="unknown entries"):
+        build_level_rewards({"clipp": {"path": "tiny-random"}}, ["global"])
+    spec = {"detector": {"path": "tiny-random"}, "dino": {"path": "tiny-random"}}
+    levels = build_level_rewards(spec, ["subject", "relation"])
+    assert levels["subject"].detector is levels["relation"].detector  # one detector, shared
+    for name in {"hier_global", "hier_subject", "hier_relation"} & set(available_rewards()):
+        unregister_reward(name)  # left by the training tests above
+    first = register_level_rewards(spec, ["hier_relation", "redness"])
+    assert list(first) == ["hier_relation"] and "hier_subject" not in available_rewards("image")
+    second = register_level_rewards(spec, ["hier_relation"])  # a second run replaces the first
+    assert get_reward("hier_relation") is second["hier_relation"] is not first["hier_relation"]
+
+
+RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_loads_and_validates(recipe):
+    from vrl.trainers.vlm_config import VLMTrainConfig
+
+    cls = VLMTrainConfig if recipe.stem.startswith("vlm") else DiffusionTrainConfig
+    load_config(cls, recipe)
+
+
+@pytest.mark.parametrize("name", ["hicogen_flux_dev", "hicogen_sd3_5_medium"])
+def test_gpu_hicogen_recipes_carry_the_paper_settings(name):
+    cfg = load_config(DiffusionTrainConfig, ROOT / "configs" / f"{name}.yaml")
+    assert cfg.model.lora.enabled and cfg.grpo.group_size == 16 and cfg.optim.lr == 1e-4
+    assert cfg.sampling.noise["kind"] == "decaying" and cfg.sampling.noise["eta_max"] == 1.0
+    assert cfg.chain.enabled
+    assert set(cfg.grpo.rewards) == {"hier_global", "hier_subject", "hier_relation"}
+    assert {"clip", "preference", "detector", "dino", "vlm"} <= set(cfg.reward_models)
