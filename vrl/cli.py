@@ -4,6 +4,8 @@ vrl train vlm --config configs/vlm_tiny_cpu.yaml optim.lr=1e-5 run.max_steps=20
 vrl train vlm --help-config
 vrl eval rec --model runs/vlm/final --data data/rec.jsonl --images data/images
 vrl quickstart
+vrl pretrain world-t2i --seed 0
+vrl bench build hicoprompt --seed 0 && vrl bench eval hicoprompt --prompts F --images D --judge exact
 vrl demo --model tiny-random:sd3 --lora runs/diffusion/final
 """
 
@@ -127,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--seed", type=int, default=0)
     qs.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's)")
     qs.set_defaults(func=_quickstart)
+
+    from vrl.world.pretrain import add_parser as add_pretrain_parser  # modules load on use
+
+    add_pretrain_parser(sub)
+
+    from vrl.bench.cli import add_parser as add_bench_parser  # argparse only: nothing heavy
+
+    add_bench_parser(sub)
 
     from vrl.demo.settings import add_demo_arguments  # stdlib only: no Gradio, no torch
 
