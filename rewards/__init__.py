@@ -7,7 +7,7 @@ Importing this package registers every reward below, so ``get_reward("rec_iou")`
     result = WeightedReward(config.rewards)(completions, samples)  # .total, .components
 """
 
-from . import accuracy, detection, format, grounding, image  # noqa: F401  (registers the rewards)
+from . import accuracy, detection, format, grounding, image, world  # noqa: F401  (registers the rewards)
 from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
 from .detection import average_precision, mean_average_precision
 from .geometry import position_relations, relation_holds, size_relations
@@ -48,6 +48,7 @@ from .registry import (
     reward_modality,
     unregister_reward,
 )
+from .world import make_world_reward, world_checks, world_global, world_relation, world_subject
 
 __all__ = [
     "ACCURACY_METHODS",
@@ -61,6 +62,11 @@ __all__ = [
     "PreferenceScorer",
     "build_global_reward",
     "make_clip_reward",
+    "make_world_reward",
+    "world_checks",
+    "world_global",
+    "world_relation",
+    "world_subject",
     "position_relations",
     "relation_holds",
     "size_relations",

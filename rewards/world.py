@@ -1,0 +1,93 @@
+"""The shapes world's exact checker as the three levels of the HiCoGen hierarchical reward.
+
+Each image is read by ``vrl.world.check`` against its sample's scene (``sample["scene"]``: a
+``Scene``, its dict or its JSON), with no model:
+
+- ``world_global``: 0.5 * [background colour right] + 0.5 * [no missing and no extra shapes],
+  the latter as found / (subjects + extra detections), so the score is in [0, 1];
+- ``world_subject``: the fraction of the scene's existence and attribute questions answered
+  right, DSG style (an attribute of a missing subject counts wrong);
+- ``world_relation``: the fraction of its relation questions right (a relation between missing
+  subjects counts wrong); None for a scene without relations.
+
+``make_world_reward`` sums them as a ``HierarchicalReward``; "world" in the registry is that sum
+with unit weights. The checker is numpy on uint8 pixels (no autograd) and its last results are
+cached by image content, so the three levels of one batch read each image once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from .hierarchical import HierarchicalReward
+from .hierarchical_subject import check_images, scene_of
+from .registry import register_reward
+
+if TYPE_CHECKING:
+    from vrl.world.checker import WorldCheck
+
+CACHE_SIZE = 1024
+"""(scene, image) checks kept, newest last: a few batches of every level."""
+_cache: OrderedDict[tuple[str, bytes], WorldCheck] = OrderedDict()
+
+
+def world_checks(images: torch.Tensor, samples: Sequence[Mapping]) -> list[WorldCheck]:
+    """``vrl.world.check`` of each image (B, 3, H, W) in [0, 1] against its sample's scene."""
+    from vrl.world.checker import check  # here: vrl.world itself imports vrl.rewards.geometry
+
+    x = check_images(images, samples)
+    pixels = x.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) uint8
+    out = []
+    for array, sample in zip(pixels, samples, strict=True):
+        scene = scene_of(sample)
+        digest = hashlib.blake2b(array.tobytes(), digest_size=16)
+        digest.update(repr(array.shape).encode())
+        key = (scene.to_json(), digest.digest())
+        result = _cache.get(key)
+        if result is None:
+            result = check(scene, array)
+            _cache[key] = result
+            if len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+        else:
+            _cache.move_to_end(key)
+        out.append(result)
+    return out
+
+
+def _fraction(result: WorldCheck, levels: tuple[str, ...]) -> float | None:
+    ids = [q.id for q in result.questions if q.level in levels]
+    return sum(result.correct[i] for i in ids) / len(ids) if ids else None
+
+
+@register_reward("world_global", modality="image")
+def world_global(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float | None]:
+    """Background right (half) and no missing or extra shapes (half), in [0, 1]."""
+    return [r.global_score for r in world_checks(images, samples)]
+
+
+@register_reward("world_subject", modality="image")
+def world_subject(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float | None]:
+    """Fraction of existence and attribute questions right, with DSG dependencies."""
+    return [_fraction(r, ("exist", "attribute")) for r in world_checks(images, samples)]
+
+
+@register_reward("world_relation", modality="image")
+def world_relation(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float | None]:
+    """Fraction of relation questions right, with dependencies; None without relations."""
+    return [_fraction(r, ("relation",)) for r in world_checks(images, samples)]
+
+
+def make_world_reward(weights: Mapping[str, float] | None = None) -> HierarchicalReward:
+    """R = w_g * world_global + w_s * world_subject + w_r * world_relation (weights default 1);
+    ``.breakdown(images, samples)`` gives each level's scores."""
+    return HierarchicalReward(world_global, world_subject, world_relation, weights=weights)
+
+
+register_reward("world", modality="image")(make_world_reward())
