@@ -632,8 +632,14 @@ def save_final(adapter, transformer, ema, folder: Path, *, lora: bool) -> None:
         with ctx:
             target.mkdir(parents=True, exist_ok=True)
             if lora:
+                # The LoRA config goes into the file: without it diffusers loads the adapter at
+                # alpha = rank (scale 1), whatever alpha it was trained with.
                 type(adapter.pipeline).save_lora_weights(
-                    target, transformer_lora_layers=adapter.lora_state_dict()
+                    target,
+                    transformer_lora_layers=adapter.lora_state_dict(),
+                    transformer_lora_adapter_metadata=adapter.transformer.peft_config[
+                        "default"
+                    ].to_dict(),
                 )
             else:
                 transformer.save_pretrained(target / "transformer")
