@@ -286,12 +286,32 @@ def load_lora(adapter, path: str | Path) -> list[str]:
     if not _lora_layers(adapter.transformer):
         raise DemoSetupError(f"LoRA adapter {path} holds no LoRA weights for the transformer")
     notes = []
-    if "lora_adapter_metadata" not in metadata:
-        notes.append(
-            "The adapter file does not record its LoRA alpha; it is applied with alpha = rank "
-            "(scale 1), which differs from training when alpha != rank."
-        )
+    if "lora_adapter_metadata" not in metadata:  # diffusers then assumes alpha = rank (scale 1)
+        scale = trained_lora_scale(weights)
+        if scale is None:
+            notes.append(
+                "The adapter file records no LoRA alpha and no training config.yaml was found "
+                "beside it: it is applied at scale 1 (alpha = rank)."
+            )
+        elif scale != 1.0:
+            pipeline = adapter.pipeline
+            pipeline.set_adapters(pipeline.get_active_adapters(), [scale])
+            notes.append(f"LoRA scale {scale:g} (alpha / rank) read from the run's config.yaml.")
     return notes
+
+
+def trained_lora_scale(weights: Path) -> float | None:
+    """alpha / r of the training run that wrote `weights` (its config.yaml, next to final/ or in
+    it), for adapter files that do not record their own alpha; None if there is none."""
+    import yaml
+
+    for config in (weights.parent / "config.yaml", weights.parent.parent / "config.yaml"):
+        if config.is_file():
+            data = yaml.safe_load(config.read_text()) or {}
+            lora = (data.get("model") or {}).get("lora") or {}
+            if lora.get("r") and lora.get("alpha"):
+                return float(lora["alpha"]) / float(lora["r"])
+    return None
 
 
 def load_adapter(model: str, device: torch.device):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _demo import PROMPT, shared_engine, unscored_engine
 
-from vrl.demo.app import levels_table, make_generate, rows_table, units_table
+from vrl.demo.app import levels_table, make_generate, units_table
 from vrl.demo.engine import (
     DemoEngine,
     DemoSetupError,
@@ -174,30 +174,59 @@ def test_pickle_adapters_are_refused(tmp_path, capsys):
     assert "safetensors weights only" in capsys.readouterr().err
 
 
-def test_a_trained_adapter_is_shown_beside_its_base_model(tmp_path):
+@pytest.fixture(scope="module")
+def trained():
+    """Tiny SD3 with a LoRA whose alpha is not its rank (scale 2), moved off its zero init."""
+    adapter = load_adapter("tiny-random:sd3", torch.device("cpu"))
+    adapter.add_lora(4, 8)
+    with torch.no_grad():
+        for name, param in adapter.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    return adapter
+
+
+def _finals(engine, request):
+    state = list(engine.generate(request))[-1]
+    return {label: state.final(label) for label in state.labels}
+
+
+def test_a_trained_adapter_is_shown_beside_its_base_model(trained, tmp_path):
     from vrl.trainers.diffusion_grpo import save_final
 
-    trained = load_adapter("tiny-random:sd3", torch.device("cpu"))
-    trained.add_lora(4, 4)  # alpha = r: the scale diffusers assumes when the file records none
-    with torch.no_grad():
-        for name, param in trained.transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
     save_final(trained, trained.transformer, None, tmp_path / "final", lora=True)
-
     settings = DemoSettings(lora=str(tmp_path / "final"), reward="none")
     engine = DemoEngine(settings, adapter=load_adapter("tiny-random:sd3", torch.device("cpu")))
-    assert engine.labels == ("tuned", "base")
-    values = {**PAGE_DEFAULTS, "steps": 2, "sampler": "ode"}
-    request = check_request(settings.limits, PROMPT, **values)
-    state = list(engine.generate(request))[-1]
-    tuned, base = state.final("tuned"), state.final("base")
-    assert (tuned - base).abs().max() > 1e-3
-    # the base column is the model without the adapter, the tuned one the adapter as trained
-    plain = list(unscored_engine().generate(request))[-1].final("model")
-    torch.testing.assert_close(base, plain, rtol=0, atol=1e-5)
-    reference = DemoEngine(DemoSettings(reward="none"), adapter=trained, reward=("none", None))
+    assert engine.labels == ("tuned", "base") and engine.notes == []
+    request = check_request(settings.limits, PROMPT, **{**PAGE_DEFAULTS, "sampler": "ode"})
+    shown = _finals(engine, request)
+    assert (shown["tuned"] - shown["base"]).abs().max() > 1e-3
+    # the base column is the model without the adapter; the tuned one the adapter as trained
     torch.testing.assert_close(
-        tuned, list(reference.generate(request))[-1].final("model"), rtol=0, atol=1e-5
+        shown["base"], _finals(unscored_engine(), request)["model"], rtol=0, atol=1e-5
     )
-    assert rows_table(state, "subjects").empty
+    # the trained adapter itself, LoRA on, shown as a plain model
+    as_trained = DemoEngine(DemoSettings(), adapter=trained, reward=("none", None))
+    torch.testing.assert_close(
+        shown["tuned"], _finals(as_trained, request)["model"], rtol=0, atol=1e-5
+    )
+
+
+def test_an_adapter_file_without_its_alpha_takes_it_from_the_run_config(trained, tmp_path):
+    import yaml
+
+    final = tmp_path / "run" / "final"
+    type(trained.pipeline).save_lora_weights(
+        final, transformer_lora_layers=trained.lora_state_dict()
+    )
+    (tmp_path / "run" / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"lora": {"r": 4, "alpha": 8}}})
+    )
+    settings = DemoSettings(lora=str(final), reward="none")
+    engine = DemoEngine(settings, adapter=load_adapter("tiny-random:sd3", torch.device("cpu")))
+    assert engine.notes == ["LoRA scale 2 (alpha / rank) read from the run's config.yaml."]
+    request = check_request(settings.limits, PROMPT, **{**PAGE_DEFAULTS, "chain": False})
+    as_trained = DemoEngine(DemoSettings(), adapter=trained, reward=("none", None))
+    torch.testing.assert_close(
+        _finals(engine, request)["tuned"], _finals(as_trained, request)["model"], rtol=0, atol=1e-5
+    )
