@@ -5,11 +5,13 @@ y1..y2-1, the COCO convention of ``vrl.data.synthetic``), integer-valued so that
 puts every shape exactly in its box. Shapes are drawn flat, without antialiasing, so every pixel
 of a clean render has an exact palette colour.
 
-The layout is a seeded random search: sides are drawn from the size classes (with jitter), then
-the shapes are placed one at a time at random candidate positions that keep a gap to the shapes
-already placed and satisfy every relation with them (the GenEval position rule of
-``vrl.rewards.geometry`` for spatial relations, box areas for "larger than"); a dead end restarts
-the search in another order. The seed is mixed with a hash of the scene, so two scenes rendered
+The layout is a seeded random search: sides are drawn from the size classes (with jitter), each
+shape gets a target centre (random, or from its depth in the order that the spatial relations
+impose on each axis, plus noise), then the shapes are placed one at a time at the candidate
+position nearest their target that keeps a gap to the shapes already placed and satisfies every
+relation with them (the GenEval position rule of ``vrl.rewards.geometry``, with a safety margin,
+for spatial relations; box areas for "larger than"); a dead end restarts the search with new
+sides, targets and order. The seed is mixed with a hash of the scene, so two scenes rendered
 with the same seed do not share a layout.
 """
 
@@ -350,7 +352,7 @@ def render(
 
     ``boxes`` (subject id -> box) overrides the layout, e.g. to move a shape on purpose; it must
     name every subject. An outlined shape is drawn whole in the outline colour, then its body
-    inset by ``outline_width(side)`` pixels.
+    inset by ``outline_width(side, shape)`` pixels.
     """
     specs = {s.id: shape_spec(s) for s in scene.subjects}
     if boxes is None:
