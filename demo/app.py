@@ -35,7 +35,6 @@ from vrl.demo.engine import (
     LimitError,
     check_request,
 )
-from vrl.demo.examples import example_prompts
 from vrl.demo.rewards import REWARD_NOTES, format_score
 from vrl.demo.settings import DemoSettings, settings_from_args
 
@@ -95,12 +94,17 @@ def levels_table(state: DemoState) -> pd.DataFrame:
 def rows_table(state: DemoState, kind: str) -> pd.DataFrame:
     """Per-subject ("subjects") or per-relation ("relations") rows of every scored image."""
     rows, columns = [], ["model", "image"]
+    scene = state.decomposition.scene
+    ids = {s.id for s in scene.subjects}
     for label, report in state.reports.items():
         for i, image_rows in enumerate(getattr(report, kind)):
             for row in image_rows:
                 for key in row:
                     if key not in columns:
                         columns.append(key)
+                row = dict(row)
+                if row.get("subject") in ids:  # a subject id: say which shape it is
+                    row["subject"] = scene.noun_phrase(row["subject"])
                 rows.append({"model": LABELS[label], "image": i + 1, **row})
     if len(columns) == 2:
         columns.append("subject" if kind == "subjects" else "relation")
@@ -239,7 +243,7 @@ def build_app(
                 strength = gr.Slider(
                     0.05, 1.0, value=0.7, step=0.05, label="Context strength (re-noising)"
                 )
-        gr.Examples([[p] for p in example_prompts()], inputs=[prompt], label="Examples")
+        gr.Examples([[p] for p in engine.examples], inputs=[prompt], label="Examples")
         status = gr.Markdown(elem_id="status")
         units = gr.Dataframe(
             headers=["pass", "subjects", "prompt"],

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vrl.demo.examples import example_scenes
 from vrl.demo.rewards import RewardReport, build_reward, score_images
 from vrl.demo.settings import DemoSettings, Limits
 from vrl.hicogen.chain import img2img_start
@@ -155,7 +156,7 @@ class Decomposition:
     """The prompt as a scene and the passes of its chain: one per unit, then the final prompt."""
 
     scene: Scene
-    source: str  # "template", "llm" or "fallback"
+    source: str  # "example", "template", "llm" or "fallback"
     units: tuple[SynthesisUnit, ...]
     unit_prompts: tuple[str, ...]
     final_prompt: str
@@ -386,6 +387,8 @@ class DemoEngine:
             from vrl.hicogen.decompose import LLMDecomposer
 
             self.decomposer = LLMDecomposer.from_pretrained(settings.decomposer)
+        self.examples = example_scenes()
+        """Example prompt -> its scene (shown on the page; used instead of parsing the prompt)."""
         # Passes toggle the adapter on and off: one pass at a time touches the model. The lock is
         # never held across a yield, so an abandoned page cannot leave it taken.
         self._lock = threading.Lock()
@@ -395,8 +398,11 @@ class DemoEngine:
         return ("tuned", "base") if self.has_lora else ("model",)
 
     def decompose(self, prompt: str) -> Decomposition:
-        """Rules first (shapes-world prompts), then the local LM if one was given, else one unit."""
-        scene, source = decompose_template(prompt), "template"
+        """An example's own scene, else rules (shapes-world prompts), else the local LM if one was
+        given, else the whole prompt as one unit."""
+        scene, source = self.examples.get(prompt.strip()), "example"
+        if scene is None:
+            scene, source = decompose_template(prompt), "template"
         if scene is None and self.decomposer is not None:
             result = self.decomposer(prompt)
             scene, source = result.scene, result.source

@@ -46,10 +46,14 @@ def score_images(
 ) -> RewardReport:
     """Score (B, 3, H, W) images in [0, 1] and collect each level's per-row breakdown.
 
-    The rows are read from each level's `last_breakdown` right after the call, so the caller must
-    not score two batches at once with the same reward (the demo holds a lock).
+    The rows come from the reward's own `rows(images, samples)` when it has one, else from each
+    level's `last_breakdown` right after the call (so the caller must not score two batches at
+    once with the same reward: the demo holds a lock).
     """
     levels = reward.breakdown(images, samples)
+    if hasattr(reward, "rows"):  # a reward that lays out its own rows (WorldReward)
+        subjects, relations = reward.rows(images, samples)
+        return RewardReport(levels, subjects, relations)
     rows: dict[str, list[list[dict[str, Any]]]] = {}
     for level in ("subject", "relation"):
         last = getattr(reward.levels.get(level), "last_breakdown", None)
@@ -82,6 +86,63 @@ def world_reward_available() -> bool:
         return False
 
 
+class WorldReward(HierarchicalReward):
+    """The shapes world's three levels (`vrl.rewards.world.make_world_reward`), plus a row per
+    subject and per relation read from the same exact checks (cached by the world reward, so
+    each image is checked once)."""
+
+    def __init__(self):
+        world = importlib.import_module("vrl.rewards.world")
+        summed = world.make_world_reward()
+        super().__init__(
+            summed.levels["global"],
+            summed.levels["subject"],
+            summed.levels["relation"],
+            summed.weights,
+        )
+        self._world_checks = world.world_checks
+
+    def rows(self, images: torch.Tensor, samples: Sequence[Mapping]) -> tuple[list, list]:
+        """Per image: one row per subject (found, its questions right) and per relation."""
+        from vrl.rewards.hierarchical_subject import scene_of
+
+        subjects, relations = [], []
+        for check, sample in zip(self._world_checks(images, samples), samples, strict=True):
+            scene = scene_of(sample)
+            image_subjects = []
+            for subject in scene.subjects:
+                asked = [
+                    q.id
+                    for q in check.questions
+                    if q.level in ("exist", "attribute") and q.target.subjects == (subject.id,)
+                ]
+                right = sum(check.correct[q] for q in asked)
+                image_subjects.append(
+                    {
+                        "subject": subject.id,
+                        "found": check.assignment.get(subject.id) is not None,
+                        "questions right": f"{right}/{len(asked)}",
+                        "score": right / len(asked) if asked else None,
+                    }
+                )
+            subjects.append(image_subjects)
+            relations.append(
+                [
+                    {
+                        "relation": " ".join(
+                            (q.target.subjects[0], q.target.predicate or "", q.target.subjects[1])
+                        ),
+                        "question": q.text,
+                        "checker says": check.answers[q.id],
+                        "score": float(check.correct[q.id]),
+                    }
+                    for q in check.questions
+                    if q.level == "relation"
+                ]
+            )
+        return subjects, relations
+
+
 def build_world_reward(settings: DemoSettings) -> HierarchicalReward:
     """The shapes world's exact checkers as the three levels (vrl.rewards.world)."""
     if not world_reward_available():
@@ -89,8 +150,7 @@ def build_world_reward(settings: DemoSettings) -> HierarchicalReward:
             "reward 'world' needs vrl.rewards.world (the shapes world's exact checkers), which is "
             "not installed in this version; use --reward tiny-random or none"
         )
-    world = importlib.import_module("vrl.rewards.world")
-    return HierarchicalReward(world.world_global, world.world_subject, world.world_relation)
+    return WorldReward()
 
 
 # Tiny random backbones of the real architectures (one layer each, built offline in seconds).

@@ -1,5 +1,5 @@
 """Demo engines shared by the demo's function tests and its browser test, so that the tiny SD3
-pipeline and the tiny reward backends are built once per test session."""
+pipeline is built once per test session."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import functools
 
 @functools.cache
 def shared_engine():
-    """Tiny SD3 with the tiny random hierarchical reward (the page as `vrl demo` serves it)."""
+    """The page as `vrl demo` serves it by default (the shapes world's reward, DEFAULT_MODEL)."""
     from vrl.demo.engine import DemoEngine
     from vrl.demo.settings import DemoSettings
 
-    return DemoEngine(DemoSettings(model="tiny-random:sd3", reward="tiny-random"))
+    return DemoEngine(DemoSettings())
 
 
 @functools.cache

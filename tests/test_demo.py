@@ -7,6 +7,7 @@ import dataclasses
 import re
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from _demo import PROMPT, shared_engine, unscored_engine
@@ -82,7 +83,8 @@ def test_the_page_handler_refuses_oversize_input_then_still_generates():
     assert len(chain_a) == 3 and final_a is not None and final_a.width >= 256
     assert list(levels.columns) == ["model", "image", "global", "subject", "relation", "total"]
     assert len(levels) == 1 and all(v != "-" for v in levels.iloc[0, 2:])
-    assert sorted(subjects["subject"]) == ["circle", "square"] and len(relations) == 1
+    assert list(subjects["subject"]) == ["a small red circle", "a large blue square"]
+    assert list(relations["relation"]) == ["circle left of square"]
     # the decomposition is shown first, before any image is made
     assert outputs[0][5] is None and len(outputs) == 1 + 3 + 1 + 1
 
@@ -132,6 +134,45 @@ def test_free_text_falls_back_to_one_unit_and_chain_off_is_one_pass():
     state = list(engine.generate(request))[-1]
     assert state.decomposition.source == "fallback"
     assert len(state.passes["model"]) == 1 and state.final("model").shape == (1, 3, 32, 32)
+
+
+def test_examples_bring_their_own_scenes():
+    engine = unscored_engine()
+    for prompt, scene in engine.examples.items():
+        dec = engine.decompose(prompt)
+        assert dec.source == "example" and dec.scene == scene
+        assert [u.subjects for u in dec.units] == [(s.id,) for s in scene.subjects]
+    assert len(engine.examples) == 6
+    assert any("cyan" in p for p in engine.examples)  # a colour the rules do not parse
+
+
+def test_the_world_reward_gives_a_rendered_scene_full_marks_with_rows():
+    from vrl.demo.rewards import WorldReward
+    from vrl.world import render
+
+    prompt, scene = next((p, s) for p, s in unscored_engine().examples.items() if s.relations)
+    pixels = torch.tensor(np.asarray(render(scene, 32)))  # (32, 32, 3) uint8
+    images = pixels.permute(2, 0, 1)[None].float() / 255  # (1, 3, 32, 32)
+    report = score_images(WorldReward(), images, [{"prompt": prompt, "scene": scene}])
+    assert report.levels["total"] == [3.0]
+    assert all(r["found"] and r["score"] == 1.0 for r in report.subjects[0])
+    assert len(report.subjects[0]) == len(scene.subjects)
+    assert [r["score"] for r in report.relations[0]] == [1.0] * len(scene.relations)
+    blank = score_images(WorldReward(), torch.full_like(images, 0.8), [{"scene": scene}])
+    assert blank.levels["subject"] == [0.0] and not any(r["found"] for r in blank.subjects[0])
+
+
+def test_the_tiny_random_reward_scores_every_level():
+    from vrl.demo.rewards import build_tiny_random_reward
+
+    reward = build_tiny_random_reward(DemoSettings())
+    scene = unscored_engine().decompose(PROMPT).scene
+    samples = [{"prompt": PROMPT, "scene": scene, "references": {"circle": torch.rand(3, 8, 8)}}]
+    report = score_images(reward, torch.rand(1, 3, 32, 32), samples)
+    assert all(isinstance(report.levels[k][0], float) for k in ("global", "subject", "relation"))
+    assert [r["subject"] for r in report.subjects[0]] == ["circle", "square"]
+    assert report.subjects[0][0]["dino"] is not None and report.subjects[0][1]["dino"] is None
+    assert report.relations[0][0]["relation"] == "circle left of square"
 
 
 def test_reward_rows_come_from_each_levels_breakdown():
