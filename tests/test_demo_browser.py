@@ -1,0 +1,126 @@
+"""The demo as a person uses it: served on a free local port, driven in a real headless Chromium.
+
+Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it) and Playwright for
+Python (the dev extra), which drives that browser: no browser is ever downloaded.
+Set VRL_DEMO_SCREENSHOT=path to keep the screenshot (docs/demo.png was made that way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from _demo import PROMPT, shared_engine
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it",
+)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    from vrl.demo.app import launch
+
+    engine = shared_engine()
+    app, local_url = launch(engine.settings, port=free_port(), engine=engine, block=False)
+    yield local_url
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def page(url, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1500},
+        )
+        page = browser.new_page()
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+def test_an_oversize_prompt_gets_the_limit_message_in_the_page(page, url):
+    page.goto(url)
+    page.locator("#prompt textarea").fill("a red circle " * 40)
+    page.locator("#generate").click()
+    page.get_by_text("The prompt has 519 characters; this demo takes at most 300").wait_for()
+    assert page.locator("#final-a img").count() == 0  # refused before any compute
+
+
+def test_the_api_refuses_what_the_page_would_not_send(url):
+    """A client can post anything: the sliders' bounds (checked by Gradio) and the demo's own
+    checks answer with the limit, and the server goes on serving (the next test generates)."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    values = dict(seed=0, steps=2, guidance=1.0, chain=True, sampler="sde")
+    values |= dict(schedule="decaying", noise_level=0.7, strength=0.7, num_images=1)
+    for change, message in [
+        ({"steps": 500}, "500 is greater than maximum value 50"),
+        ({"num_images": 64}, "64 is greater than maximum value 4"),
+        ({"sampler": "cps"}, "'cps' .* is not in the list of choices"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            client.predict(PROMPT, *{**values, **change}.values(), api_name="/generate")
+    with pytest.raises(Exception, match="this demo takes at most 300"):
+        client.predict("x" * 301, *values.values(), api_name="/generate")
+
+
+def test_a_prompt_is_generated_and_scored_in_the_browser(page, url, tmp_path):
+    page.goto(url)
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#generate").click()
+    page.locator("#status").get_by_text(re.compile(r"^done$")).wait_for()
+
+    final = page.locator("#final-a img")
+    assert final.count() == 1
+    assert final.evaluate("img => img.complete && img.naturalWidth") >= 256
+    chain = page.locator("#chain-a img")
+    assert chain.count() == 3  # unit 1, unit 2, the final pass
+    assert all(chain.nth(i).evaluate("img => img.naturalWidth") > 0 for i in range(3))
+
+    units = page.locator("#units").inner_text()
+    assert "A small red circle" in units and "A large blue square" in units
+    levels = page.locator("#reward-levels").inner_text()
+    for header in ("global", "subject", "relation", "total"):
+        assert header in levels
+    assert len(re.findall(r"\d\.\d{3}", levels)) == 4  # one score per level and the total
+    subjects = page.locator("#reward-subjects").inner_text()
+    assert "circle" in subjects and "square" in subjects
+    assert "circle left of square" in page.locator("#reward-relations").inner_text()
+
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("VRL_DEMO_SCREENSHOT"):
+        target = Path(os.environ["VRL_DEMO_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
