@@ -10,9 +10,11 @@
     <out>/<vocab>/train_1-3.jsonl 1,200 extra prompts with 1-3 subjects
     <out>/<vocab>/manifest.json    version, seed, line counts and sha256 of every file
 
-Everything is a function of (version, seed, vocab): building twice gives identical bytes.
-Subject counts are balanced (each count in a range appears equally often, shuffled). No prompt
-text appears twice within a vocabulary, so train and test never share a prompt.
+Everything is a function of (version, seed, vocab): building twice gives identical bytes, with
+any number of worker processes (each prompt has its own random stream). Subject counts are
+balanced (each count in a range appears equally often, shuffled). No prompt of one split appears
+in another, so train and test never share a prompt; repeats within a split are avoided where the
+vocabulary allows (a 1-subject world split has fewer distinct prompts than lines).
 
 Open vocabulary scenes (`sample_open_scene`) are sampled from `vrl.bench.vocab`: each subject has
 a colour and often a size, pattern or material, and sub-attributes on its parts; subjects of the
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import Callable
@@ -317,61 +320,102 @@ def _open_sampler(rng: random.Random, n: int, split: str) -> Scene:
 def _world_sampler(rng: random.Random, n: int, split: str) -> Scene:
     import vrl.world as world
 
-    # the world keeps some combinations out of training; a benchmark's test split uses them
-    world_split = "test" if split.startswith("test") else "train"
+    # The world keeps some (colour, shape) pairs out of training; every test scene has one.
+    # The 1-3 splits keep the world's unnamed default background, as its tiny models are
+    # trained; the others name a background: their global scene.
     return world.sample_scene(
         rng, min_subjects=n, max_subjects=n, relation_prob=0.6, sub_attribute_prob=0.3,
-        split=world_split,
+        split="test" if split.startswith("test") else "train",
+        background=None if split.endswith("1-3") else "random",
     )  # fmt: skip
 
 
 SAMPLERS: dict[str, SceneSampler] = {"open": _open_sampler, "world": _world_sampler}
 
 
-def build_split(
-    vocab: str,
-    split: str,
-    n_prompts: int,
-    min_subjects: int,
-    max_subjects: int,
-    seed: int,
-    seen_prompts: set[str],
-) -> list[dict[str, Any]]:
-    """The lines of one split; `seen_prompts` (updated) keeps prompts unique across splits."""
-    rng = random.Random(f"{HICOPROMPT_VERSION}/{seed}/{vocab}/{split}")
-    span = max_subjects - min_subjects + 1
-    counts = [min_subjects + i % span for i in range(n_prompts)]
-    rng.shuffle(counts)
-    sampler = SAMPLERS[vocab]
-    prefix = f"{vocab}-{split.replace('_', '').replace('-', '')}"
-    lines = []
-    for index, n in enumerate(counts):
-        for _attempt in range(100):
-            scene = sampler(rng, n, split)
-            phrasing = rng.choice(PHRASINGS)
-            prompt = phrase(scene, phrasing)
-            if prompt not in seen_prompts:
-                break
-        else:
-            raise RuntimeError(
-                f"{vocab}/{split}: could not find a new prompt with {n} subjects after 100 tries; "
-                "the vocabulary is too small for this many prompts"
-            )
-        seen_prompts.add(prompt)
-        lines.append(
-            {
-                "id": f"{prefix}-{index:05d}",
-                "version": HICOPROMPT_VERSION,
-                "vocab": vocab,
-                "split": split,
-                "subject_count": len(scene.subjects),
-                "prompt": prompt,
-                "phrasing": phrasing,
-                "scene": scene.to_dict(),
-                "questions": [question_to_dict(q) for q in scene.questions()],
-            }
-        )
-    return lines
+Drawn = tuple[str, str, int, int]
+"""(prompt, its JSON line, subject count, question count)."""
+
+
+def draw_prompt(vocab: str, split: str, seed: int, index: int, n: int, attempt: int = 0) -> Drawn:
+    """One benchmark line from its own random stream: any prompt can be rebuilt alone, and the
+    result does not depend on how the work is split between processes."""
+    rng = random.Random(f"{HICOPROMPT_VERSION}/{seed}/{vocab}/{split}/{index}/{attempt}")
+    scene = SAMPLERS[vocab](rng, n, split)
+    phrasing = rng.choice(PHRASINGS)
+    prompt = phrase(scene, phrasing)
+    questions = scene.questions()
+    line = {
+        "id": f"{vocab}-{split.replace('_', '').replace('-', '')}-{index:05d}",
+        "version": HICOPROMPT_VERSION,
+        "vocab": vocab,
+        "split": split,
+        "subject_count": len(scene.subjects),
+        "prompt": prompt,
+        "phrasing": phrasing,
+        "scene": scene.to_dict(),
+        "questions": [question_to_dict(q) for q in questions],
+    }
+    text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return prompt, text, len(scene.subjects), len(questions)
+
+
+def _draw_many(jobs: list[tuple]) -> list[Drawn]:
+    return [draw_prompt(*job) for job in jobs]
+
+
+def subject_counts(split: str, seed: int, n_prompts: int, lo: int, hi: int) -> list[int]:
+    """Balanced subject counts (each of lo..hi equally often, +-1), shuffled by the seed."""
+    counts = [lo + i % (hi - lo + 1) for i in range(n_prompts)]
+    random.Random(f"{HICOPROMPT_VERSION}/{seed}/{split}/counts").shuffle(counts)
+    return counts
+
+
+def build_vocab(
+    vocab: str, splits: dict[str, tuple[int, int, int]], seed: int, workers: int = 1
+) -> dict[str, list[Drawn]]:
+    """Every split's lines. Prompts are drawn in parallel, then made unique in split order: a
+    prompt of an earlier split is redrawn (attempt 1, 2, ...), so train and test never share
+    one; a repeat within a split is redrawn up to 30 times, then kept (a 1-subject world split
+    has fewer distinct prompts than lines)."""
+    jobs = {
+        split: [
+            (vocab, split, seed, i, n) for i, n in enumerate(subject_counts(split, seed, *spec))
+        ]
+        for split, spec in splits.items()
+    }
+    flat = [job for split_jobs in jobs.values() for job in split_jobs]
+    if workers > 1 and len(flat) >= 1000:
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = max(100, len(flat) // (4 * workers))
+        chunks = [flat[k : k + size] for k in range(0, len(flat), size)]
+        with ProcessPoolExecutor(workers) as pool:
+            drawn = [d for part in pool.map(_draw_many, chunks) for d in part]
+    else:
+        drawn = _draw_many(flat)
+    out: dict[str, list[Drawn]] = {}
+    earlier: set[str] = set()
+    k = 0
+    for split, split_jobs in jobs.items():
+        here: set[str] = set()
+        lines = []
+        for job in split_jobs:
+            d, k = drawn[k], k + 1
+            attempt = 0
+            while d[0] in earlier or (d[0] in here and attempt < 30):
+                attempt += 1
+                if attempt > 100:
+                    raise RuntimeError(
+                        f"{vocab}/{split}: no prompt with {job[-1]} subjects that earlier splits "
+                        "do not already use, after 100 draws"
+                    )
+                d = draw_prompt(*job, attempt=attempt)
+            here.add(d[0])
+            lines.append(d)
+        earlier |= here
+        out[split] = lines
+    return out
 
 
 def build_hicoprompt(
@@ -379,28 +423,30 @@ def build_hicoprompt(
     seed: int = 0,
     vocab: str = "both",
     splits: dict[str, tuple[int, int, int]] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write the benchmark files (see the module docstring); returns the manifests by vocab.
 
     `splits` overrides the sizes (split -> (prompts, fewest subjects, most subjects)), e.g. for
-    tests; the 4-6 and 7-12 subsets are taken from "test" when it is built.
+    tests; the 4-6 and 7-12 subsets are taken from "test" when it is built. `workers`
+    processes draw the prompts (default: the CPU count, at most 8); the files do not depend
+    on it.
     """
     vocabs = VOCABS if vocab == "both" else (vocab,)
     unknown = [v for v in vocabs if v not in VOCABS]
     if unknown:
         raise ValueError(f"unknown vocabulary {unknown[0]!r}; valid: open, world, both")
     splits = dict(SPLITS if splits is None else splits)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8)
     manifests = {}
     for v in vocabs:
         folder = Path(out) / v
         folder.mkdir(parents=True, exist_ok=True)
-        seen: set[str] = set()
-        files: dict[str, list[dict[str, Any]]] = {}
-        for split, (n, lo, hi) in splits.items():
-            files[split] = build_split(v, split, n, lo, hi, seed, seen)
+        files = build_vocab(v, splits, seed, workers)
         for subset, (source, lo, hi) in SUBSETS.items():
             if source in files:
-                files[subset] = [d for d in files[source] if lo <= d["subject_count"] <= hi]
+                files[subset] = [d for d in files[source] if lo <= d[2] <= hi]
         manifest: dict[str, Any] = {
             "version": HICOPROMPT_VERSION,
             "seed": seed,
@@ -408,15 +454,13 @@ def build_hicoprompt(
             "files": {},
         }
         for name, lines in files.items():
-            data = "".join(
-                json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n" for d in lines
-            ).encode()
+            data = "".join(d[1] for d in lines).encode()
             (folder / f"{name}.jsonl").write_bytes(data)
-            counts = [d["subject_count"] for d in lines]
+            counts = [d[2] for d in lines]
             manifest["files"][f"{name}.jsonl"] = {
                 "prompts": len(lines),
                 "subjects": [min(counts), max(counts)] if counts else None,
-                "questions": sum(len(d["questions"]) for d in lines),
+                "questions": sum(d[3] for d in lines),
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
