@@ -258,6 +258,7 @@ def build_app(
                     label=f"Chain of synthesis ({first})",
                     columns=4,
                     height="auto",
+                    object_fit="contain",  # whole images, never cropped
                     elem_id="chain-a",
                 )
                 final_a = gr.Image(
@@ -268,6 +269,7 @@ def build_app(
                     label=f"Chain of synthesis ({second})",
                     columns=4,
                     height="auto",
+                    object_fit="contain",  # whole images, never cropped
                     elem_id="chain-b",
                 )
                 final_b = gr.Image(

@@ -51,7 +51,7 @@ def url():
 
 @pytest.fixture(scope="module")
 def page(url, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
@@ -63,6 +63,7 @@ def page(url, tmp_path_factory):
         )
         page = browser.new_page()
         page.set_default_timeout(90_000)
+        expect.set_options(timeout=30_000)
         yield page
         browser.close()
 
@@ -95,27 +96,32 @@ def test_the_api_refuses_what_the_page_would_not_send(url):
 
 
 def test_a_prompt_is_generated_and_scored_in_the_browser(page, url, tmp_path):
+    from playwright.sync_api import expect
+
     page.goto(url)
     page.locator("#prompt textarea").fill(PROMPT)
     page.locator("#generate").click()
     page.locator("#status").get_by_text(re.compile(r"^done$")).wait_for()
 
-    final = page.locator("#final-a img")
-    assert final.count() == 1
-    assert final.evaluate("img => img.complete && img.naturalWidth") >= 256
-    chain = page.locator("#chain-a img")
-    assert chain.count() == 3  # unit 1, unit 2, the final pass
-    assert all(chain.nth(i).evaluate("img => img.naturalWidth") > 0 for i in range(3))
+    # images arrive as URLs: wait until the browser has them decoded, not just the <img> tags
+    loaded = "img => img.complete && img.naturalWidth"
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('#final-a img')].map({loaded})[0] >= 256"
+    )
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('#chain-a img')].filter({loaded}).length === 3"
+    )  # unit 1, unit 2, the final pass
+    assert page.locator("#final-a img").count() == 1
 
-    units = page.locator("#units").inner_text()
-    assert "A small red circle" in units and "A large blue square" in units
-    levels = page.locator("#reward-levels").inner_text()
+    expect(page.locator("#units")).to_contain_text("A small red circle")
+    expect(page.locator("#units")).to_contain_text("A large blue square")
+    levels = page.locator("#reward-levels")
     for header in ("global", "subject", "relation", "total"):
-        assert header in levels
-    assert len(re.findall(r"\d\.\d{3}", levels)) == 4  # one score per level and the total
-    subjects = page.locator("#reward-subjects").inner_text()
-    assert "circle" in subjects and "square" in subjects
-    assert "circle left of square" in page.locator("#reward-relations").inner_text()
+        expect(levels).to_contain_text(header)
+    expect(levels).to_contain_text(re.compile(r"\d\.\d{3}(\D+\d\.\d{3}){3}"))  # 3 levels and the total
+    expect(page.locator("#reward-subjects")).to_contain_text("a small red circle")
+    expect(page.locator("#reward-subjects")).to_contain_text("a large blue square")
+    expect(page.locator("#reward-relations")).to_contain_text("circle left of square")
 
     shot = tmp_path / "demo.png"
     page.screenshot(path=str(shot), full_page=True)
