@@ -32,7 +32,9 @@ def read_lines(path):
 def full_test_split(tmp_path_factory):
     """The real open-vocabulary test split: 3,000 prompts (a few seconds)."""
     out = tmp_path_factory.mktemp("hicoprompt")
-    manifests = build_hicoprompt(out, seed=0, vocab="open", splits={"test": SPLITS["test"]})
+    manifests = build_hicoprompt(
+        out, seed=0, vocab="open", splits={"test": SPLITS["test"]}, workers=1
+    )
     return out / "open", manifests["open"], read_lines(out / "open" / "test.jsonl")
 
 
@@ -54,6 +56,16 @@ def test_building_twice_with_one_seed_gives_identical_files(tmp_path):
         a = (tmp_path / "a" / "open" / name).read_bytes()
         assert a == (tmp_path / "b" / "open" / name).read_bytes(), name
         assert a != (tmp_path / "c" / "open" / name).read_bytes(), name
+
+
+def test_files_do_not_depend_on_the_number_of_worker_processes(tmp_path, monkeypatch):
+    import vrl.bench.build as build
+
+    monkeypatch.setattr(build, "PARALLEL_MIN_PROMPTS", 0)
+    build_hicoprompt(tmp_path / "one", seed=1, vocab="open", splits=SMALL, workers=1)
+    build_hicoprompt(tmp_path / "two", seed=1, vocab="open", splits=SMALL, workers=2)
+    for path in (tmp_path / "one" / "open").iterdir():
+        assert path.read_bytes() == (tmp_path / "two" / "open" / path.name).read_bytes()
 
 
 def test_full_test_split_counts_ranges_and_subsets(full_test_split):

@@ -146,3 +146,12 @@ def test_unjudged_questions_leave_an_image_unscored():
         "overall": 0.5,
         "unscored_images": 2,
     }
+
+
+def test_generation_writes_geneval_layout(tmp_path):
+    items = load_geneval_metadata(write_metadata(tmp_path / "evaluation_metadata.jsonl"))
+    layout = GenEvalLayout(tmp_path / "out")
+    layout.prepare(items[4])
+    meta = json.loads((tmp_path / "out" / "00004" / "metadata.jsonl").read_text())
+    assert meta == METADATA[4] and (tmp_path / "out" / "00004" / "samples").is_dir()
+    assert load_geneval_folder(tmp_path / "out")[0].prompt == METADATA[4]["prompt"]

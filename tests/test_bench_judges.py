@@ -262,3 +262,27 @@ def test_parse_yes_no():
     assert [parse_yes_no(v) for v in ("Yes.", "no", True, 0.25, 2, "maybe", None)] == [
         1.0, 0.0, 1.0, 0.25, None, None, None
     ]  # fmt: skip
+
+
+def test_clip_and_hps_scores_reach_the_summary(tmp_path, tiny_clip):
+    from vrl.bench.data import BenchItem
+    from vrl.bench.evaluate import evaluate_items
+    from vrl.rewards.hierarchical_global import PreferenceScorer
+
+    torch.manual_seed(1)
+    hps = PreferenceScorer.from_config(TINY_CLIP)
+    items = [
+        BenchItem(f"p{i}", f"prompt {i}", sc, tuple(sc.questions()), len(sc.subjects))
+        for i, sc in enumerate(SCENES)
+    ]
+    paths = {}
+    for item, image in zip(items, images(2), strict=True):
+        paths[item.id] = [tmp_path / f"{item.id}.png"]
+        image.save(paths[item.id][0])
+    summary = evaluate_items(
+        items, paths, ConstantJudge(1.0), tmp_path / "res", clip=tiny_clip, hps=hps, plots=False
+    )
+    assert 0.0 <= summary["clip_score"] <= 2.5 and -1.0 <= summary["hps"] <= 1.0
+    assert summary["dependencies"]["all"] == 1.0
+    row = (tmp_path / "res" / "summary.md").read_text().splitlines()[6]
+    assert row.startswith("| with dependencies (DSG) | 1.000") and "n/a" not in row

@@ -61,6 +61,8 @@ SUBSETS: dict[str, tuple[str, int, int]] = {
     "test_7-12": ("test", 7, 12),
 }
 PHRASINGS = ("compact", "listing", "sentences")
+PARALLEL_MIN_PROMPTS = 1000
+"""Fewer prompts than this are drawn in-process: starting workers would cost more."""
 
 
 # ---------------------------------------------------------------------- open vocabulary scenes
@@ -385,7 +387,7 @@ def build_vocab(
         for split, spec in splits.items()
     }
     flat = [job for split_jobs in jobs.values() for job in split_jobs]
-    if workers > 1 and len(flat) >= 1000:
+    if workers > 1 and len(flat) >= PARALLEL_MIN_PROMPTS:
         from concurrent.futures import ProcessPoolExecutor
 
         size = max(100, len(flat) // (4 * workers))
