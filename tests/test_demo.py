@@ -4,6 +4,7 @@ base vs tuned side by side, and the passes being exactly those of the chain of s
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import gradio as gr
@@ -136,6 +137,31 @@ def test_free_text_falls_back_to_one_unit_and_chain_off_is_one_pass():
     assert len(state.passes["model"]) == 1 and state.final("model").shape == (1, 3, 32, 32)
 
 
+def test_free_text_goes_to_the_local_lm_when_there_is_one():
+    from vrl.hicogen.decompose import LLMDecomposer
+
+    engine = unscored_engine()
+    with_lm = DemoEngine(engine.settings, adapter=engine.adapter, reward=("none", None))
+    scene = {"subjects": [{"id": "cabin", "name": "cabin"}, {"id": "tree", "name": "pine tree"}]}
+    with_lm.decomposer = LLMDecomposer(lambda request: f"Here it is: {json.dumps(scene)}")
+    dec = with_lm.decompose("a cosy cabin under a pine tree")
+    assert dec.source == "llm" and dec.unit_prompts == ("A cabin", "A pine tree")
+    assert with_lm.decompose("a red circle above a green square").source == "template"
+
+
+def test_every_noise_schedule_reaches_every_pass():
+    engine = unscored_engine()
+    runs = {}
+    for sampler, schedule in [("ode", "decaying"), ("sde", "constant"), ("sde", "window")]:
+        values = {**PAGE_DEFAULTS, "sampler": sampler, "schedule": schedule}
+        state = list(engine.generate(check_request(LIMITS, PROMPT, **values)))[-1]
+        runs[schedule if sampler == "sde" else "ode"] = [p.images for p in state.passes["model"]]
+    for schedule in ("constant", "window"):
+        assert len(runs[schedule]) == 3
+        for noisy, plain in zip(runs[schedule], runs["ode"], strict=True):
+            assert (noisy - plain).abs().max() > 1e-4  # the SDE's noise changed this pass
+
+
 def test_examples_bring_their_own_scenes():
     engine = unscored_engine()
     for prompt, scene in engine.examples.items():
@@ -239,7 +265,8 @@ def test_a_trained_adapter_is_shown_beside_its_base_model(trained, tmp_path):
     settings = DemoSettings(lora=str(tmp_path / "final"), reward="none")
     engine = DemoEngine(settings, adapter=load_adapter("tiny-random:sd3", torch.device("cpu")))
     assert engine.labels == ("tuned", "base") and engine.notes == []
-    request = check_request(settings.limits, PROMPT, **{**PAGE_DEFAULTS, "sampler": "ode"})
+    values = {**PAGE_DEFAULTS, "sampler": "ode", "chain": False}
+    request = check_request(settings.limits, PROMPT, **values)
     shown = _finals(engine, request)
     assert (shown["tuned"] - shown["base"]).abs().max() > 1e-3
     # the base column is the model without the adapter; the tuned one the adapter as trained
