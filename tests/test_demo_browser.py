@@ -118,7 +118,8 @@ def test_a_prompt_is_generated_and_scored_in_the_browser(page, url, tmp_path):
     levels = page.locator("#reward-levels")
     for header in ("global", "subject", "relation", "total"):
         expect(levels).to_contain_text(header)
-    expect(levels).to_contain_text(re.compile(r"\d\.\d{3}(\D+\d\.\d{3}){3}"))  # 3 levels and the total
+    # a score for each of the three levels, and the total
+    expect(levels).to_contain_text(re.compile(r"\d\.\d{3}(\D+\d\.\d{3}){3}"))
     expect(page.locator("#reward-subjects")).to_contain_text("a small red circle")
     expect(page.locator("#reward-subjects")).to_contain_text("a large blue square")
     expect(page.locator("#reward-relations")).to_contain_text("circle left of square")
