@@ -26,7 +26,7 @@ import torch
 from vrl.demo.examples import example_scenes
 from vrl.demo.rewards import RewardReport, build_reward, score_images
 from vrl.demo.settings import DemoSettings, Limits
-from vrl.hicogen.chain import img2img_start
+from vrl.hicogen.chain import img2img_start, plan_chain
 from vrl.hicogen.decompose import decompose_template, fallback_scene
 from vrl.hicogen.scene import Scene, SynthesisUnit
 from vrl.samplers import ConstantNoise, DecayingNoise, NoiseSchedule, WindowNoise, sample
@@ -408,15 +408,12 @@ class DemoEngine:
             scene, source = result.scene, result.source
         if scene is None:
             scene, source = fallback_scene(prompt), "fallback"
-        units = scene.default_units()
-        merged = 0
         limit = self.settings.limits.max_units
-        if len(units) > limit:
-            merged = len(units) - limit
-            tail = tuple(sid for unit in units[limit - 1 :] for sid in unit.subjects)
-            units = (*units[: limit - 1], SynthesisUnit(tail))
-        prompts = tuple(scene.unit_prompt(u) for u in units)
-        return Decomposition(scene, source, units, prompts, prompt.strip(), merged)
+        plan = plan_chain(scene, prompt.strip(), max_units=limit)
+        merged = max(len(scene.default_units()) - limit, 0)
+        return Decomposition(
+            scene, source, plan.units, plan.unit_prompts, plan.final_prompt, merged
+        )
 
     def _policy(self, label: str):
         return self.adapter.disabled_adapter() if label == "base" else contextlib.nullcontext()
