@@ -153,64 +153,16 @@ def build_world_reward(settings: DemoSettings) -> HierarchicalReward:
     return WorldReward()
 
 
-# Tiny random backbones of the real architectures (one layer each, built offline in seconds).
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-TINY_OWL_VISION = dict(
-    image_size=64,
-    patch_size=16,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-)
-TINY_OWL_TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    max_position_embeddings=16,
-)
-TINY_DINO = dict(
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=64,
-    patch_size=8,
-    image_size=32,
-)
-
-
 def build_tiny_random_reward(settings: DemoSettings) -> HierarchicalReward:
-    """All three levels on tiny random models: the real code paths, meaningless scores."""
-    from vrl.models.vlm import VLMAdapter
-    from vrl.rewards.hierarchical_global import CLIPScorer, build_global_reward
-    from vrl.rewards.hierarchical_relation import RelationReward
-    from vrl.rewards.hierarchical_subject import (
-        DinoSimilarity,
-        OpenVocabDetector,
-        SubjectReward,
-        VLMYesProbability,
-    )
-    from vrl.trainers.common import resolve_model_path
+    """All three levels on tiny random models (CLIP, OWLv2, DINOv2, Qwen2.5-VL) built offline:
+    the real code paths, meaningless scores. Seeded, so a page scores the same every launch."""
+    from vrl.rewards.hierarchical_models import TINY, build_level_rewards
 
+    spec = {name: {"path": TINY} for name in ("clip", "detector", "dino", "vlm")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        clip = CLIPScorer.from_config(TINY_CLIP)
-        detector = OpenVocabDetector.from_config(TINY_OWL_VISION, TINY_OWL_TEXT)
-        dino = DinoSimilarity.from_config(**TINY_DINO)
-    # built once into the vrl cache (~/.cache/vrl), like the tiny pipeline
-    vlm = VLMYesProbability(
-        VLMAdapter.from_pretrained(resolve_model_path("tiny-random:qwen2_5_vl"))
-    )
-    return HierarchicalReward(
-        build_global_reward(clip, None),
-        SubjectReward(detector, dino, vlm),
-        RelationReward(vlm, detector),
-    )
+        levels = build_level_rewards(spec, LEVELS)
+    return HierarchicalReward(levels["global"], levels["subject"], levels["relation"])
 
 
 REWARD_BUILDERS: dict[str, RewardBuilder] = {
