@@ -31,6 +31,7 @@ subject with all its attributes and every relation, naming subjects the way the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -344,6 +345,8 @@ def draw_prompt(vocab: str, split: str, seed: int, index: int, n: int, attempt: 
     result does not depend on how the work is split between processes."""
     rng = random.Random(f"{HICOPROMPT_VERSION}/{seed}/{vocab}/{split}/{index}/{attempt}")
     scene = SAMPLERS[vocab](rng, n, split)
+    # the prompt field is the description; a sampler's own (the world's) would disagree with it
+    scene = dataclasses.replace(scene, description="")
     phrasing = rng.choice(PHRASINGS)
     prompt = phrase(scene, phrasing)
     questions = scene.questions()
