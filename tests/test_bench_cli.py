@@ -84,3 +84,18 @@ def test_generate_resumably_then_judge(tmp_path, capsys):
                  "--strength", "0.6", "--out", str(chain), "--no-plots"]) == 0  # fmt: skip
     assert len(list((chain / "images").glob("*.png"))) == 1
     assert json.loads((chain / "images" / "generation.json").read_text())["chain"] is True
+
+
+def test_a_judge_that_does_not_fit_the_prompts_is_one_line(tmp_path, capsys):
+    out = tmp_path / "hicoprompt"
+    assert main(["bench", "build", "hicoprompt", "--vocab", "open", "--splits", "test_1-3",
+                 "--max-prompts", "2", "--out", str(out)]) == 0  # fmt: skip
+    prompts = out / "open" / "test_1-3.jsonl"
+    images = tmp_path / "images"
+    images.mkdir()
+    first = load_items(prompts)[0]
+    world.render(world.sample_scene(0), 32).save(images / f"{first.id}.png")  # any image will do
+    code = main(["bench", "eval", "hicoprompt", "--prompts", str(prompts), "--images", str(images),
+                 "--judge", "exact", "--out", str(tmp_path / "res")])  # fmt: skip
+    assert code == 2
+    assert "exact judge checks shapes-world scenes only" in capsys.readouterr().err

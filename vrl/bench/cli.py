@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--hps-model", default="ViT-H-14")
     s.add_argument("--hps-weights", help="local HPSv2 weights (HPS_v2_compressed.pt)")
     e.add_argument("--no-plots", action="store_true")
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=_eval_or_explain)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -106,6 +107,16 @@ def _build(args: argparse.Namespace) -> int:
                   f"subjects {info['subjects']}, {info['questions']} questions")  # fmt: skip
     print(f"built {manifest['version']} (seed {args.seed}) in {seconds:.1f} s")
     return 0
+
+
+def _eval_or_explain(args: argparse.Namespace) -> int:
+    """Bad input (an unreadable prompt file, a judge that does not fit the prompts) is reported
+    in one line, not as a traceback."""
+    try:
+        return _eval(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"vrl bench eval: {err}", file=sys.stderr)
+        return 2
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -65,7 +65,12 @@ class ExactJudge:
         _check_batch(images, scenes, questions)
         out = []
         for image, scene, qs in zip(images, scenes, questions, strict=True):
-            verdicts = self.answer_fn(scene, image)
+            try:
+                verdicts = self.answer_fn(scene, image)
+            except ValueError as err:
+                raise ValueError(
+                    f"the exact judge checks shapes-world scenes only (--vocab world): {err}"
+                ) from None
             out.append({q.id: _as_float(verdicts.get(q.id)) for q in qs})
         return out
 
