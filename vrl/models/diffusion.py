@@ -12,6 +12,10 @@ runs from s = 1 to s = 0, and the transformer's output v = eps - x_0 is used as 
 `FlowMatchEulerDiscreteScheduler.step`: x_next = x + (s_next - s) * v. So `velocity` returns the
 transformer output (after guidance) and an Euler loop with it reproduces the pipeline exactly.
 Timesteps: SD3's transformer takes t = s * 1000; FLUX's takes s and multiplies by 1000 inside.
+
+A pipeline saved without a VAE (`vae` null in `model_index.json`, e.g. the shapes world's tiny
+text-to-image model, an SD3 pipeline) works in pixel space: its latents are the images themselves
+in [-1, 1], with the transformer's input channels.
 """
 
 from __future__ import annotations
@@ -157,7 +161,8 @@ class FlowMatchingAdapter:
         """
         from diffusers import DiffusionPipeline
 
-        class_name = DiffusionPipeline.load_config(str(path))["_class_name"]
+        config = DiffusionPipeline.load_config(str(path))
+        class_name = config["_class_name"]
         adapter_cls = _ADAPTERS.get(class_name)
         if adapter_cls is None:
             raise ValueError(
@@ -166,8 +171,11 @@ class FlowMatchingAdapter:
             )
         if not issubclass(adapter_cls, cls):
             raise ValueError(f"{path} is a {class_name}, not a {cls.__name__} pipeline")
+        # diffusers saves an absent component (vae=None) as [null, null] but refuses to load the
+        # folder unless that component is passed again as None.
+        absent = {name: None for name, value in config.items() if value == [None, None]}
         pipeline = DiffusionPipeline.from_pretrained(
-            str(path), **_dtype_kwarg(dtype), **pipeline_kwargs
+            str(path), **_dtype_kwarg(dtype), **{**absent, **pipeline_kwargs}
         )
         if device is not None:
             pipeline.to(device)
@@ -183,6 +191,8 @@ class FlowMatchingAdapter:
 
     @property
     def vae_scale_factor(self) -> int:
+        if self.pipeline.vae is None:  # pixel space
+            return 1
         return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
 
     @property
@@ -332,6 +342,8 @@ class FlowMatchingAdapter:
         """(B, 3, H, W) float32 images in [0, 1] from latents in the transformer's layout."""
         latents = self._unpack(latents, image_size)  # (B, C, h, w)
         vae = self.pipeline.vae
+        if vae is None:  # pixel space: latents are the image in [-1, 1]
+            return (latents.float() * 0.5 + 0.5).clamp(0, 1)
         shift = vae.config.shift_factor or 0.0
         z = latents.to(vae.dtype) / vae.config.scaling_factor + shift
         image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in about [-1, 1]
@@ -341,6 +353,8 @@ class FlowMatchingAdapter:
         """Latents in the transformer's layout from (B, 3, H, W) images in [0, 1]: the inverse
         of `decode` (the VAE posterior mean, scaled and shifted), for image-to-image."""
         vae = self.pipeline.vae
+        if vae is None:  # pixel space
+            return self._pack(images.to(self.device, torch.float32) * 2 - 1)
         x = images.to(self.device, vae.dtype) * 2 - 1
         z = vae.encode(x, return_dict=False)[0].mean  # (B, C, h, w)
         shift = vae.config.shift_factor or 0.0
@@ -418,8 +432,12 @@ class FlowMatchingAdapter:
         raise NotImplementedError
 
     def _latent_chw(self, height: int, width: int) -> tuple[int, int, int]:
-        """(channels, h, w) of the VAE latent of an image of the given size."""
-        channels = self.pipeline.vae.config.latent_channels
+        """(channels, h, w) of the VAE latent of an image of the given size (pixel space: the
+        image itself, with the transformer's input channels)."""
+        vae = self.pipeline.vae
+        channels = (
+            self.transformer.config.in_channels if vae is None else vae.config.latent_channels
+        )
         return channels, height // self.vae_scale_factor, width // self.vae_scale_factor
 
     def _pack(self, latents: Tensor) -> Tensor:

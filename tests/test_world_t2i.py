@@ -1,0 +1,81 @@
+"""The shapes world's tiny text-to-image model: the pixel-space SD3 folder, its data stream, the
+`vrl pretrain world-t2i` command, and the committed checkpoint's quality through the adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vrl.models.diffusion import FlowMatchingAdapter, SD3Adapter
+from vrl.world.t2i_model import (
+    IMAGE_SIZE,
+    SceneStream,
+    T2IConfig,
+    build_pipeline,
+)
+
+# A recipe small enough for a CLI run of a few seconds.
+TINY = ["layers=1", "heads=2", "text_width=16", "batch_size=4", "fresh=2", "warmup=5"]
+
+
+def test_pixel_space_pipeline_loads_through_the_adapter(tmp_path):
+    cfg = T2IConfig.from_overrides(TINY)
+    build_pipeline(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    adapter = FlowMatchingAdapter.from_pretrained(tmp_path)  # vae and T5 saved as null
+    assert isinstance(adapter, SD3Adapter) and adapter.pipeline.vae is None
+
+    noise = adapter.initial_noise(2, IMAGE_SIZE, IMAGE_SIZE, torch.Generator().manual_seed(0))
+    assert noise.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)  # latents are pixels
+    images = adapter.decode(noise)
+    assert torch.equal(images, (noise * 0.5 + 0.5).clamp(0, 1))
+    assert torch.allclose(adapter.encode_images(images), images * 2 - 1)
+
+    embeds = adapter.encode_prompts(["a small red circle", "a large blue square"])
+    # CLIP tokens of both towers side by side, then one zero token where T5 would be
+    assert embeds.prompt_embeds.shape == (2, cfg.text_tokens + 1, 2 * cfg.text_width)
+    assert torch.all(embeds.prompt_embeds[:, -1] == 0)
+    v = adapter.velocity(adapter.transformer, noise, 0.5, embeds, guidance_scale=3.0)
+    assert v.shape == noise.shape and torch.isfinite(v).all()
+    sigmas = adapter.sigmas(4, IMAGE_SIZE, IMAGE_SIZE)
+    assert sigmas[0] == 1 and sigmas[-1] == 0
+
+
+def test_scene_stream_is_fixed_by_the_seed():
+    cfg = T2IConfig()
+    a, b, c = (SceneStream(cfg, seed) for seed in (3, 3, 4))
+    for _ in range(3):  # the reuse of earlier scenes is seeded too
+        (pa, xa), (pb, xb), (pc, xc) = a.batch(8), b.batch(8), c.batch(8)
+        assert pa == pb and torch.equal(xa, xb)
+    assert pa != pc and not torch.equal(xa, xc)
+    assert xa.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE) and -1 <= xa.min() < xa.max() <= 1
+
+
+def test_config_overrides_are_typed_and_checked():
+    cfg = T2IConfig.from_overrides(["steps=7", "lr=3e-4", "subject_mix=1,1", "train_text=false"])
+    assert (cfg.steps, cfg.lr, cfg.subject_mix, cfg.train_text) == (7, 3e-4, (1.0, 1.0), False)
+    with pytest.raises(ValueError, match="key=value"):
+        T2IConfig.from_overrides(["stepz=7"])
+    with pytest.raises(ValueError, match="at most 3"):
+        T2IConfig.from_overrides(["subject_mix=1,1,1,1"])
+
+
+def test_pretrain_cli_writes_a_loadable_folder(tmp_path, capsys):
+    from vrl.cli import main
+
+    out = tmp_path / "t2i"
+    extra = [*TINY, "steps=20", "sample_steps=2", "eval_scenes=2"]
+    threads = torch.get_num_threads()
+    try:
+        assert (
+            main(["pretrain", "world-t2i", "--out", str(out), "--threads", "1", "--extra", *extra])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "trained 20 steps" in printed and "1-subject test" in printed
+    for name in ("model_index.json", "README.md", "samples.png", "quality.json"):
+        assert (out / name).is_file()
+    assert not list(out.rglob("*.bin"))
+    adapter = FlowMatchingAdapter.from_pretrained(out)
+    assert adapter.transformer.config.num_layers == 1
