@@ -10,6 +10,14 @@ from vrl.bench.data import load_items
 from vrl.cli import main
 
 
+def pixels(path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.int16))
+
+
 def build_world_split(tmp_path, n=6):
     out = tmp_path / "hicoprompt"
     assert main(["bench", "build", "hicoprompt", "--vocab", "world", "--splits", "test_1-3",
@@ -67,12 +75,14 @@ def test_generate_resumably_then_judge(tmp_path, capsys):
     assert "generated 4 images" in capsys.readouterr().out
     images = sorted((out / "images").glob("*.png"))
     assert [p.name[-6:] for p in images] == ["_0.png", "_1.png"] * 2
-    first = images[1].read_bytes()
+    first = pixels(images[1])
     images[1].unlink()
     assert main(args) == 0
     assert "generated 1 images" in capsys.readouterr().out
-    assert images[1].read_bytes() == first  # the same image: its seed is its own
-    assert images[0].read_bytes() != first  # and not its neighbour's
+    # the same image, though drawn in a batch of 1 instead of 4: its noise comes from its own
+    # seed (a batch's float rounding may still move a channel value by one step)
+    assert (pixels(images[1]) - first).abs().max() <= 1
+    assert (pixels(images[0]) - first).abs().max() > 1  # and not its neighbour's
     summary = json.loads((out / "exact" / "summary.json").read_text())
     assert summary["images"] == 4
     assert all(v is None or 0.0 <= v <= 1.0 for v in summary["dependencies"].values())

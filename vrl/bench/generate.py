@@ -9,7 +9,8 @@ Two folder layouts:
 
 `generate_missing` draws only the images that are not on disk yet, each from its own seed
 (`image_seed(seed, id, k)`), so a killed run resumes where it stopped and gives the same images
-as an uninterrupted one; files are written under a temporary name and renamed.
+as an uninterrupted one (up to the float rounding of a different batch size, at most one step of
+a channel value in the tests); files are written under a temporary name and renamed.
 """
 
 from __future__ import annotations
