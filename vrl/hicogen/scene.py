@@ -342,7 +342,8 @@ class Scene:
 
         Existence asks about the subject's name only ("Is there a circle?", or "a red circle" when two
         subjects share a name), so a wrong colour fails the attribute question rather than existence:
-        per-level accuracies then measure different things.
+        per-level accuracies then measure different things. An attribute that the reference itself
+        names is not asked again (it is part of the existence question).
         """
         questions: list[Question] = []
         exist_id: dict[str, str] = {}
@@ -361,6 +362,10 @@ class Scene:
             be = "Are the" if count > 1 else "Is the"
             have = "Do the" if count > 1 else "Does the"
             for i, attribute in enumerate(s.attributes):
+                if sum(o.name == s.name for o in self.subjects) > 1:
+                    # the reference already names it ("the red circle" when two circles exist):
+                    # the existence question checks it, and "Is the red circle red?" is vacuous
+                    continue
                 questions.append(
                     Question(
                         f"{s.id}/attr/{i}",
