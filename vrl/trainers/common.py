@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny-random:"
 SYNTHETIC_PREFIX = "synthetic:"
+WORLD_PREFIX = "world:"
+WORLD_DATA_SEED_OFFSET = 1_000
+"""world:<tasks> training files use scenes of seed run.seed + this, not those the SFT saw."""
 
 
 def has_accelerator_device() -> bool:
@@ -72,8 +75,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def world_weights_path(name: str) -> Path:
+    """The committed shapes-world checkpoint folder `vrl/world/weights/world-<name>`."""
+    weights = Path(__file__).resolve().parent.parent / "world" / "weights"
+    folder = weights / f"world-{name}"
+    if not folder.is_dir():
+        found = sorted(p.name.removeprefix("world-") for p in weights.glob("world-*"))
+        raise FileNotFoundError(
+            f"no shapes-world checkpoint {WORLD_PREFIX}{name} ({folder}); committed: "
+            f"{', '.join(WORLD_PREFIX + n for n in found) or 'none'}"
+        )
+    return folder
+
+
 def resolve_model_path(path: str, seed: int = 0) -> str:
-    """A real path or hub id passes through; tiny-random:<family> is built offline once."""
+    """A real path or hub id passes through; tiny-random:<family> is built offline once;
+    world:vlm is the committed shapes-world VLM (`vrl pretrain world-vlm`)."""
+    if path.startswith(WORLD_PREFIX):
+        return str(world_weights_path(path[len(WORLD_PREFIX) :]))
     if not path.startswith(TINY_PREFIX):
         return path
     from vrl.models.tiny import tiny_vlm_path
@@ -123,7 +142,8 @@ def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
 
 
 def load_vlm_dataset(cfg) -> list:
-    """The training samples, validated whole; synthetic:<name> writes a generated set first."""
+    """The training samples, validated whole; synthetic:<name> writes a generated set first, and
+    world:<task>[,<task>...] shapes-world task files (synthetic_size samples per task)."""
     from vrl.data.vlm_r1 import load_vlm_r1_jsonl
     from vrl.rewards.accuracy import ACCURACY_METHODS
 
@@ -135,6 +155,14 @@ def load_vlm_dataset(cfg) -> list:
             n=cfg.data.synthetic_size,
             seed=cfg.run.seed,
         )
+    elif files.startswith(WORLD_PREFIX):
+        from vrl.world.vlm_model import write_task_files
+
+        tasks = [t.strip() for t in files[len(WORLD_PREFIX) :].split(",") if t.strip()]
+        out = Path(cfg.run.output_dir) / "data" / "world"
+        seed = cfg.run.seed + WORLD_DATA_SEED_OFFSET
+        paths = write_task_files(out, tasks, cfg.data.synthetic_size, seed, "train")
+        files, folders = ":".join(map(str, paths)), str(out)
     return load_vlm_r1_jsonl(
         files,
         folders,

@@ -13,7 +13,8 @@ class ModelSettings:
     path: str = field(
         "tiny-random:qwen2_5_vl",
         help="model folder or hub id (loads from the local cache); 'tiny-random:qwen2_5_vl' or "
-        "'tiny-random:qwen2_vl' builds a tiny random model of that architecture offline",
+        "'tiny-random:qwen2_vl' builds a tiny random model of that architecture offline; "
+        "'world:vlm' is the committed shapes-world VLM (vrl pretrain world-vlm)",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         "auto", help="weights dtype; auto = bfloat16 on a GPU that supports it, float32 on the CPU"
@@ -42,7 +43,9 @@ class ModelSettings:
 @config
 class DataSettings:
     train_files: str = field(
-        "", help="VLM-R1 JSONL file(s), ':'-separated; 'synthetic:colour_yes_no' etc. generates one"
+        "",
+        help="VLM-R1 JSONL file(s), ':'-separated; 'synthetic:colour_yes_no' etc. generates one; "
+        "'world:counting,relation' writes shapes-world task files (synthetic_size per task)",
     )
     image_folders: str = field("", help="image folder(s), ':'-separated, paired with train_files")
     template: str = field("rec", help="prompt template: plain, think_answer, rec, answer_only, ...")
