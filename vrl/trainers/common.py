@@ -102,7 +102,10 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
 
 
 def resolve_pipeline_path(path: str, seed: int = 0) -> str:
-    """A diffusers pipeline folder or hub id passes through; tiny-random:<sd3|flux> is built once."""
+    """A diffusers pipeline folder or hub id passes through; tiny-random:<sd3|flux> is built once;
+    world:t2i is the shapes world's committed text-to-image model (vrl/world/weights)."""
+    if path.startswith(WORLD_PREFIX):
+        return str(world_weights_path(path[len(WORLD_PREFIX) :]))
     if not path.startswith(TINY_PREFIX):
         return path
     from vrl.models.tiny_diffusion import tiny_pipeline_path
