@@ -412,11 +412,19 @@ def generate(
 
 
 def score(scenes: Sequence[Scene], images: torch.Tensor) -> dict[str, float | None]:
-    """Mean per-level exact accuracy (DSG dependencies), plus "all": every question right, and
-    "relation_if_found": the relation right among scenes whose subjects were all found."""
+    """Mean per-level exact accuracy (DSG dependencies), plus "all": every question right,
+    "relation_if_found": the relation right among scenes whose subjects were all found, and
+    "objects": found subjects / (subjects + extra shapes), which, unlike "exist", does not let
+    a noisy image that is full of blobs pass."""
     from vrl.world import check
 
-    levels: dict[str, list[float]] = {"exist": [], "attribute": [], "relation": [], "all": []}
+    levels: dict[str, list[float]] = {
+        "exist": [],
+        "attribute": [],
+        "relation": [],
+        "all": [],
+        "objects": [],
+    }
     found_relation: list[float] = []
     for scene, image in zip(scenes, images, strict=True):
         result = check(scene, image)
@@ -424,6 +432,7 @@ def score(scenes: Sequence[Scene], images: torch.Tensor) -> dict[str, float | No
             if value is not None:
                 levels[level].append(value)
         levels["all"].append(float(all(result.correct.values())))
+        levels["objects"].append(result.object_score)
         if scene.relations and all(d is not None for d in result.assignment.values()):
             found_relation.append(
                 sum(result.answers[q.id] for q in result.questions if q.level == "relation")
@@ -476,7 +485,7 @@ def time_sampling(adapter, steps: int, guidance: float, batch: int = 16, repeats
 
 
 def format_table(results: dict[str, dict[str, float | None]]) -> str:
-    keys = ("exist", "attribute", "relation", "relation_if_found", "all")
+    keys = ("exist", "attribute", "relation", "relation_if_found", "all", "objects")
     lines = ["| scenes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for group, row in results.items():
         cells = ["-" if row[k] is None else f"{100 * row[k]:.1f}" for k in keys]
@@ -558,7 +567,9 @@ def model_card(summary: dict[str, Any]) -> str:
         format_table(summary["quality"]),
         "",
         "`relation_if_found`: the relation among scenes whose subjects were all found; `all`: "
-        "every question of the scene right.",
+        "every question of the scene right; `objects`: found subjects / (subjects + extra "
+        "shapes). Read `exist` with care: a random pipeline's noise images hold many blobs, one "
+        "of which often has the asked shape, so exist alone is far above 0 for random images.",
         "",
         f"Sampling 16 images ({cfg['sample_steps']} steps, CFG): "
         f"{summary['sample_seconds']:.2f} s on {summary['threads']} thread(s).",
