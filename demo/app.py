@@ -230,7 +230,11 @@ def build_app(
                     1, limits.max_steps, value=settings.steps, step=1, label="Steps per pass"
                 )
                 guidance = gr.Slider(
-                    1.0, limits.max_guidance, value=1.0, step=0.5, label="Guidance (1 = off)"
+                    1.0,
+                    limits.max_guidance,
+                    value=settings.guidance,
+                    step=0.5,
+                    label="Guidance (1 = off)",
                 )
                 num_images = gr.Slider(1, limits.max_images, value=1, step=1, label="Images")
             with gr.Row():

@@ -348,9 +348,10 @@ def default_size(adapter, settings: DemoSettings) -> int:
         from vrl.models.tiny_diffusion import TINY_IMAGE_SIZE
 
         return TINY_IMAGE_SIZE
-    pipeline = adapter.pipeline
-    sample_size = getattr(pipeline, "default_sample_size", None)
-    return int(sample_size * pipeline.vae_scale_factor) if sample_size else 512
+    sample_size = getattr(adapter.pipeline, "default_sample_size", None)
+    # the adapter's factor, not the pipeline's: a pixel-space pipeline (no VAE, e.g. world:t2i)
+    # draws at sample_size itself, where diffusers would assume a VAE's 8x
+    return int(sample_size * adapter.vae_scale_factor) if sample_size else 512
 
 
 # ---------------------------------------------------------------------- the engine

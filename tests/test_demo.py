@@ -30,6 +30,7 @@ from vrl.rewards.hierarchical import HierarchicalReward
 from vrl.samplers import DecayingNoise
 
 LIMITS = Limits()
+TINY = "tiny-random:sd3"  # for tests that build their own LoRA
 PAGE_DEFAULTS = dict(seed=0, steps=2, guidance=1.0, chain=True, sampler="sde")
 PAGE_DEFAULTS |= dict(schedule="decaying", noise_level=0.7, strength=0.7, num_images=1)
 
@@ -244,7 +245,7 @@ def test_pickle_adapters_are_refused(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained():
     """Tiny SD3 with a LoRA whose alpha is not its rank (scale 2), moved off its zero init."""
-    adapter = load_adapter("tiny-random:sd3", torch.device("cpu"))
+    adapter = load_adapter(TINY, torch.device("cpu"))
     adapter.add_lora(4, 8)
     with torch.no_grad():
         for name, param in adapter.transformer.named_parameters():
@@ -262,19 +263,19 @@ def test_a_trained_adapter_is_shown_beside_its_base_model(trained, tmp_path):
     from vrl.trainers.diffusion_grpo import save_final
 
     save_final(trained, trained.transformer, None, tmp_path / "final", lora=True)
-    settings = DemoSettings(lora=str(tmp_path / "final"), reward="none")
-    engine = DemoEngine(settings, adapter=load_adapter("tiny-random:sd3", torch.device("cpu")))
+    settings = DemoSettings(model=TINY, lora=str(tmp_path / "final"), reward="none")
+    engine = DemoEngine(settings, adapter=load_adapter(TINY, torch.device("cpu")))
     assert engine.labels == ("tuned", "base") and engine.notes == []
     values = {**PAGE_DEFAULTS, "sampler": "ode", "chain": False}
     request = check_request(settings.limits, PROMPT, **values)
     shown = _finals(engine, request)
     assert (shown["tuned"] - shown["base"]).abs().max() > 1e-3
     # the base column is the model without the adapter; the tuned one the adapter as trained
-    torch.testing.assert_close(
-        shown["base"], _finals(unscored_engine(), request)["model"], rtol=0, atol=1e-5
-    )
+    plain = load_adapter(TINY, torch.device("cpu"))
+    base = DemoEngine(DemoSettings(model=TINY), adapter=plain, reward=("none", None))
+    torch.testing.assert_close(shown["base"], _finals(base, request)["model"], rtol=0, atol=1e-5)
     # the trained adapter itself, LoRA on, shown as a plain model
-    as_trained = DemoEngine(DemoSettings(), adapter=trained, reward=("none", None))
+    as_trained = DemoEngine(DemoSettings(model=TINY), adapter=trained, reward=("none", None))
     torch.testing.assert_close(
         shown["tuned"], _finals(as_trained, request)["model"], rtol=0, atol=1e-5
     )
@@ -290,11 +291,11 @@ def test_an_adapter_file_without_its_alpha_takes_it_from_the_run_config(trained,
     (tmp_path / "run" / "config.yaml").write_text(
         yaml.safe_dump({"model": {"lora": {"r": 4, "alpha": 8}}})
     )
-    settings = DemoSettings(lora=str(final), reward="none")
-    engine = DemoEngine(settings, adapter=load_adapter("tiny-random:sd3", torch.device("cpu")))
+    settings = DemoSettings(model=TINY, lora=str(final), reward="none")
+    engine = DemoEngine(settings, adapter=load_adapter(TINY, torch.device("cpu")))
     assert engine.notes == ["LoRA scale 2 (alpha / rank) read from the run's config.yaml."]
     request = check_request(settings.limits, PROMPT, **{**PAGE_DEFAULTS, "chain": False})
-    as_trained = DemoEngine(DemoSettings(), adapter=trained, reward=("none", None))
+    as_trained = DemoEngine(DemoSettings(model=TINY), adapter=trained, reward=("none", None))
     torch.testing.assert_close(
         _finals(engine, request)["tuned"], _finals(as_trained, request)["model"], rtol=0, atol=1e-5
     )
