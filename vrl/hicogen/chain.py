@@ -90,7 +90,7 @@ def plan_chain(
 
 @dataclass
 class ChainStep:
-    prompt: str
+    prompt: str | Sequence[str]  # one for the batch, or one per sample
     image: torch.Tensor  # (B, 3, H, W) in [0, 1]
     trajectory: Trajectory  # latents (B, T_k + 1, ...), log_probs (B, T_k), sigmas (T_k + 1,)
     embeds: object  # PromptEmbeds of the step's prompt, batch B
@@ -120,8 +120,8 @@ def img2img_start(sigmas: torch.Tensor, strength: float) -> int:
 def synthesize_chain(
     adapter,
     transformer: torch.nn.Module,
-    unit_prompts: Sequence[str],
-    final_prompt: str,
+    unit_prompts: Sequence[str | Sequence[str]],
+    final_prompt: str | Sequence[str],
     *,
     batch_size: int,
     height: int,
@@ -136,6 +136,9 @@ def synthesize_chain(
     level_generator: torch.Generator | None = None,
 ) -> ChainResult:
     """Run the chain for `batch_size` samples of one scene; every step stores its trajectory.
+
+    A prompt may also be a list of `batch_size` prompts (one per sample): chains of different
+    scenes with the same number of units then run as one batch.
 
     `generator` draws the initial and SDE noise; `level_generator` (CPU) draws a schedule's random
     choices (a window's position), so that processes sharing it train the same kind of steps.
@@ -161,7 +164,10 @@ def synthesize_chain(
             levels = schedule.levels(len(step_sigmas) - 1, generator=level_generator).to(
                 adapter.device
             )
-        embeds = encode([prompt] * batch_size)
+        texts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+        if len(texts) != batch_size:
+            raise ValueError(f"{len(texts)} prompts for a batch of {batch_size}")
+        embeds = encode(texts)
         with torch.no_grad():
             traj = sample(
                 adapter.velocity_fn(transformer, embeds, guidance_scale),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +75,33 @@ def world_scenes(n: int, seed: int, split: str) -> list[Scene]:
     ]
 
 
-def write_prompts(path: Path, scenes: Sequence[Scene], seed: int) -> Path:
-    """JSONL prompt file: a caption of each scene in one of the world's phrasings, and the scene."""
-    from vrl.world import caption
+def write_prompts(
+    path: Path, scenes: Sequence[Scene], seed: int, fits: Callable[[str], bool] | None = None
+) -> Path:
+    """JSONL prompt file: a caption of each scene in one of the world's phrasings (among those
+    `fits` accepts, e.g. that fit the text encoder's context; else `scene.prompt()`), and the
+    scene."""
+    from vrl.world import captions
 
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for scene in scenes:
-            f.write(json.dumps({"prompt": caption(scene, rng), "scene": scene.to_dict()}) + "\n")
+            texts = [t for t in captions(scene) if fits is None or fits(t)] or [scene.prompt()]
+            f.write(json.dumps({"prompt": rng.choice(texts), "scene": scene.to_dict()}) + "\n")
     return path
+
+
+def token_fit(path: str | Path) -> Callable[[str], bool] | None:
+    """Whether a prompt fits the pipeline's CLIP tokenizer context (None: no tokenizer there)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    except (OSError, ValueError):
+        return None
+    limit = tokenizer.model_max_length
+    return lambda text: len(tokenizer(text, verbose=False).input_ids) <= limit
 
 
 @torch.no_grad()
@@ -99,33 +116,53 @@ def held_out_accuracy(
 ) -> tuple[dict[str, float], list[torch.Tensor]]:
     """Per-level exact accuracy of deterministic chains, `seeds` images per scene.
 
-    Returns the means over images (a level absent from a scene is left out of its mean) and the
-    chains of the first `keep_images` scenes (passes, 3, H, W) for the report's grids.
+    Scenes with the same number of units run as one batch (ODE from noise fixed by the run seed,
+    so before and after see the same noise). Returns the means over images (a level absent from
+    a scene is left out of its mean) and the chains of the first `keep_images` scenes
+    (passes, 3, H, W) for the report's grids.
     """
     from vrl.hicogen.chain import plan_chain, synthesize_chain
     from vrl.world import level_accuracy
 
     smp, ch = cfg.sampling, cfg.chain
-    totals = {level: [] for level in LEVELS}
-    strips = []
-    for i, row in enumerate(rows):
-        scene = row["scene"] if isinstance(row["scene"], Scene) else Scene.from_json(row["scene"])
-        plan = plan_chain(scene, row["prompt"], max_units=ch.max_units)
-        generator = torch.Generator(adapter.device).manual_seed(cfg.run.seed * 7919 + i)
+    scenes = [
+        r["scene"] if isinstance(r["scene"], Scene) else Scene.from_json(r["scene"]) for r in rows
+    ]
+    plans = [
+        plan_chain(s, r["prompt"], max_units=ch.max_units)
+        for s, r in zip(scenes, rows, strict=True)
+    ]
+    groups: dict[int, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(len(plan.unit_prompts), []).append(i)
+    finals: dict[int, torch.Tensor] = {}
+    strips: dict[int, torch.Tensor] = {}
+
+    def per_sample(texts: Sequence[str]) -> list[str]:
+        return [t for t in texts for _ in range(seeds)]
+
+    for units, members in sorted(groups.items()):
+        generator = torch.Generator(adapter.device).manual_seed(cfg.run.seed * 7919 + units)
         chain = synthesize_chain(
-            adapter, transformer, plan.unit_prompts, plan.final_prompt, batch_size=seeds,
-            height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-            guidance_scale=smp.guidance_scale, strength=ch.strength, step="ode",
-            generator=generator,
+            adapter, transformer,
+            [per_sample([plans[i].unit_prompts[u] for i in members]) for u in range(units)],
+            per_sample([plans[i].final_prompt for i in members]),
+            batch_size=len(members) * seeds, height=smp.height, width=smp.width,
+            num_steps=smp.eval_num_steps, guidance_scale=smp.guidance_scale,
+            strength=ch.strength, step="ode", generator=generator,
         )  # fmt: skip
-        for image in chain.final:
+        for k, i in enumerate(members):
+            finals[i] = chain.final[k * seeds : (k + 1) * seeds]
+            if i < keep_images:
+                strips[i] = torch.stack([img[k * seeds] for img in chain.images])
+    totals: dict[str, list[float]] = {level: [] for level in LEVELS}
+    for i, scene in enumerate(scenes):
+        for image in finals[i]:
             for level, value in level_accuracy(scene, image).items():
                 if value is not None:
                     totals[level].append(value)
-        if i < keep_images:
-            strips.append(torch.stack([img[0] for img in chain.images]))
     means = {level: sum(v) / len(v) if v else float("nan") for level, v in totals.items()}
-    return means, strips
+    return means, [strips[i] for i in sorted(strips)]
 
 
 def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[str] = ()):
@@ -141,23 +178,24 @@ def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[
 
     out = Path(out)
     recipe = json.loads(json.dumps(RECIPE))
-    train_file = write_prompts(
-        out / "data" / "train.jsonl", world_scenes(TRAIN_SCENES, seed, "train"), seed
-    )
-    held_seed = seed + HELD_OUT_SEED_OFFSET
-    held_file = write_prompts(
-        out / "data" / "held_out.jsonl", world_scenes(HELD_OUT_SCENES, held_seed, "test"), held_seed
-    )
-    recipe["prompts"].update(train=str(train_file), eval=str(held_file))
     recipe["run"].update(output_dir=str(out / "run"), seed=seed)
     if steps is not None:
         recipe["run"]["max_steps"] = steps
     recipe = apply_overrides(recipe, list(overrides))
+    path = resolve_pipeline_path(recipe["model"]["path"])
+    fits = token_fit(path)
+    train_file = write_prompts(
+        out / "data" / "train.jsonl", world_scenes(TRAIN_SCENES, seed, "train"), seed, fits
+    )
+    held_seed = seed + HELD_OUT_SEED_OFFSET
+    held_scenes = world_scenes(HELD_OUT_SCENES, held_seed, "test")
+    held_file = write_prompts(out / "data" / "held_out.jsonl", held_scenes, held_seed, fits)
+    recipe["prompts"].update(train=str(train_file), eval=str(held_file))
     cfg = build_config(DiffusionTrainConfig, recipe, "quickstart HiCoGen recipe")
     held_out = load_prompts(held_file)
 
     t0 = time.perf_counter()
-    base = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(cfg.model.path))
+    base = FlowMatchingAdapter.from_pretrained(path)
     before, before_strips = held_out_accuracy(base, base.transformer, held_out, cfg)
     summary = train(cfg)
     tuned = summary["adapter"]
