@@ -1,0 +1,62 @@
+"""The HiCoGen world half's pieces that need no training: the prompts it writes, and the noise
+schedules its ablation compares at equal mean noise."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from vrl.samplers import from_config
+from vrl.world import hicogen_rl
+
+
+def _ablation():
+    path = Path(__file__).parents[1] / "benchmarks" / "hicogen_world.py"
+    spec = importlib.util.spec_from_file_location("hicogen_world", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_schedules_share_the_recipes_mean_noise_and_differ_in_where_it_goes():
+    noise, steps = (
+        hicogen_rl.RECIPE["sampling"]["noise"],
+        hicogen_rl.RECIPE["sampling"]["num_steps"],
+    )
+    configs = _ablation().noise_configs(noise, steps, window=2)
+    assert configs["decaying"] == noise
+    schedules = {name: from_config(c) for name, c in configs.items()}
+    means = {name: s.mean_level(steps) for name, s in schedules.items()}
+    assert means["constant"] == pytest.approx(means["decaying"])
+    assert means["window"] == pytest.approx(means["decaying"])
+    decaying = schedules["decaying"].levels(steps)
+    assert decaying[0] > decaying[-1]  # noise spent early
+    assert len(set(schedules["constant"].levels(steps).tolist())) == 1
+    window = schedules["window"].levels(steps, window=(3, 5))
+    assert (window[:3] == 0).all() and (window[5:] == 0).all() and (window[3:5] > 0).all()
+
+
+def test_prompts_fit_the_text_encoder_and_carry_their_scene(tmp_path):
+    scenes = hicogen_rl.world_scenes(20, seed=3, split="test")
+    assert all(len(s.subjects) == 2 and len(s.relations) == 1 for s in scenes)
+    short = lambda text: len(text.split()) <= 9  # noqa: E731
+    path = hicogen_rl.write_prompts(tmp_path / "p.jsonl", scenes, seed=3, fits=short)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["scene"] for r in rows] == [s.to_dict() for s in scenes]
+    for row, scene in zip(rows, scenes, strict=True):
+        # a phrasing that fits, else the scene's own prompt
+        assert short(row["prompt"]) or row["prompt"] == scene.prompt()
+    again = hicogen_rl.write_prompts(tmp_path / "q.jsonl", scenes, seed=3, fits=short)
+    assert again.read_text() == path.read_text()
+
+
+def test_the_committed_checkpoints_tokenizer_decides_what_fits():
+    from vrl.trainers.common import resolve_pipeline_path
+
+    fits = hicogen_rl.token_fit(resolve_pipeline_path("world:t2i"))
+    assert fits("a small red circle")
+    assert not fits(" ".join(["a small red circle to the left of a large blue square"] * 2))
+    assert hicogen_rl.token_fit("/nonexistent/folder") is None
