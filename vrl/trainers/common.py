@@ -146,7 +146,8 @@ def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
 
 def load_vlm_dataset(cfg) -> list:
     """The training samples, validated whole; synthetic:<name> writes a generated set first, and
-    world:<task>[,<task>...] shapes-world task files (synthetic_size samples per task)."""
+    world:<task>[,<task>...][@<background>[+<background>...]] shapes-world task files
+    (synthetic_size per task)."""
     from vrl.data.vlm_r1 import load_vlm_r1_jsonl
     from vrl.rewards.accuracy import ACCURACY_METHODS
 
@@ -159,13 +160,15 @@ def load_vlm_dataset(cfg) -> list:
             seed=cfg.run.seed,
         )
     elif files.startswith(WORLD_PREFIX):
-        from vrl.world.vlm_model import write_task_files
+        from vrl.world.vlm_model import parse_world_data, write_task_files
 
-        tasks = [t.strip() for t in files[len(WORLD_PREFIX) :].split(",") if t.strip()]
+        tasks, background = parse_world_data(files[len(WORLD_PREFIX) :])
         out = Path(cfg.run.output_dir) / "data" / "world"
         seed = cfg.run.seed + WORLD_DATA_SEED_OFFSET
-        paths = write_task_files(out, tasks, cfg.data.synthetic_size, seed, "train")
-        files, folders = ":".join(map(str, paths)), str(out)
+        paths = write_task_files(
+            out, tasks, cfg.data.synthetic_size, seed, "train", background=background
+        )
+        files, folders = ":".join(map(str, paths)), None  # images beside each file
     return load_vlm_r1_jsonl(
         files,
         folders,

@@ -45,7 +45,8 @@ class DataSettings:
     train_files: str = field(
         "",
         help="VLM-R1 JSONL file(s), ':'-separated; 'synthetic:colour_yes_no' etc. generates one; "
-        "'world:counting,relation' writes shapes-world task files (synthetic_size per task)",
+        "'world:counting,colour@random' writes shapes-world task files (synthetic_size per task; "
+        "'@random', a background name, or names joined by '+' for scenes off the default grey)",
     )
     image_folders: str = field("", help="image folder(s), ':'-separated, paired with train_files")
     template: str = field("rec", help="prompt template: plain, think_answer, rec, answer_only, ...")
