@@ -74,7 +74,13 @@ def _eval(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from vrl.quickstart import run_quickstart
 
-    run_quickstart(Path(args.out), seed=args.seed, steps=args.steps)
+    run_quickstart(
+        Path(args.out),
+        seed=args.seed,
+        steps=args.steps,
+        hicogen_steps=args.hicogen_steps,
+        halves=(args.only,) if args.only else ("vlm", "hicogen"),
+    )
     return 0
 
 
@@ -127,7 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qs.add_argument("--out", default="runs/quickstart", help="run folder")
     qs.add_argument("--seed", type=int, default=0)
-    qs.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's)")
+    qs.add_argument(
+        "--steps", type=int, default=None, help="VLM GRPO steps (default: the recipe's)"
+    )
+    qs.add_argument(
+        "--hicogen-steps", type=int, default=None, help="HiCoGen steps (default: the recipe's)"
+    )
+    qs.add_argument(
+        "--only", choices=["vlm", "hicogen"], default=None, help="run one half (default: both)"
+    )
     qs.set_defaults(func=_quickstart)
 
     from vrl.world.pretrain import add_parser as add_pretrain_parser  # modules load on use
