@@ -53,3 +53,15 @@ def test_an_unknown_half_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="unknown quickstart halves"):
         run_quickstart(tmp_path, halves=("vlm", "sd3"))
+
+
+def test_the_report_calls_a_change_a_gain_only_beyond_sampling_noise():
+    from vrl.quickstart import _verdict
+
+    before, after = {"a": 0.5, "b": 0.5, "c": 0.5}, {"a": 0.8, "b": 0.53, "c": 0.3}
+    text = _verdict(before, after, n=100)  # noise: 2 * sqrt(0.25 / 100) = 10 points
+    assert text.startswith("Improved: a (+30.0%, noise +-10.0%)")
+    assert "unchanged (within sampling noise): b (+3.0%" in text
+    assert "worse: c (-20.0%" in text
+    # the same +3 points measured on 10,000 items is a gain
+    assert _verdict({"b": 0.5}, {"b": 0.53}, n=10_000).startswith("Improved: b")

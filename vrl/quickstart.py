@@ -18,6 +18,7 @@ The run folder gets `report.md` (what was measured, including what did not impro
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def report(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"{v['steps']} GRPO steps, {v['train_minutes']:.1f} min of training. "
-            + _verdict(before, after),
+            + _verdict(before, after, v["held_out_per_task"]),
             "",
         ]
     if "hicogen" in result:
@@ -182,7 +183,7 @@ def report(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"{h['steps']} steps, {h['minutes']:.1f} min with evaluation. "
-            + _verdict(h["before"], h["after"]),
+            + _verdict(h["before"], h["after"], h["held_out_images"]),
             "",
             "Chains before and after training (a row per held-out scene: unit images, then the "
             "final image):",
@@ -201,15 +202,16 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(before: dict[str, float], after: dict[str, float]) -> str:
-    up = [k for k in before if after[k] - before[k] >= 0.02]
-    down = [k for k in before if after[k] - before[k] <= -0.02]
-    flat = [k for k in before if k not in up and k not in down]
-    parts = []
-    if up:
-        parts.append("improved: " + ", ".join(up))
-    if flat:
-        parts.append("unchanged (within 2 points): " + ", ".join(flat))
-    if down:
-        parts.append("worse: " + ", ".join(down))
-    return "; ".join(parts).capitalize() + "."
+def _verdict(before: dict[str, float], after: dict[str, float], n: int) -> str:
+    """Which figures moved beyond sampling noise: twice the standard error of an accuracy
+    measured on `n` items (a change smaller than that is called unchanged, whatever its sign)."""
+    parts = {"improved": [], "unchanged (within sampling noise)": [], "worse": []}
+    for k in before:
+        p = min(max(before[k], 0.05), 0.95)
+        noise = 2 * math.sqrt(p * (1 - p) / n)
+        change = after[k] - before[k]
+        kind = "improved" if change > noise else "worse" if change < -noise else None
+        label = f"{k} ({change:+.1%}, noise +-{noise:.1%})"
+        parts[kind or "unchanged (within sampling noise)"].append(label)
+    text = "; ".join(f"{kind}: {', '.join(keys)}" for kind, keys in parts.items() if keys)
+    return text[:1].upper() + text[1:] + "."
