@@ -3,7 +3,7 @@
     python benchmarks/world_vlm_grpo.py --seeds 0 1 2 --threads 1 --json world_vlm_grpo.json
     python benchmarks/world_vlm_grpo.py --seeds 0 --steps 20 grpo.temperature=1.2   # overrides
 
-Each seed runs `vrl.world.vlm_rl.run`: the recipe of `configs/world_vlm_grpo.yaml` from the
+Each seed runs `vrl.world.vlm_rl.run`: the recipe of `configs/vlm_world_grpo.yaml` from the
 committed SFT checkpoint (`world:vlm`), training prompts written from train-split scenes with
 that seed, and greedy held-out accuracy (the `accuracy` reward) on the same test-split questions
 before and after; the same questions on the SFT's own grey background are the control (what RL

@@ -97,7 +97,7 @@ def test_pretrain_command_writes_a_loadable_folder(tmp_path):
 
 
 def test_recipe_file_is_the_measured_recipe():
-    recipe = yaml.safe_load((ROOT / "configs" / "world_vlm_grpo.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "configs" / "vlm_world_grpo.yaml").read_text())
     recipe["run"].pop("output_dir")
     assert recipe == vlm_rl.RECIPE
 
@@ -109,7 +109,7 @@ def test_grpo_runs_from_the_world_checkpoint_on_world_tasks(tmp_path):
 
     cfg = load_config(
         VLMTrainConfig,
-        ROOT / "configs" / "world_vlm_grpo.yaml",
+        ROOT / "configs" / "vlm_world_grpo.yaml",
         [
             f"run.output_dir={tmp_path}",
             "run.max_steps=1",

@@ -445,7 +445,7 @@ def model_card(summary: dict[str, Any]) -> str:
 layers, width 128; vision: {s["vision_depth"]} blocks, width 128, patch 14, merge 2), a byte-level
 BPE tokenizer of {summary["vocab"]} tokens trained on the task text, {s["image_size"]} px input
 (16 image tokens). Load it like any checkpoint: `VLMAdapter.from_pretrained(path)`, or
-`model.path: world:vlm` in a `vrl train vlm` recipe (`configs/world_vlm_grpo.yaml`).
+`model.path: world:vlm` in a `vrl train vlm` recipe (`configs/vlm_world_grpo.yaml`).
 
 ## Recipe
 
@@ -471,7 +471,7 @@ about test-split scenes (every one holds a (colour, shape) pair never seen in tr
 
 Scenes: {scenes}. Every training scene is on the world's light-grey background; on other
 backgrounds accuracy drops (colour of a lone shape on dark grey: 67.5%), which is the gap the
-GRPO recipe `configs/world_vlm_grpo.yaml` closes with the rule reward
+GRPO recipe `configs/vlm_world_grpo.yaml` closes with the rule reward
 (`python benchmarks/world_vlm_grpo.py`). Counting is not learned in this budget: the model
 gives the most frequent count, so its figure is the majority baseline.
 

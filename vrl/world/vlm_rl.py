@@ -8,7 +8,7 @@ it names the colour of a lone shape there 98% of the time, but on a dark-grey ba
 on fresh scenes, half on dark grey and half on the SFT's own light grey. Measured: greedy
 accuracy on held-out dark-grey scenes (test split: (colour, shape) pairs never seen in training)
 before and after, and the same questions on the grey background as a control of what RL costs
-there. ``RECIPE`` is ``configs/world_vlm_grpo.yaml``.
+there. ``RECIPE`` is ``configs/vlm_world_grpo.yaml``.
 
 Why the grey half: trained on dark grey alone, 40 steps reached the same dark-grey accuracy
 (98%, 3 seeds) but the grey control fell by 14 points on average (8.5 to 25.5): nothing in the
