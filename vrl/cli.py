@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     qs = sub.add_parser(
-        "quickstart", help="the embedded default job: RL that visibly works on a CPU"
+        "quickstart", help="the embedded default job: both trainers on the shapes world, CPU"
     )
     qs.add_argument("--out", default="runs/quickstart", help="run folder")
     qs.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""`vrl quickstart`: the embedded default job. Both trainers improve a held-out score, on a CPU.
+"""`vrl quickstart`: the embedded default job: both trainers on the shapes world, on a CPU.
 
 Two halves on the shapes world (`vrl.world`), each from a committed tiny checkpoint:
 
