@@ -41,6 +41,18 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
         # every figure in the summary is in the report's table, with its change
         row = f"| {label} | {before:.1%} | {after:.1%} | {after - before:+.1%} |"
         assert row in report, row
+    # the HiCoGen figures come through vrl bench, and the report says how to get them again
+    for when in ("before", "after"):
+        command = hico["bench_commands"][when]
+        assert command[:4] == ["vrl", "bench", "eval", "hicoprompt"] and " ".join(command) in report
+        bench = json.loads(
+            (tmp_path / "hicogen" / "bench" / when / "exact" / "summary.json").read_text()
+        )
+        assert {k: bench["dependencies"][k] for k in hico[when]} == hico[when]
+    assert (
+        "--lora" in hico["bench_commands"]["after"]
+        and "--lora" not in hico["bench_commands"]["before"]
+    )
     assert re.search(r"held-out exist +\d+\.\d% -> +\d+\.\d%", printed)
     assert re.search(r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", printed)
     for png in ("reward_curves.png", "hicogen_before.png", "hicogen_after.png"):

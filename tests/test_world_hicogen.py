@@ -43,13 +43,14 @@ def test_prompts_fit_the_text_encoder_and_carry_their_scene(tmp_path):
     scenes = hicogen_rl.world_scenes(20, seed=3, split="test")
     assert all(len(s.subjects) == 2 and len(s.relations) == 1 for s in scenes)
     short = lambda text: len(text.split()) <= 9  # noqa: E731
-    path = hicogen_rl.write_prompts(tmp_path / "p.jsonl", scenes, seed=3, fits=short)
+    path = hicogen_rl.write_prompts(tmp_path / "a" / "p.jsonl", scenes, seed=3, fits=short)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["scene"] for r in rows] == [s.to_dict() for s in scenes]
+    assert [r["id"] for r in rows] == [f"p-{i:05d}" for i in range(20)]  # vrl bench's image names
     for row, scene in zip(rows, scenes, strict=True):
         # a phrasing that fits, else the scene's own prompt
         assert short(row["prompt"]) or row["prompt"] == scene.prompt()
-    again = hicogen_rl.write_prompts(tmp_path / "q.jsonl", scenes, seed=3, fits=short)
+    again = hicogen_rl.write_prompts(tmp_path / "b" / "p.jsonl", scenes, seed=3, fits=short)
     assert again.read_text() == path.read_text()
 
 
@@ -60,3 +61,42 @@ def test_the_committed_checkpoints_tokenizer_decides_what_fits():
     assert fits("a small red circle")
     assert not fits(" ".join(["a small red circle to the left of a large blue square"] * 2))
     assert hicogen_rl.token_fit("/nonexistent/folder") is None
+
+
+def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_path, capsys):
+    """The half's per-level figures come from HiCoPrompt's evaluator, and the command the report
+    prints redraws the same images and the same figures."""
+    from vrl.cli import main
+    from vrl.config import build_config
+    from vrl.models.diffusion import FlowMatchingAdapter
+    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.trainers.diffusion_config import DiffusionTrainConfig
+
+    recipe = json.loads(json.dumps(hicogen_rl.RECIPE))
+    recipe["run"].update(output_dir=str(tmp_path / "run"), seed=5)
+    cfg = build_config(DiffusionTrainConfig, recipe, "test recipe")
+    scenes = hicogen_rl.world_scenes(3, seed=5, split="test")
+    prompts = hicogen_rl.write_prompts(tmp_path / "held_out.jsonl", scenes, seed=5)
+    adapter = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(cfg.model.path))
+
+    figures = hicogen_rl.bench_accuracy(adapter, prompts, tmp_path / "ours", cfg)
+    assert set(figures) == set(hicogen_rl.LEVELS)
+    assert all(0.0 <= v <= 1.0 for v in figures.values())
+    images = sorted(p.name for p in (tmp_path / "ours" / "images").glob("*.png"))
+    assert images == [f"held_out-{i:05d}_{k}.png" for i in range(3) for k in range(2)]
+
+    command = hicogen_rl.bench_command(prompts, tmp_path / "cli", cfg)
+    assert command[:4] == ["vrl", "bench", "eval", "hicoprompt"]
+    assert main(command[1:]) == 0
+    capsys.readouterr()
+    cli = json.loads((tmp_path / "cli" / "exact" / "summary.json").read_text())
+    assert {level: cli["dependencies"][level] for level in hicogen_rl.LEVELS} == figures
+    for name in images:  # the very same pixels
+        ours = (tmp_path / "ours" / "images" / name).read_bytes()
+        assert (tmp_path / "cli" / "images" / name).read_bytes() == ours
+
+    # a second evaluation into the same folder draws afresh (no image of an earlier model kept)
+    stale = tmp_path / "ours" / "images" / images[0]
+    stale.write_bytes(b"not an image")
+    assert hicogen_rl.bench_accuracy(adapter, prompts, tmp_path / "ours", cfg) == figures
+    assert stale.read_bytes() == (tmp_path / "cli" / "images" / images[0]).read_bytes()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,8 @@ def report(result: dict[str, Any]) -> str:
             "synthesis (unit 1 from noise, unit 2 from the canvas, a final pass with the full "
             "prompt) with the decaying noise schedule and the exact world reward (global, "
             "subject, relation). Held-out: deterministic chains on test-split scenes, "
-            f"{h['held_out_images']} images, read by the exact checker with DSG dependencies.",
+            f"{h['held_out_images']} images, judged through `vrl bench` by the exact checker "
+            "with DSG dependencies.",
             "",
             "| held-out accuracy | before | after | change |",
             "|---|---|---|---|",
@@ -184,6 +186,13 @@ def report(result: dict[str, Any]) -> str:
             "",
             f"{h['steps']} steps, {h['minutes']:.1f} min with evaluation. "
             + _verdict(h["before"], h["after"], h["held_out_images"]),
+            "",
+            "The figures come from HiCoPrompt's evaluator with the exact judge; these commands "
+            "redraw the same images and give the same figures:",
+            "",
+            "```bash",
+            *(shlex.join(h["bench_commands"][when]) for when in ("before", "after")),
+            "```",
             "",
             "Chains before and after training (a row per held-out scene: unit images, then the "
             "final image):",

@@ -11,14 +11,17 @@ relation +0.5 +- 2.7. Seed 0 alone looked like a gain (+3.9 / +0.6 / +3.2); 60 s
 per-unit credit and 4 prompts x 8 images per step were no better on it (BENCHMARKS.md).
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
-seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) is read by the
-exact checker from deterministic chains (ODE, fixed seeds) before and after training.
+seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
+after training comes from HiCoPrompt's evaluator (`vrl bench eval hicoprompt`, exact judge) on
+deterministic chains (ODE, seeds from the prompt ids); `bench_command` gives the command line
+that redraws and rejudges them.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,8 @@ RECIPE: dict[str, Any] = {
 TRAIN_SCENES = 512
 HELD_OUT_SCENES = 64
 SEEDS_PER_SCENE = 2
+GRID_SCENES = 8
+"""Held-out scenes whose chains the report shows."""
 HELD_OUT_SEED_OFFSET = 10_000
 
 
@@ -85,17 +90,18 @@ def world_scenes(n: int, seed: int, split: str) -> list[Scene]:
 def write_prompts(
     path: Path, scenes: Sequence[Scene], seed: int, fits: Callable[[str], bool] | None = None
 ) -> Path:
-    """JSONL prompt file: a caption of each scene in one of the world's phrasings (among those
-    `fits` accepts, e.g. that fit the text encoder's context; else `scene.prompt()`), and the
-    scene."""
+    """JSONL prompt file: an id (`<file stem>-<index>`, naming the scene's images in `vrl
+    bench`), a caption of each scene in one of the world's phrasings (among those `fits`
+    accepts, e.g. that fit the text encoder's context; else `scene.prompt()`), and the scene."""
     from vrl.world import captions
 
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for scene in scenes:
+        for i, scene in enumerate(scenes):
             texts = [t for t in captions(scene) if fits is None or fits(t)] or [scene.prompt()]
-            f.write(json.dumps({"prompt": rng.choice(texts), "scene": scene.to_dict()}) + "\n")
+            row = {"id": f"{path.stem}-{i:05d}", "prompt": rng.choice(texts)}
+            f.write(json.dumps({**row, "scene": scene.to_dict()}) + "\n")
     return path
 
 
@@ -112,64 +118,67 @@ def token_fit(path: str | Path) -> Callable[[str], bool] | None:
 
 
 @torch.no_grad()
-def held_out_accuracy(
-    adapter,
-    transformer,
-    rows: Sequence[dict[str, Any]],
-    cfg,
-    *,
-    seeds: int = SEEDS_PER_SCENE,
-    keep_images: int = 8,
-) -> tuple[dict[str, float], list[torch.Tensor]]:
-    """Per-level exact accuracy of deterministic chains, `seeds` images per scene.
-
-    Scenes with the same number of units run as one batch (ODE from noise fixed by the run seed,
-    so before and after see the same noise). Returns the means over images (a level absent from
-    a scene is left out of its mean) and the chains of the first `keep_images` scenes
-    (passes, 3, H, W) for the report's grids.
-    """
+def chain_strips(adapter, transformer, rows: Sequence[dict[str, Any]], cfg) -> list[torch.Tensor]:
+    """One deterministic chain per row (ODE, noise fixed by the run seed, so before and after
+    see the same noise): (passes, 3, H, W) per row, unit images then the final image, for the
+    report's grids."""
     from vrl.hicogen.chain import plan_chain, synthesize_chain
-    from vrl.world import level_accuracy
 
     smp, ch = cfg.sampling, cfg.chain
-    scenes = [
-        r["scene"] if isinstance(r["scene"], Scene) else Scene.from_json(r["scene"]) for r in rows
-    ]
-    plans = [
-        plan_chain(s, r["prompt"], max_units=ch.max_units)
-        for s, r in zip(scenes, rows, strict=True)
-    ]
-    groups: dict[int, list[int]] = {}
-    for i, plan in enumerate(plans):
-        groups.setdefault(len(plan.unit_prompts), []).append(i)
-    finals: dict[int, torch.Tensor] = {}
-    strips: dict[int, torch.Tensor] = {}
-
-    def per_sample(texts: Sequence[str]) -> list[str]:
-        return [t for t in texts for _ in range(seeds)]
-
-    for units, members in sorted(groups.items()):
-        generator = torch.Generator(adapter.device).manual_seed(cfg.run.seed * 7919 + units)
+    strips = []
+    for k, row in enumerate(rows):
+        scene = row["scene"] if isinstance(row["scene"], Scene) else Scene.from_json(row["scene"])
+        plan = plan_chain(scene, row["prompt"], max_units=ch.max_units)
+        generator = torch.Generator(adapter.device).manual_seed(cfg.run.seed * 7919 + k)
         chain = synthesize_chain(
-            adapter, transformer,
-            [per_sample([plans[i].unit_prompts[u] for i in members]) for u in range(units)],
-            per_sample([plans[i].final_prompt for i in members]),
-            batch_size=len(members) * seeds, height=smp.height, width=smp.width,
-            num_steps=smp.eval_num_steps, guidance_scale=smp.guidance_scale,
-            strength=ch.strength, step="ode", generator=generator,
+            adapter, transformer, list(plan.unit_prompts), plan.final_prompt, batch_size=1,
+            height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
+            guidance_scale=smp.guidance_scale, strength=ch.strength, step="ode",
+            generator=generator,
         )  # fmt: skip
-        for k, i in enumerate(members):
-            finals[i] = chain.final[k * seeds : (k + 1) * seeds]
-            if i < keep_images:
-                strips[i] = torch.stack([img[k * seeds] for img in chain.images])
-    totals: dict[str, list[float]] = {level: [] for level in LEVELS}
-    for i, scene in enumerate(scenes):
-        for image in finals[i]:
-            for level, value in level_accuracy(scene, image).items():
-                if value is not None:
-                    totals[level].append(value)
-    means = {level: sum(v) / len(v) if v else float("nan") for level, v in totals.items()}
-    return means, [strips[i] for i in sorted(strips)]
+        strips.append(torch.cat(chain.images))
+    return strips
+
+
+def bench_command(prompts: Path, out: Path, cfg, lora: Path | None = None) -> list[str]:
+    """The `vrl bench eval hicoprompt` command line that draws and judges what `bench_accuracy`
+    does with these settings (the same images, the same figures)."""
+    smp, ch = cfg.sampling, cfg.chain
+    return [
+        "vrl", "bench", "eval", "hicoprompt", "--prompts", str(prompts),
+        "--model", str(cfg.model.path), *(["--lora", str(lora)] if lora else []),
+        "--chain", "--strength", str(ch.strength), "--steps", str(smp.eval_num_steps),
+        "--guidance", str(smp.guidance_scale), "--height", str(smp.height),
+        "--width", str(smp.width), "--images-per-prompt", str(SEEDS_PER_SCENE),
+        "--seed", str(cfg.run.seed), "--judge", "exact", "--out", str(out),
+    ]  # fmt: skip
+
+
+def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
+    """Held-out per-level accuracy through HiCoPrompt's evaluator (`vrl.bench`): chains of
+    synthesis drawn by `vrl bench`'s generator (ODE, `SEEDS_PER_SCENE` images per prompt, seeds
+    from the prompt ids) into `out/images`, read by the exact judge with DSG dependencies.
+    `bench_command(prompts, out, cfg, lora)` reproduces it from the command line. `out` is
+    emptied first."""
+    from vrl.bench.data import load_items
+    from vrl.bench.evaluate import evaluate_items
+    from vrl.bench.generate import FlatLayout, generate_missing
+    from vrl.bench.judges import JudgeOptions, build_judge
+
+    shutil.rmtree(out, ignore_errors=True)  # vrl bench resumes: no image of an earlier model
+    smp, ch = cfg.sampling, cfg.chain
+    items = load_items(prompts)
+    layout = FlatLayout(out / "images")
+    generate_missing(
+        items, layout, adapter, images_per_prompt=SEEDS_PER_SCENE, height=smp.height,
+        width=smp.width, num_steps=smp.eval_num_steps, guidance_scale=smp.guidance_scale,
+        seed=cfg.run.seed, chain=True, strength=ch.strength,
+    )  # fmt: skip
+    summary = evaluate_items(
+        items, layout.find(items), build_judge("exact", JudgeOptions()), out / "exact",
+        settings={"judge": "exact"}, plots=False,
+    )  # fmt: skip
+    return {level: summary["dependencies"][level] for level in LEVELS}
 
 
 def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[str] = ()):
@@ -202,11 +211,16 @@ def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[
     held_out = load_prompts(held_file)
 
     t0 = time.perf_counter()
+    grid_rows = held_out[:GRID_SCENES]
     base = FlowMatchingAdapter.from_pretrained(path)
-    before, before_strips = held_out_accuracy(base, base.transformer, held_out, cfg)
+    before = bench_accuracy(base, held_file, out / "bench" / "before", cfg)
+    before_strips = chain_strips(base, base.transformer, grid_rows, cfg)
+    del base
     summary = train(cfg)
     tuned = summary["adapter"]
-    after, after_strips = held_out_accuracy(tuned, tuned.transformer, held_out, cfg)
+    after = bench_accuracy(tuned, held_file, out / "bench" / "after", cfg)
+    after_strips = chain_strips(tuned, tuned.transformer, grid_rows, cfg)
+    final = Path(cfg.run.output_dir) / "final"
     return {
         "before": before,
         "after": after,
@@ -214,6 +228,10 @@ def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[
         "held_out_images": len(held_out) * SEEDS_PER_SCENE,
         "minutes": (time.perf_counter() - t0) / 60,
         "rewards": summary["rewards"],
+        "bench_commands": {
+            "before": bench_command(held_file, out / "bench" / "before", cfg),
+            "after": bench_command(held_file, out / "bench" / "after", cfg, lora=final),
+        },
         "strips": {"before": before_strips, "after": after_strips},
         "config": cfg,
     }
