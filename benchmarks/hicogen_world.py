@@ -2,6 +2,7 @@
 
     python benchmarks/hicogen_world.py --seeds 0 1 2                      # the quickstart half
     python benchmarks/hicogen_world.py --seeds 0 1 2 --schedules decaying constant window
+    python benchmarks/hicogen_world.py --seeds 0 --train-scenes 4        # can it fit 4 prompts?
 
 Each (schedule, seed) runs `vrl.world.hicogen_rl.run`: the quickstart's HiCoGen recipe from the
 committed `world:t2i` checkpoint, then per-level accuracy (exist, attribute, relation; DSG
@@ -40,12 +41,25 @@ def noise_configs(recipe_noise: dict, num_steps: int, window: int) -> dict[str, 
     }
 
 
+def _ends(rewards: list[float], k: int = 10) -> str:
+    """Mean training reward of the first and the last k steps."""
+    k = max(1, min(k, len(rewards) // 2))
+    return f"{statistics.mean(rewards[:k]):.3f} -> {statistics.mean(rewards[-k:]):.3f} ({k} steps each)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=["decaying"])
     parser.add_argument("--window", type=int, default=2, help="window size in steps")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the recipe's)")
+    parser.add_argument(
+        "--train-scenes",
+        type=int,
+        default=None,
+        help="training scenes (default: the quickstart's; a handful, e.g. 4, asks whether the "
+        "recipe can raise the reward on prompts it sees again and again)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/hicogen_world")
     parser.add_argument("--json", default=None, help="write every figure here")
@@ -54,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from vrl.world import hicogen_rl
     from vrl.world.hicogen_rl import LEVELS, RECIPE, run
 
     torch.set_num_threads(args.threads)
+    if args.train_scenes is not None:
+        hicogen_rl.TRAIN_SCENES = args.train_scenes
     sampling = RECIPE["sampling"]
     configs = noise_configs(sampling["noise"], sampling["num_steps"], args.window)
     results: dict[str, list[dict]] = {}
@@ -76,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  seed {seed}: "
                 + ", ".join(f"{k} {r['before'][k]:.1%} -> {r['after'][k]:.1%}" for k in LEVELS)
-                + f"; {r['minutes']:.1f} min",
+                + f"; training reward {_ends(r['rewards'])}; {r['minutes']:.1f} min",
                 flush=True,
             )
 
