@@ -68,12 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vrl.world import hicogen_rl
     from vrl.world.hicogen_rl import LEVELS, RECIPE, run
 
     torch.set_num_threads(args.threads)
-    if args.train_scenes is not None:
-        hicogen_rl.TRAIN_SCENES = args.train_scenes
     sampling = RECIPE["sampling"]
     configs = noise_configs(sampling["noise"], sampling["num_steps"], args.window)
     results: dict[str, list[dict]] = {}
@@ -87,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=seed,
                 steps=args.steps,
                 overrides=[f"sampling.noise={noise}", *args.overrides],
+                train_scenes=args.train_scenes,
             )
             r.pop("strips"), r.pop("config")
             results.setdefault(name, []).append({"seed": seed, **r})

@@ -183,8 +183,15 @@ def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
     return {level: summary["dependencies"][level] for level in LEVELS}
 
 
-def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[str] = ()):
-    """Train and evaluate the HiCoGen half; returns its summary (per-level before/after)."""
+def run(
+    out: Path,
+    seed: int = 0,
+    steps: int | None = None,
+    overrides: Sequence[str] = (),
+    train_scenes: int | None = None,
+):
+    """Train and evaluate the HiCoGen half; returns its summary (per-level before/after).
+    `train_scenes` (default `TRAIN_SCENES`): how many training scenes the prompts cycle over."""
     import time
 
     from vrl.config import apply_overrides, build_config
@@ -203,7 +210,10 @@ def run(out: Path, seed: int = 0, steps: int | None = None, overrides: Sequence[
     path = resolve_pipeline_path(recipe["model"]["path"])
     fits = token_fit(path)
     train_file = write_prompts(
-        out / "data" / "train.jsonl", world_scenes(TRAIN_SCENES, seed, "train"), seed, fits
+        out / "data" / "train.jsonl",
+        world_scenes(train_scenes or TRAIN_SCENES, seed, "train"),
+        seed,
+        fits,
     )
     held_seed = seed + HELD_OUT_SEED_OFFSET
     held_scenes = world_scenes(HELD_OUT_SCENES, held_seed, "test")
