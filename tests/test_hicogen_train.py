@@ -104,6 +104,28 @@ def test_unit_credit_grades_unit_images_against_the_partial_scene(tmp_path):
     assert math.isfinite(record["loss"])
 
 
+def test_awm_trains_every_pass_of_the_chain_by_matching_its_own_image(tmp_path):
+    from vrl.samplers.loop import Trajectory
+    from vrl.trainers.diffusion_grpo import RolloutChunk, matching_item
+
+    summary = train(chain_config(tmp_path, "grpo.objective=awm", "run.max_steps=1"))
+    record = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert record["chain/passes"] == 3
+    assert record["trained_steps"] == 2 * 3  # awm_times (2) noised copies per pass's image
+    assert record["ratio_first"] == 1.0 and math.isfinite(record["loss"])
+    lora_b = [p for n, p in summary["adapter"].transformer.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+    # an image-to-image pass (sigmas from the strength) is only noised up to where it started
+    sigmas = torch.tensor([0.7, 0.4, 0.0])
+    latents = torch.rand(64, 3, 3, 4, 4)
+    traj = Trajectory(latents, torch.zeros(64, 2), sigmas, torch.ones(2))
+    item = matching_item(RolloutChunk(None, traj), torch.Generator().manual_seed(0))
+    assert 0.0 < float(item.sigma.min()) and float(item.sigma.max()) <= 0.7
+    t = item.sigma.view(-1, 1, 1, 1)
+    noise = item.target + traj.final  # target = noise - x_0
+    assert torch.allclose(item.x_t, (1 - t) * traj.final + t * noise, atol=1e-6)
+
+
 def test_same_seed_same_chain_run(tmp_path):
     a = train(chain_config(tmp_path / "a", "run.max_steps=1"))["rewards"]
     b = train(chain_config(tmp_path / "b", "run.max_steps=1"))["rewards"]

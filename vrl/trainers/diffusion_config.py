@@ -65,8 +65,20 @@ class SamplingSettings:
 class DiffusionGRPOSettings:
     group_size: int = field(16, help="images per prompt (G)")
     prompts_per_step: int = field(2, help="distinct prompts per rollout, over all processes")
+    objective: Literal["sde", "awm"] = field(
+        "sde",
+        help="sde = Flow-GRPO: the clipped surrogate on the stored SDE transitions' Gaussian "
+        "log-probs; awm = Advantage Weighted Matching: the same surrogate with each image's "
+        "flow-matching loss (at fresh noise and times) as its negative log-likelihood, far "
+        "lower variance than the per-step log-probs",
+    )
+    awm_times: int = field(2, help="objective=awm: noised copies (times t) per image per update")
     num_iterations: int = field(1, help="policy updates per rollout (>1 uses stored log-probs)")
-    beta: float = field(0.0, help="weight of the Gaussian-mean KL to the reference; 0 = none held")
+    beta: float = field(
+        0.0,
+        help="weight of the KL to the reference (sde: Gaussian-mean KL per step; awm: squared "
+        "velocity difference); 0 = no reference held",
+    )
     eps: float = field(1e-4, help="clip range of the per-step ratio (published: 1e-4)")
     adv_clip_max: float = field(5.0, help="advantages are clipped to +-this")
     advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
@@ -85,6 +97,8 @@ class DiffusionGRPOSettings:
             raise ValueError(
                 f"grpo.timestep_fraction must be in (0, 1], got {self.timestep_fraction}"
             )
+        if self.awm_times < 1:
+            raise ValueError(f"grpo.awm_times must be >= 1, got {self.awm_times}")
         if not self.rewards:
             raise ValueError("grpo.rewards is empty: name at least one reward")
 

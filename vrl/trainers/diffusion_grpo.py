@@ -6,9 +6,12 @@ One step reads top to bottom:
                          noise schedule; each trajectory stores its latents and per-step log-probs
     #### REWARD ####     image rewards from the registry, gathered from every process
     #### ADVANTAGE ####  group advantages from vrl.core, clipped to +-adv_clip_max
-    #### TRAINING ####   for each trained denoising step: re-score the stored transition under the
-                         current policy, clipped surrogate from vrl.core (+ Gaussian-mean KL),
-                         gradients accumulated over steps and micro-batches, one optimizer step
+    #### TRAINING ####   objective "sde" (Flow-GRPO): for each trained denoising step, re-score
+                         the stored transition under the current policy; objective "awm"
+                         (Advantage Weighted Matching): minus the flow-matching loss of noised
+                         copies of each image stands for its log-likelihood. Either goes into the
+                         clipped surrogate from vrl.core (+ a KL to the reference), gradients
+                         accumulated over items and micro-batches, one optimizer step
 
 With `chain.enabled` (HiCoGen) a rollout is a chain of synthesis per prompt: its scene (JSONL
 metadata, the template parser or a local LLM) gives the units, each unit is drawn from the canvas so
@@ -259,14 +262,18 @@ def train(cfg) -> dict[str, Any]:
                 chunk.advantages = local_adv[chunk.offset : chunk.offset + b]
 
         #### TRAINING ####
-        plain_steps = trained_steps(levels, grpo, step_gen)
-        for chunk in chunks:
-            chunk.train_steps = (
-                trained_steps(chunk.trajectory.noise_levels, grpo, step_gen)
-                if cfg.chain.enabled
-                else plain_steps
-            )
-        work = [(chunk, j) for chunk in chunks for j in chunk.train_steps]
+        if grpo.objective == "awm":  # noised copies of each pass's images, drawn once per rollout
+            work = [(chunk, matching_item(chunk, noise_gen)) for chunk in chunks
+                    for _ in range(grpo.awm_times)]  # fmt: skip
+        else:  # stored SDE transitions
+            plain_steps = trained_steps(levels, grpo, step_gen)
+            for chunk in chunks:
+                chunk.train_steps = (
+                    trained_steps(chunk.trajectory.noise_levels, grpo, step_gen)
+                    if cfg.chain.enabled
+                    else plain_steps
+                )
+            work = [(chunk, j) for chunk in chunks for j in chunk.train_steps]
         normaliser = max(sum(c.trajectory.latents.shape[0] for c, _ in work), 1)
         policy.train()
         stats: dict[str, list[float]] = {
@@ -275,30 +282,29 @@ def train(cfg) -> dict[str, Any]:
         losses: list[float] = []
         grad_norm = torch.tensor(0.0)
         for _ in range(grpo.num_iterations):
-            for w, (chunk, j) in enumerate(work):
-                traj = chunk.trajectory
+            for w, (chunk, item) in enumerate(work):
                 last = w == len(work) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(policy):
-                    v = adapter.velocity(
-                        policy, traj.latents[:, j], traj.sigmas[j], chunk.embeds,
-                        guidance_scale=smp.guidance_scale,
-                    )  # fmt: skip
-                    out = score_step(traj, j, v)
+                    if grpo.objective == "awm":
+                        logp, old_logp, kl = matching_log_prob(
+                            adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
+                        )
+                    else:
+                        logp, old_logp, kl = transition_log_prob(
+                            adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
+                        )
                     pl = core.policy_loss(
-                        out.log_prob[:, None],  # (b, 1): one "token" per denoising step
-                        traj.log_probs[:, j, None],
+                        logp[:, None],  # (b, 1): one "token" per denoising step or noised copy
+                        old_logp[:, None],
                         chunk.advantages,
-                        torch.ones_like(out.log_prob[:, None]),
+                        torch.ones_like(logp[:, None]),
                         eps_low=grpo.eps,
                         eps_high=grpo.eps,
                         aggregation="grpo",
                         num_sequences=normaliser,
                     )
                     loss = pl.loss
-                    if grpo.beta != 0.0:
-                        kl = gaussian_kl_mean(out.mean, reference_mean(
-                            adapter, unwrapped, ref_transformer, traj, j, chunk, smp
-                        ), out.std)  # fmt: skip
+                    if kl is not None:
                         loss = loss + grpo.beta * kl.sum() / normaliser
                         stats["kl"].append(kl.mean().item())
                     accelerator.backward(loss)
@@ -491,6 +497,75 @@ def attach_scenes(rows: list[dict[str, Any]], chain, cache: Path | None) -> dict
             for prompt, scene in fresh.items():
                 f.write(json.dumps({"prompt": prompt, "scene": scene.to_dict()}) + "\n")
     return dict(counts)
+
+
+def transition_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, j: int, cfg):
+    """objective=sde: (log-prob of stored transition j under the policy (b,), its stored
+    log-prob (b,), the Gaussian-mean KL to the reference (b,) or None)."""
+    traj, smp = chunk.trajectory, cfg.sampling
+    v = adapter.velocity(
+        policy, traj.latents[:, j], traj.sigmas[j], chunk.embeds, guidance_scale=smp.guidance_scale
+    )
+    out = score_step(traj, j, v)
+    kl = None
+    if cfg.grpo.beta != 0.0:
+        ref = reference_mean(adapter, unwrapped, ref_transformer, traj, j, chunk, smp)
+        kl = gaussian_kl_mean(out.mean, ref, out.std)
+    return out.log_prob, traj.log_probs[:, j], kl
+
+
+@dataclass
+class MatchingItem:
+    """objective=awm: one noised copy of a pass's final images, x_t = (1 - t) x_0 + t n."""
+
+    x_t: torch.Tensor  # (b, ...)
+    sigma: torch.Tensor  # (b,) t, in (0, the pass's first sigma]
+    target: torch.Tensor  # (b, ...) the flow-matching velocity n - x_0
+    old_log_prob: torch.Tensor | None = None  # (b,) under the rollout policy, set on first use
+
+
+def matching_item(chunk: RolloutChunk, generator: torch.Generator) -> MatchingItem:
+    """Noise a pass's final images at times drawn uniformly below the sigma the pass started
+    from (1 from noise, the strength for a chain's image-to-image pass): the policy is only
+    asked for velocities it produced."""
+    traj = chunk.trajectory
+    x0 = traj.final.float()
+    b = x0.shape[0]
+    top = float(traj.sigmas[0])
+    t = torch.rand(b, generator=generator, device=generator.device).to(x0.device) * top
+    t = t.clamp_min(1e-3)  # (b,)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    tt = t.view(b, *[1] * (x0.ndim - 1))
+    x_t = ((1 - tt) * x0 + tt * noise).to(traj.latents.dtype)
+    return MatchingItem(x_t=x_t, sigma=t, target=noise - x0)
+
+
+def matching_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
+    """objective=awm (Advantage Weighted Matching): each image's log-likelihood is stood in for
+    by minus its flow-matching loss at the item's (t, n), averaged over pixels (b,); the
+    rollout policy's value is taken on first use (the weights have not moved yet within an
+    update), so the ratio starts at 1 exactly. KL: the squared velocity difference to the
+    reference (b,), or None. The velocity is the conditional one (guidance 1), except for a
+    guidance-embedded model, which gets the sampling scale as input."""
+    guidance = cfg.sampling.guidance_scale if adapter.guidance_embedded else 1.0
+    v = adapter.velocity(policy, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance)
+    log_prob = -(v.float() - item.target).pow(2).flatten(1).mean(1)  # (b,)
+    if item.old_log_prob is None:
+        item.old_log_prob = log_prob.detach()
+    kl = None
+    if cfg.grpo.beta != 0.0:
+        with torch.no_grad():
+            if ref_transformer is not None:
+                v_ref = adapter.velocity(
+                    ref_transformer, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance
+                )
+            else:
+                with adapter.disabled_adapter():
+                    v_ref = adapter.velocity(
+                        unwrapped, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance
+                    )
+        kl = (v.float() - v_ref.float()).pow(2).flatten(1).mean(1)
+    return log_prob, item.old_log_prob, kl
 
 
 def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> list[int]:
