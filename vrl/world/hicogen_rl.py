@@ -10,7 +10,11 @@ benchmarks/hicogen_world.py --seeds 0 1 2`, about 8 minutes a seed): no gain bey
 in points exist -1.7 +- 2.7, attribute -2.6 +- 2.4, relation -0.8 +- 4.1, and the images barely
 change. The training reward rises a little on every seed (first 10 steps -> last 10: 0.75 ->
 0.92, 0.67 -> 0.81, 0.82 -> 0.86), each within 1.3 standard errors; on 4 fixed prompts it stays
-flat; lr 3e-3 was no better on seed 0, lr 1e-2 without KL lowered it (BENCHMARKS.md).
+flat; lr 3e-3 was no better on seed 0, lr 1e-2 without KL lowered it (BENCHMARKS.md). Why:
+most misses are squares and triangles drawn round, and at 16-64 images a step the policy
+gradients of independent batches do not agree on a direction for this reward
+(`benchmarks/pg_gradient_agreement.py`); `grpo.objective=awm` fits one prompt but had no
+held-out gain on seed 0 either.
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
 seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
