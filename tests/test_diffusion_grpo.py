@@ -78,11 +78,13 @@ def test_tiny_sd3_learns_to_make_redder_images(tmp_path):
     assert (tmp_path / "run" / "eval" / "step-40.png").exists()
 
 
-def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(tmp_path):
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(tmp_path, family):
     """Advantage Weighted Matching: minus the flow-matching loss is the log-likelihood in the
     same clipped surrogate; the rollout policy's value is taken before any weight moves."""
+    model = f"model.path=tiny-random:{family}"
     cfg = tiny_config(
-        tmp_path, "grpo.objective=awm", "grpo.awm_times=3", "run.max_steps=1",
+        tmp_path, model, "grpo.objective=awm", "grpo.awm_times=3", "run.max_steps=1",
         "grpo.group_size=4", "sampling.num_steps=4",
     )  # fmt: skip
     before = _base_weights(cfg.model.path)
@@ -96,8 +98,8 @@ def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(tmp_p
     assert record["trained_steps"] == 3  # three noised copies of each image, whatever the steps
 
     cfg = tiny_config(
-        tmp_path / "again", "grpo.objective=awm", "run.max_steps=1", "grpo.num_iterations=2",
-        "grpo.beta=0.1", "grpo.group_size=4", "sampling.num_steps=4",
+        tmp_path / "again", model, "grpo.objective=awm", "run.max_steps=1",
+        "grpo.num_iterations=2", "grpo.beta=0.1", "grpo.group_size=4", "sampling.num_steps=4",
     )  # fmt: skip
     train(cfg)
     record = read_metrics(tmp_path / "again" / "run" / "metrics.jsonl")[0]
