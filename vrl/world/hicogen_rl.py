@@ -13,8 +13,8 @@ change. The training reward rises a little on every seed (first 10 steps -> last
 flat; lr 3e-3 was no better on seed 0, lr 1e-2 without KL lowered it (BENCHMARKS.md). Why:
 most misses are squares and triangles drawn round, and at 16-64 images a step the policy
 gradients of independent batches do not agree on a direction for this reward
-(`benchmarks/pg_gradient_agreement.py`); `grpo.objective=awm` fits one prompt but had no
-held-out gain on seed 0 either.
+(`benchmarks/pg_gradient_agreement.py`); `grpo.objective=awm` can fit a single prompt
+(`benchmarks/world_one_prompt_fit.py`) but had no held-out gain on seed 0 either.
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
 seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
