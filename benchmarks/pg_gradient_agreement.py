@@ -6,7 +6,8 @@
 For one prompt, K independent batches of N rollouts are drawn with the recipe's sampler (SDE steps
 under its noise schedule, classifier-free guidance), and for each batch the policy gradient of the
 GRPO surrogate is taken on the recipe's LoRA at the start of training (ratio 1: the gradient of
--mean_i A_i log p_ij summed over the trainable steps j, with group advantages from `vrl.core`).
+-mean_i A_i log p_ij summed over every noisy step j but the last, with group advantages from
+`vrl.core`; the recipe's trainer takes a random half of those steps per rollout).
 Printed per reward:
 
 - the mean pairwise cosine of the K gradients: how much two batches agree on the update. For
@@ -73,17 +74,22 @@ def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.flatten() for g in grads])
 
 
-def matching_gradients(adapter, params, trajectory, embeds, advantages: dict, copies, generator):
+def matching_gradients(
+    adapter, params, trajectory, embeds, advantages: dict, copies, generator, guidance
+):
     """Per reward: the flat Advantage Weighted Matching gradient (`grpo.objective=awm`) of the
     same rollouts: minus the flow-matching loss of `copies` noised copies of each image as its
-    log-likelihood in the surrogate at ratio 1."""
+    log-likelihood in the surrogate at ratio 1. `guidance`: as the trainer's (1, the conditional
+    velocity, unless the model embeds the scale)."""
     from vrl.trainers.diffusion_grpo import RolloutChunk, matching_item
 
     chunk = RolloutChunk(embeds, trajectory)
     items = [matching_item(chunk, generator) for _ in range(copies)]
     total = {name: [torch.zeros_like(p) for p in params] for name in advantages}
     for item in items:
-        v = adapter.velocity(adapter.transformer, item.x_t, item.sigma, embeds)  # conditional
+        v = adapter.velocity(
+            adapter.transformer, item.x_t, item.sigma, embeds, guidance_scale=guidance
+        )
         log_prob = -(v.float() - item.target).pow(2).flatten(1).mean(1)  # (N,)
         for name, adv in advantages.items():
             grads = torch.autograd.grad(
@@ -158,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 adapter, params, traj, embeds, advantages, guidance, steps
             )
             g_awm = matching_gradients(
-                adapter, params, traj, embeds, advantages, args.awm_times, generator
-            )
+                adapter, params, traj, embeds, advantages, args.awm_times, generator,
+                guidance if adapter.guidance_embedded else 1.0,
+            )  # fmt: skip
             for k in rewards:
                 matching[k].append(g_awm[k])
                 total[k].append(g_all[k])

@@ -79,9 +79,22 @@ def test_tiny_sd3_learns_to_make_redder_images(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(tmp_path, family):
+def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(
+    tmp_path, family, monkeypatch
+):
     """Advantage Weighted Matching: minus the flow-matching loss is the log-likelihood in the
     same clipped surrogate; the rollout policy's value is taken before any weight moves."""
+    from vrl.trainers import diffusion_grpo
+
+    drawn = []
+    real_item = diffusion_grpo.matching_item
+
+    def recording_item(chunk, generator):
+        item = real_item(chunk, generator)
+        drawn.append((chunk.embeds, item))
+        return item
+
+    monkeypatch.setattr(diffusion_grpo, "matching_item", recording_item)
     model = f"model.path=tiny-random:{family}"
     cfg = tiny_config(
         tmp_path, model, "grpo.objective=awm", "grpo.awm_times=3", "run.max_steps=1",
@@ -96,6 +109,14 @@ def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(tmp_p
     record = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
     assert record["ratio_first"] == 1.0 and record["ratio_mean"] == 1.0
     assert record["trained_steps"] == 3  # three noised copies of each image, whatever the steps
+    # the "old" log-likelihood is the rollout policy's: the base model's (LoRA B starts at 0)
+    base = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(cfg.model.path))
+    assert len(drawn) == 3
+    for embeds, item in drawn:
+        with torch.no_grad():
+            v = base.velocity(base.transformer, item.x_t, item.sigma, embeds)
+        expected = -(v.float() - item.target).pow(2).flatten(1).mean(1)
+        torch.testing.assert_close(item.old_log_prob, expected, rtol=1e-4, atol=1e-6)
 
     cfg = tiny_config(
         tmp_path / "again", model, "grpo.objective=awm", "run.max_steps=1",

@@ -73,7 +73,11 @@ class DiffusionGRPOSettings:
         "lower variance than the per-step log-probs",
     )
     awm_times: int = field(2, help="objective=awm: noised copies (times t) per image per update")
-    num_iterations: int = field(1, help="policy updates per rollout (>1 uses stored log-probs)")
+    num_iterations: int = field(
+        1,
+        help="policy updates per rollout (>1: ratios against the rollout policy's log-probs, "
+        "stored while sampling for sde, taken in the first update for awm)",
+    )
     beta: float = field(
         0.0,
         help="weight of the KL to the reference (sde: Gaussian-mean KL per step; awm: squared "
