@@ -78,19 +78,21 @@ def matching_gradients(
     adapter, params, trajectory, embeds, advantages: dict, copies, generator, guidance
 ):
     """Per reward: the flat Advantage Weighted Matching gradient (`grpo.objective=awm`) of the
-    same rollouts: minus the flow-matching loss of `copies` noised copies of each image as its
-    log-likelihood in the surrogate at ratio 1. `guidance`: as the trainer's (1, the conditional
-    velocity, unless the model embeds the scale)."""
-    from vrl.trainers.diffusion_grpo import RolloutChunk, matching_item
+    same rollouts: the trainer's `matching_log_prob` (minus the flow-matching loss) of `copies`
+    noised copies of each image, as the log-likelihood in the surrogate at ratio 1."""
+    from types import SimpleNamespace
 
+    from vrl.trainers.diffusion_grpo import RolloutChunk, matching_item, matching_log_prob
+
+    cfg = SimpleNamespace(
+        sampling=SimpleNamespace(guidance_scale=guidance), grpo=SimpleNamespace(beta=0.0)
+    )
     chunk = RolloutChunk(embeds, trajectory)
-    items = [matching_item(chunk, generator) for _ in range(copies)]
+    model = adapter.transformer
     total = {name: [torch.zeros_like(p) for p in params] for name in advantages}
-    for item in items:
-        v = adapter.velocity(
-            adapter.transformer, item.x_t, item.sigma, embeds, guidance_scale=guidance
-        )
-        log_prob = -(v.float() - item.target).pow(2).flatten(1).mean(1)  # (N,)
+    for _ in range(copies):
+        item = matching_item(chunk, generator)
+        log_prob, _, _ = matching_log_prob(adapter, model, model, None, chunk, item, cfg)  # (N,)
         for name, adv in advantages.items():
             grads = torch.autograd.grad(
                 -(adv * log_prob).mean(), params, retain_graph=True, allow_unused=True
@@ -164,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 adapter, params, traj, embeds, advantages, guidance, steps
             )
             g_awm = matching_gradients(
-                adapter, params, traj, embeds, advantages, args.awm_times, generator,
-                guidance if adapter.guidance_embedded else 1.0,
-            )  # fmt: skip
+                adapter, params, traj, embeds, advantages, args.awm_times, generator, guidance
+            )
             for k in rewards:
                 matching[k].append(g_awm[k])
                 total[k].append(g_all[k])
