@@ -16,9 +16,16 @@ with a message when outside them, and one queue with a concurrency limit feeds t
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -73,12 +80,38 @@ def units_table(state: DemoState) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pass", "subjects", "prompt"])
 
 
-def chain_gallery(state: DemoState, label: str) -> list[tuple[Any, str]]:
+class ImageFiles:
+    """Hands the page its images as PNG files named by their content, each written once.
+
+    The handler yields after every pass and each update repeats the images made so far. Given
+    PIL images, Gradio re-encodes each one into its cache on every update, rewriting in place a
+    file the browser may be fetching (the server then sends more bytes than the length it
+    announced, and the image never arrives). A file path is copied into Gradio's cache only when
+    its content is new, so handing out paths whose files never change removes that race."""
+
+    def __init__(self, root: str | Path | None = None):
+        # Gradio serves files under the system temp directory, so that is the default home
+        self.root = Path(tempfile.mkdtemp(prefix="vrl-demo-", dir=root))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
+
+    def save(self, images: torch.Tensor) -> str:
+        buffer = io.BytesIO()
+        to_pil(images).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = self.root / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not path.exists():  # written under another name, then renamed: never seen half-made
+            staging = path.with_name(f".{path.name}.{os.getpid()}")
+            staging.write_bytes(data)
+            os.replace(staging, path)
+        return str(path)
+
+
+def chain_gallery(state: DemoState, label: str, files: ImageFiles) -> list[tuple[str, str]]:
     n = len(state.decomposition.units)
     items = []
     for k, result in enumerate(state.passes.get(label, [])):
         name = f"unit {k + 1}" if state.request.chain and k < n else "final"
-        items.append((to_pil(result.images), f"{name}: {result.prompt}"))
+        items.append((files.save(result.images), f"{name}: {result.prompt}"))
     return items
 
 
@@ -148,7 +181,7 @@ def header_text(engine: DemoEngine) -> str:
     return "\n\n".join(lines)
 
 
-def make_generate(engine: DemoEngine):
+def make_generate(engine: DemoEngine, files: ImageFiles):
     """The "Generate" handler: checks the request, then yields the page's outputs pass by pass."""
     limits = engine.settings.limits
 
@@ -175,7 +208,7 @@ def make_generate(engine: DemoEngine):
         try:
             for state in engine.generate(request):
                 progress((state.done, state.total), desc=state.message)
-                yield render(state, engine.labels)
+                yield render(state, engine.labels, files)
         except Exception as err:  # say what went wrong on the page; the server keeps serving
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed: {type(err).__name__}: {err}") from None
@@ -183,11 +216,11 @@ def make_generate(engine: DemoEngine):
     return generate
 
 
-def render(state: DemoState, labels: tuple[str, ...]) -> tuple:
+def render(state: DemoState, labels: tuple[str, ...], files: ImageFiles) -> tuple:
     """The outputs in `build_app`'s order: status, units, scene, chains, finals, reward tables."""
-    chains = [chain_gallery(state, label) for label in labels]
+    chains = [chain_gallery(state, label, files) for label in labels]
     finals = [state.final(label) for label in labels]
-    finals = [None if f is None else to_pil(f) for f in finals]
+    finals = [None if f is None else files.save(f) for f in finals]
     if len(labels) == 1:  # the hidden base column
         chains.append([])
         finals.append(None)
@@ -266,7 +299,7 @@ def build_app(
                     elem_id="chain-a",
                 )
                 final_a = gr.Image(
-                    label=f"Final image ({first})", type="pil", height=300, elem_id="final-a"
+                    label=f"Final image ({first})", type="filepath", height=300, elem_id="final-a"
                 )
             with gr.Column(visible=engine.has_lora):
                 chain_b = gr.Gallery(
@@ -277,7 +310,7 @@ def build_app(
                     elem_id="chain-b",
                 )
                 final_b = gr.Image(
-                    label=f"Final image ({second})", type="pil", height=300, elem_id="final-b"
+                    label=f"Final image ({second})", type="filepath", height=300, elem_id="final-b"
                 )
         levels = gr.Dataframe(
             headers=LEVEL_COLUMNS,
@@ -303,7 +336,7 @@ def build_app(
         inputs.append(num_images)
         outputs = [status, units, scene_json, chain_a, chain_b, final_a, final_b]
         outputs += [levels, subjects, relations]
-        generate = make_generate(engine)
+        generate = make_generate(engine, ImageFiles())
         for trigger, api_name in ((button.click, "generate"), (prompt.submit, False)):
             trigger(
                 generate,

@@ -4,16 +4,19 @@ base vs tuned side by side, and the passes being exactly those of the chain of s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
 import torch
 from _demo import PROMPT, shared_engine, unscored_engine
+from PIL import Image
 
-from vrl.demo.app import levels_table, make_generate, units_table
+from vrl.demo.app import ImageFiles, levels_table, make_generate, units_table
 from vrl.demo.engine import (
     DemoEngine,
     DemoSetupError,
@@ -70,8 +73,8 @@ def test_a_request_within_the_limits_is_kept_as_typed():
     assert request.num_images == 1 and request.sampler == "sde"
 
 
-def test_the_page_handler_refuses_oversize_input_then_still_generates():
-    generate = make_generate(shared_engine())
+def test_the_page_handler_refuses_oversize_input_then_still_generates(tmp_path):
+    generate = make_generate(shared_engine(), ImageFiles(tmp_path))
     for change in ({"steps": 500}, {"num_images": 64}):
         values = {**PAGE_DEFAULTS, **change}
         with pytest.raises(gr.Error, match="must be a whole number from 1 to"):
@@ -82,13 +85,39 @@ def test_the_page_handler_refuses_oversize_input_then_still_generates():
     status, units, _, chain_a, _, final_a, _, levels, subjects, relations = outputs[-1]
     assert status.startswith("**done**")
     assert list(units["pass"]) == ["unit 1", "unit 2", "final"]
-    assert len(chain_a) == 3 and final_a is not None and final_a.width >= 256
+    assert len(chain_a) == 3 and final_a is not None and Image.open(final_a).width >= 256
     assert list(levels.columns) == ["model", "image", "global", "subject", "relation", "total"]
     assert len(levels) == 1 and all(v != "-" for v in levels.iloc[0, 2:])
     assert list(subjects["subject"]) == ["a small red circle", "a large blue square"]
     assert list(relations["relation"]) == ["circle left of square"]
     # the decomposition is shown first, before any image is made
     assert outputs[0][5] is None and len(outputs) == 1 + 3 + 1 + 1
+
+
+def test_an_image_once_handed_to_the_page_is_never_rewritten(tmp_path):
+    """Each update repeats the images made so far; a file the browser may be fetching must keep
+    its bytes and inode (CI once saw an image rewritten mid-download never arrive)."""
+    files = ImageFiles(tmp_path)
+    generate = make_generate(unscored_engine(), files)
+    seen: dict[str, tuple] = {}
+    updates = []
+    for outputs in generate(PROMPT, *PAGE_DEFAULTS.values()):
+        chain_a, final_a = outputs[3], outputs[5]
+        paths = [path for path, _ in chain_a] + ([final_a] if final_a else [])
+        updates.append([path for path, _ in chain_a])
+        for path in paths:
+            stat = Path(path).stat()
+            seen.setdefault(path, (stat.st_ino, stat.st_mtime_ns, Path(path).read_bytes()))
+    assert [len(u) for u in updates] == [0, 1, 2, 3, 3]
+    for earlier, later in itertools.pairwise(updates):  # a pass keeps its file in later updates
+        assert later[: len(earlier)] == earlier
+    assert final_a == updates[-1][-1]  # the final image is the chain's last pass, one file
+    for path, (inode, mtime, data) in seen.items():
+        stat = Path(path).stat()
+        assert (stat.st_ino, stat.st_mtime_ns, Path(path).read_bytes()) == (inode, mtime, data)
+    assert len(seen) == 3 and all(Path(p).parent.parent == tmp_path for p in seen)
+    with Image.open(final_a) as image:
+        assert image.format == "PNG" and image.width >= 256
 
 
 # ---------------------------------------------------------------------- what is shown
