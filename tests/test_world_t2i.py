@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,8 @@ from vrl.world.t2i_model import (
     SceneStream,
     T2IConfig,
     build_pipeline,
+    edge_weights,
+    train,
 )
 
 # A recipe small enough for a CLI run of a few seconds.
@@ -59,6 +62,48 @@ def test_config_overrides_are_typed_and_checked():
         T2IConfig.from_overrides(["subject_mix=1,1,1,1"])
 
 
+def test_edge_weights_mark_both_sides_of_every_shape_boundary_only():
+    from vrl.world import render, sample_scene
+
+    scene = sample_scene(3, min_subjects=1, max_subjects=1)
+    pixels = torch.from_numpy(np.asarray(render(scene, IMAGE_SIZE, seed=0))).float()
+    x0 = pixels.permute(2, 0, 1)[None] / 127.5 - 1  # (1, 3, 32, 32)
+    w = edge_weights(x0, 4.0)
+    assert w.shape == (1, 1, IMAGE_SIZE, IMAGE_SIZE) and set(w.unique().tolist()) == {1.0, 5.0}
+    shape = (x0 - x0[..., :1, :1]).abs().amax(1, keepdim=True) > 0.1  # not the background
+    inner = (-torch.nn.functional.max_pool2d(-shape.float(), 3, 1, 1)).bool()  # eroded shape
+    outer = torch.nn.functional.max_pool2d(shape.float(), 3, 1, 1).bool()  # dilated shape
+    ring = outer & ~inner  # pixels with both a shape and a background neighbour
+    assert torch.equal(w > 1, ring), "weighted pixels must be exactly the boundary ring"
+    assert 0 < ring.sum() < shape.sum() + ring.sum() < IMAGE_SIZE**2 / 2
+    assert torch.equal(edge_weights(torch.zeros(2, 3, 8, 8), 4.0), torch.ones(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="edge_weight must be >= 0"):
+        T2IConfig(edge_weight=-1)
+
+
+def test_a_second_stage_starts_from_the_given_pipeline_and_weights_edges(tmp_path):
+    cfg = T2IConfig.from_overrides(TINY)
+    first = build_pipeline(cfg, seed=5)
+    first.save_pretrained(tmp_path / "first", safe_serialization=True)
+    start = {k: v.clone() for k, v in first.transformer.state_dict().items()}
+
+    # lr 0: the weights stay those of the folder (not a fresh draw of this seed)
+    frozen = T2IConfig.from_overrides([*TINY, f"init={tmp_path / 'first'}", "steps=1", "lr=0"])
+    pipe, _ = train(frozen, seed=0, progress=False)
+    for key, value in pipe.transformer.state_dict().items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0)
+
+    # the same steps with and without the edge weight: the loss differs, the weights move
+    losses = []
+    for weight in (0, 50):
+        stage = [*TINY, f"init={tmp_path / 'first'}", "steps=2", f"edge_weight={weight}"]
+        pipe, stats = train(T2IConfig.from_overrides(stage), seed=0, progress=False)
+        losses.append(stats["final_loss"])
+        moved = pipe.transformer.state_dict()
+        assert any(not torch.equal(moved[k], start[k]) for k in start)
+    assert losses[0] != losses[1], losses
+
+
 def test_pretrain_cli_writes_a_loadable_folder(tmp_path, capsys):
     from vrl.cli import main
 
@@ -79,6 +124,19 @@ def test_pretrain_cli_writes_a_loadable_folder(tmp_path, capsys):
     assert not list(out.rglob("*.bin"))
     adapter = FlowMatchingAdapter.from_pretrained(out)
     assert adapter.transformer.config.num_layers == 1
+
+    # a second stage from that folder: its card says so, and no local path is written
+    second = tmp_path / "second"
+    extra = [*TINY, "steps=2", "sample_steps=2", "eval_scenes=2", f"init={out}", "edge_weight=4"]
+    try:
+        main(["pretrain", "world-t2i", "--out", str(second), "--threads", "1", "--extra", *extra])
+    finally:
+        torch.set_num_threads(threads)
+    card = (second / "README.md").read_text()
+    assert f"trained further from `{out}` (a second stage)" in card
+    assert "loss weight 1 + 4.0 on shape-boundary pixels" in card and f"init={out}" in card
+    assert "_name_or_path" not in (second / "model_index.json").read_text()
+    assert FlowMatchingAdapter.from_pretrained(second).transformer.config.num_layers == 1
 
 
 def test_committed_checkpoint_draws_what_the_prompt_asks_far_above_an_untrained_one():
