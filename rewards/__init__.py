@@ -48,7 +48,14 @@ from .registry import (
     reward_modality,
     unregister_reward,
 )
-from .world import make_world_reward, world_checks, world_global, world_relation, world_subject
+from .world import (
+    make_world_reward,
+    world_checks,
+    world_global,
+    world_relation,
+    world_shape,
+    world_subject,
+)
 
 __all__ = [
     "ACCURACY_METHODS",
@@ -66,6 +73,7 @@ __all__ = [
     "world_checks",
     "world_global",
     "world_relation",
+    "world_shape",
     "world_subject",
     "position_relations",
     "relation_holds",

@@ -10,8 +10,13 @@ Each image is read by ``vrl.world.check`` against its sample's scene (``sample["
 - ``world_relation``: the fraction of its relation questions right (a relation between missing
   subjects counts wrong); None for a scene without relations.
 
-``make_world_reward`` sums them as a ``HierarchicalReward``; "world" in the registry is that sum
-with unit weights. The checker is numpy on uint8 pixels (no autograd) and its last results are
+``world_shape`` is a dense companion of the subject level: how square, round or pointed the blob
+of each subject's colour is, a soft version of the checker's shape rule. The exact levels flip on
+a few edge pixels (a square is a square only from 88% box fill), so most images of a tiny model
+score the same there, and a group's advantages carry little; the soft score grades every blob.
+
+``make_world_reward`` sums the three exact levels as a ``HierarchicalReward``; "world" in the
+registry is that sum with unit weights. The checker is numpy on uint8 pixels (no autograd) and its last results are
 cached by image content, so the three levels of one batch read each image once.
 """
 
@@ -82,6 +87,52 @@ def world_subject(images: torch.Tensor, samples: Sequence[Mapping]) -> list[floa
 def world_relation(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float | None]:
     """Fraction of relation questions right, with dependencies; None without relations."""
     return [_fraction(r, ("relation",)) for r in world_checks(images, samples)]
+
+
+SQUARE_FILL = (0.72, 0.94)
+"""Box fill at which a blob starts to count as a square and counts fully (a clean square fills
+1.0, a clean circle 0.75-0.81; the checker's cut is ``CIRCLE_MAX_FILL`` 0.88)."""
+CIRCLE_FILL, CIRCLE_TOLERANCE = 0.79, 0.15
+"""A circle scores 1 at this fill, falling linearly to 0 this far from it."""
+UPRIGHT_TAPER = (0.55, 0.85)
+"""Taper (top third / bottom third of the box) over which a blob stops looking like a triangle:
+squares and circles must not taper (the checker's cut is ``TRIANGLE_MAX_TAPER`` 0.6)."""
+TRIANGLE_TAPER = (0.9, 0.4)
+"""Taper at which a blob starts to count as a triangle and counts fully (clean: 0.17-0.4)."""
+
+
+def _ramp(x: float, start: float, end: float) -> float:
+    """0 at ``start``, 1 at ``end`` (either direction), linear between, clipped."""
+    return min(1.0, max(0.0, (x - start) / (end - start)))
+
+
+def shape_score(fill: float, taper: float, shape: str) -> float:
+    """How much a blob of this box fill and taper looks like ``shape``, in [0, 1]."""
+    upright = _ramp(taper, *UPRIGHT_TAPER)
+    if shape == "square":
+        return _ramp(fill, *SQUARE_FILL) * upright
+    if shape == "circle":
+        return max(0.0, 1 - abs(fill - CIRCLE_FILL) / CIRCLE_TOLERANCE) * upright
+    if shape == "triangle":
+        return _ramp(taper, *TRIANGLE_TAPER)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+@register_reward("world_shape", modality="image")
+def world_shape(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float]:
+    """Mean over the scene's subjects of the best ``shape_score`` among the blobs of the
+    subject's colour (0 when there is none), in [0, 1]."""
+    from vrl.world.vocabulary import shape_spec
+
+    out = []
+    for result, sample in zip(world_checks(images, samples), samples, strict=True):
+        scores = []
+        for subject in scene_of(sample).subjects:
+            spec = shape_spec(subject)
+            blobs = [d for d in result.detections if d.colour == spec.colour]
+            scores.append(max((shape_score(d.fill, d.taper, spec.shape) for d in blobs), default=0))
+        out.append(sum(scores) / len(scores) if scores else 0.0)
+    return out
 
 
 def make_world_reward(weights: Mapping[str, float] | None = None) -> HierarchicalReward:

@@ -21,6 +21,7 @@ from vrl.rewards import (
     reward_modality,
     world_global,
     world_relation,
+    world_shape,
     world_subject,
 )
 from vrl.world import layout, render
@@ -73,6 +74,50 @@ def _moved(box, to):
     w, h = box[2] - box[0], box[3] - box[1]
     cx, cy = (to[0] + to[2]) // 2, (to[1] + to[3]) // 2
     return (cx - w // 2, cy - h // 2, cx - w // 2 + w, cy - h // 2 + h)
+
+
+def test_world_shape_grades_each_subject_blob_by_how_much_it_has_the_asked_shape():
+    scene = Scene(
+        (
+            Subject("a", "circle", ("large", "red")),
+            Subject("b", "square", ("large", "blue")),
+            Subject("c", "triangle", ("large", "green")),
+        ),
+        (),
+    )
+    boxes = layout(scene, 64, 0)
+    truth = render(scene, 64, boxes=boxes)
+    shapes = {"a": "square", "b": "triangle", "c": "circle"}  # every colour drawn as another shape
+    swapped = dataclasses.replace(
+        scene, subjects=tuple(dataclasses.replace(s, name=shapes[s.id]) for s in scene.subjects)
+    )
+    wrong = render(swapped, 64, boxes=boxes)
+    two = dataclasses.replace(scene, subjects=scene.subjects[:2])
+    missing = render(two, 64, boxes=boxes)
+    scores = world_shape(_batch(truth, wrong, missing), [{"scene": scene}] * 3)
+    assert scores[0] >= 0.9 and scores[1] <= 0.35, scores
+    (of_two,) = world_shape(_batch(missing), [{"scene": two}])
+    assert of_two >= 0.9 and scores[2] == pytest.approx(of_two * 2 / 3)  # the triangle's third
+    assert get_reward("world_shape") is world_shape and reward_modality("world_shape") == "image"
+
+
+@pytest.mark.parametrize(
+    "fill, taper, shape, expected",
+    [
+        (1.0, 1.0, "square", 1.0),  # a clean square
+        (0.83, 1.0, "square", 0.5),  # half way up the fill ramp
+        (1.0, 0.7, "square", 0.5),  # tapering: half a square
+        (0.79, 1.0, "circle", 1.0),
+        (0.94, 1.0, "circle", 0.0),  # square-full is not round
+        (0.55, 0.3, "triangle", 1.0),
+        (0.55, 0.65, "triangle", 0.5),
+        (0.55, 1.0, "triangle", 0.0),
+    ],
+)
+def test_shape_score_ramps(fill, taper, shape, expected):
+    from vrl.rewards.world import shape_score
+
+    assert shape_score(fill, taper, shape) == pytest.approx(expected)
 
 
 def test_world_relation_is_none_without_relations_and_rewards_are_registered():
