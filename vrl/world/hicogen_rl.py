@@ -14,7 +14,12 @@ flat; lr 3e-3 was no better on seed 0, lr 1e-2 without KL lowered it (BENCHMARKS
 most misses are squares and triangles drawn round, and at 16-64 images a step the policy
 gradients of independent batches do not agree on a direction for this reward
 (`benchmarks/pg_gradient_agreement.py`); `grpo.objective=awm` can fit a single prompt
-(`benchmarks/world_one_prompt_fit.py`) but had no held-out gain on seed 0 either.
+(`benchmarks/world_one_prompt_fit.py`) but had no held-out gain on seed 0 either. The world
+model's squares are found ~5% of the time (circles ~85%); a second pretraining stage with an
+edge-weighted loss draws better (`vrl pretrain world-t2i --extra init=world:t2i edge_weight=24
+...`), and the half does not learn on it either. Lower rollout noise with lr 3e-3 and no KL
+"raises" exist by collapsing the policy into coloured noise, in which some blob has the asked
+shape: read the figures beside the images.
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
 seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
