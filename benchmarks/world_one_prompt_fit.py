@@ -1,7 +1,7 @@
 """Can a diffusion RL objective fit ONE shapes-world prompt? Flow-GRPO (sde) next to AWM.
 
     python benchmarks/world_one_prompt_fit.py --scene 4                      # both objectives
-    python benchmarks/world_one_prompt_fit.py --scene 3 --objectives awm optim.lr=3e-3
+    python benchmarks/world_one_prompt_fit.py optim.lr=3e-3 --scene 3 --objectives awm  # overrides first
 
 The smallest learning check of the HiCoGen world half: `vrl.trainers.diffusion_grpo.train` on a
 single training scene of seed 0 (the recipe of `vrl.world.hicogen_rl` without the chain and

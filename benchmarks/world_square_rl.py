@@ -1,7 +1,7 @@
 """Can RL teach world:t2i to draw squares? Exact reward next to the dense shape reward.
 
     python benchmarks/world_square_rl.py --seeds 0 1 2                       # both rewards
-    python benchmarks/world_square_rl.py --rewards world_shape optim.lr=1e-3
+    python benchmarks/world_square_rl.py optim.lr=3e-3 grpo.beta=0 --rewards world_shape
 
 The shapes world's text-to-image model draws circles the checker finds ~85% of the time and
 squares ~5%: its squares are ragged blobs whose box fill overlaps the circles'. This asks whether
