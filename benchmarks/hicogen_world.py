@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/hicogen_world")
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. optim.lr=1e-3")
-    args = parser.parse_args(argv)
+    from vrl.config import overrides_first
+
+    args = parser.parse_args(overrides_first(sys.argv[1:] if argv is None else argv))
 
     import torch
 

@@ -1,7 +1,7 @@
 """Can a diffusion RL objective fit ONE shapes-world prompt? Flow-GRPO (sde) next to AWM.
 
     python benchmarks/world_one_prompt_fit.py --scene 4                      # both objectives
-    python benchmarks/world_one_prompt_fit.py optim.lr=3e-3 --scene 3 --objectives awm  # overrides first
+    python benchmarks/world_one_prompt_fit.py --scene 3 --objectives awm optim.lr=3e-3
 
 The smallest learning check of the HiCoGen world half: `vrl.trainers.diffusion_grpo.train` on a
 single training scene of seed 0 (the recipe of `vrl.world.hicogen_rl` without the chain and
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objectives", nargs="+", default=["sde", "awm"], choices=["sde", "awm"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
-    args = parser.parse_args(argv)
+    from vrl.config import overrides_first
+
+    args = parser.parse_args(overrides_first(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for objective in args.objectives:

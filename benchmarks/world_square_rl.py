@@ -1,7 +1,7 @@
 """Can RL teach world:t2i to draw squares? Exact reward next to the dense shape reward.
 
     python benchmarks/world_square_rl.py --seeds 0 1 2                       # both rewards
-    python benchmarks/world_square_rl.py optim.lr=3e-3 grpo.beta=0 --rewards world_shape
+    python benchmarks/world_square_rl.py --rewards world_shape optim.lr=3e-3 grpo.beta=0
 
 The shapes world's text-to-image model draws circles the checker finds ~85% of the time and
 squares ~5%: its squares are ragged blobs whose box fill overlaps the circles'. This asks whether
@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["world_subject", "world_shape"])  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
-    args = parser.parse_args(argv)
+    from vrl.config import overrides_first
+
+    args = parser.parse_args(overrides_first(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for reward in args.rewards:

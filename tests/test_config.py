@@ -81,3 +81,21 @@ def test_inline_mapping_replaces_and_dotted_key_sets_one_entry(tmp_path):
     assert cfg.rewards == {"format": 1.0, "accuracy": 3.0}
     with pytest.raises(ConfigError, match="rewards.accuracy is not a section"):
         load_config(Recipe, recipe, ["rewards.accuracy.x=1"])
+
+
+def test_overrides_move_in_front_of_list_options_and_keep_their_order():
+    import argparse
+
+    from vrl.config import overrides_first
+
+    argv = ["--rewards", "a", "b", "optim.lr=1e-3", "--out=runs/x", "grpo.beta=0", "runs/a=b"]
+    moved = overrides_first(argv)
+    assert moved == ["optim.lr=1e-3", "grpo.beta=0", "--rewards", "a", "b", "--out=runs/x",
+                     "runs/a=b"]  # fmt: skip
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rewards", nargs="+", choices=["a", "b"])
+    parser.add_argument("overrides", nargs="*")
+    with pytest.raises(SystemExit):  # as typed, --rewards swallows the override
+        parser.parse_args(argv[:4])
+    args = parser.parse_args(overrides_first(argv[:4]))
+    assert args.rewards == ["a", "b"] and args.overrides == ["optim.lr=1e-3"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,22 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
         parsed.append((key.strip().split("."), value))
     return parsed
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def overrides_first(argv: Sequence[str]) -> list[str]:
+    """``argv`` with its ``key.path=value`` arguments moved to the front, order kept otherwise.
+
+    For command lines that take overrides as a positional list beside options with
+    ``nargs="+"``: argparse lets such an option swallow the overrides typed after it
+    (``--rewards a b optim.lr=1e-3``); in front they parse wherever they were typed. An option
+    value of that form would move too, so use it where no option takes one."""
+    is_override = [bool(_OVERRIDE.match(a)) for a in argv]
+    return [a for a, o in zip(argv, is_override, strict=True) if o] + [
+        a for a, o in zip(argv, is_override, strict=True) if not o
+    ]
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
