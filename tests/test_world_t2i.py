@@ -103,6 +103,12 @@ def test_a_second_stage_starts_from_the_given_pipeline_and_weights_edges(tmp_pat
         assert any(not torch.equal(moved[k], start[k]) for k in start)
     assert losses[0] != losses[1], losses
 
+    other = T2IConfig.from_overrides([*TINY[1:], "layers=2", f"init={tmp_path / 'first'}"])
+    with pytest.raises(
+        ValueError, match=r"does not have this recipe's sizes: layers=1 \(recipe: 2\)"
+    ):
+        train(other, seed=0, progress=False)
+
 
 def test_pretrain_cli_writes_a_loadable_folder(tmp_path, capsys):
     from vrl.cli import main

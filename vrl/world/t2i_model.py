@@ -112,7 +112,7 @@ class T2IConfig:
     identity lives in a few edge pixels, ~1% of a 32 px image, which the plain loss barely sees."""
     init: str = ""
     """Start from this pipeline (a folder or a ``world:`` name) instead of random weights: a
-    second stage of training. Its sizes override the size fields of this recipe."""
+    second stage of training. Its sizes must be this recipe's (an error names any that differ)."""
 
     def __post_init__(self) -> None:
         if self.captions not in ("all", "prompt"):
@@ -308,12 +308,29 @@ def edge_weights(x0: torch.Tensor, weight: float) -> torch.Tensor:
     return 1.0 + weight * edge.to(x0.dtype)
 
 
-def load_pipeline(source: str):
-    """A pipeline folder (or ``world:`` name) to continue training: float32, on the CPU."""
+def load_pipeline(source: str, cfg: T2IConfig):
+    """A pipeline folder (or ``world:`` name) to continue training, float32 on the CPU; its
+    sizes must be those of ``cfg`` (the card describes the model from ``cfg``)."""
     from vrl.models.diffusion import FlowMatchingAdapter
     from vrl.trainers.common import resolve_pipeline_path
 
-    return FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(source)).pipeline
+    pipe = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(source)).pipeline
+    t, text = pipe.transformer.config, pipe.text_encoder.config
+    found = {
+        "layers": t.num_layers,
+        "heads": t.num_attention_heads,
+        "patch": t.patch_size,
+        "qk_norm": t.qk_norm or "none",
+        "text_width": text.hidden_size,
+        "text_layers": text.num_hidden_layers,
+        "text_tokens": pipe.tokenizer.model_max_length,
+    }
+    wrong = [
+        f"{k}={v} (recipe: {getattr(cfg, k)})" for k, v in found.items() if v != getattr(cfg, k)
+    ]
+    if wrong:
+        raise ValueError(f"init={source!r} does not have this recipe's sizes: {', '.join(wrong)}")
+    return pipe
 
 
 def lr_factor(step: int, cfg: T2IConfig) -> float:
@@ -339,7 +356,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    pipe = load_pipeline(cfg.init) if cfg.init else build_pipeline(cfg, seed)
+    pipe = load_pipeline(cfg.init, cfg) if cfg.init else build_pipeline(cfg, seed)
     modules = [pipe.transformer] + ([pipe.text_encoder, pipe.text_encoder_2] * cfg.train_text)
 
     def train_mode() -> None:
