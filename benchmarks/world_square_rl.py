@@ -18,7 +18,7 @@ checker finds the square, and nothing else, in 48 fixed-noise ODE images (10 ste
 guidance) of fresh square prompts, before -> after: held-out blue squares (a pair never seen in
 pretraining) and squares of the training colours. "Nothing else" matters: at lr 3e-3 without KL
 the policy collapsed into coloured noise within 40 steps, in which the checker finds a "square"
-25-33% of the time (and the world half's exist level rose by 10 points the same way).
+19-33% of the time (and the world half's exist level rose by 9.7 points the same way).
 """
 
 from __future__ import annotations

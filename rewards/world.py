@@ -16,8 +16,8 @@ a few edge pixels (a square is a square only from 88% box fill), so most images 
 score the same there, and a group's advantages carry little; the soft score grades every blob.
 
 ``make_world_reward`` sums the three exact levels as a ``HierarchicalReward``; "world" in the
-registry is that sum with unit weights. The checker is numpy on uint8 pixels (no autograd) and its last results are
-cached by image content, so the three levels of one batch read each image once.
+registry is that sum with unit weights. The checker is numpy on uint8 pixels (no autograd) and
+its last results are cached by image content, so the levels of one batch read each image once.
 """
 
 from __future__ import annotations
