@@ -21,7 +21,9 @@ names the missing entries.
 
 ``path: tiny-random`` builds a tiny random model of the same architecture offline (for the VLM
 also ``tiny-random:qwen2_vl``): the CPU recipes and tests use it to exercise the real code paths
-without any checkpoint.
+without any checkpoint. ``clip: {path: world:clip}`` is the shapes world's trained CLIP
+(``vrl pretrain world-clip``, committed; another folder it wrote: ``world:clip:<folder>``), the
+global level of the world's HiCoGen half.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _REQUIRED = {
 }
 _KNOWN_KEYS = {"clip", "preference", "detector", "dino", "vlm", "weights"}
 TINY = "tiny-random"
+WORLD_CLIP = "world:clip"
 
 # Architectures of the tiny random backends (`path: tiny-random`): one layer each, built in ~1 s.
 TINY_CLIP = {
@@ -174,6 +177,11 @@ def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
 
         cls = CLIPScorer if name == "clip" else PreferenceScorer
         arch = entry.pop("model", None)
+        if name == "clip" and (path == WORLD_CLIP or path.startswith(WORLD_CLIP + ":")):
+            from vrl.world.clip_model import load_world_clip
+
+            folder = path.removeprefix(WORLD_CLIP).removeprefix(":") or None
+            return load_world_clip(folder, device=device, **entry)
         if tiny:
             return cls.from_config(TINY_CLIP, device=device, **entry)
         if not arch:

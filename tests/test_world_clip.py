@@ -5,6 +5,7 @@ config-built open_clip model, and it tells true captions from hard negatives on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 
@@ -72,6 +73,33 @@ def test_clipscore_prefers_the_true_caption_as_a_reward(scorer):
         wrong.append(altered.prompt())
     batch = torch.stack(images)
     assert (scorer.score(batch, true) > scorer.score(batch, wrong)).float().mean() >= 0.8
+
+
+def test_the_global_level_loads_it_by_name_and_grades_the_background():
+    """`reward_models.clip.path: world:clip` builds the hierarchical reward's global level on this
+    checkpoint; the asked background scores higher the more of it there is."""
+    from vrl.rewards.hierarchical_models import build_level_rewards
+
+    level = build_level_rewards({"clip": {"path": "world:clip"}}, ["global"])["global"]
+    folder = build_level_rewards({"clip": {"path": f"world:clip:{wc.WEIGHTS_DIR}"}}, ["global"])
+    rng = random.Random(5)
+    scenes = [
+        sample_scene(rng, min_subjects=2, max_subjects=2, background="dark grey", canvas=32)
+        for _ in range(12)
+    ]
+    asked = [render(s, 32, seed=i) for i, s in enumerate(scenes)]
+    default = [
+        render(dataclasses.replace(s, background=None), 32, seed=i) for i, s in enumerate(scenes)
+    ]
+    as_float = lambda ims: torch.stack(  # noqa: E731
+        [torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 for im in ims]
+    )
+    dark, grey = as_float(asked), as_float(default)
+    samples = [{"prompt": s.prompt()} for s in scenes]
+    scores = [torch.tensor(level(k * dark + (1 - k) * grey, samples)) for k in (0.0, 0.3, 1.0)]
+    assert (scores[1] > scores[0]).float().mean() >= 0.8
+    assert (scores[2] > scores[1]).float().mean() >= 0.8
+    assert torch.tensor(folder["global"](dark, samples)).tolist() == scores[2].tolist()
 
 
 def test_fast_text_encoder_equals_open_clips():
