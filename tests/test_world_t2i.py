@@ -53,6 +53,28 @@ def test_scene_stream_is_fixed_by_the_seed():
     assert xa.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE) and -1 <= xa.min() < xa.max() <= 1
 
 
+def test_named_backgrounds_come_at_the_asked_share_and_are_captioned():
+    from vrl.world import detect_background
+
+    def draws(cfg, n=48):
+        stream = SceneStream(cfg, 5)
+        return [stream._draw() for _ in range(n)]
+
+    plain = draws(T2IConfig())
+    assert not any("background" in t for texts, _ in plain for t in texts)
+    assert {detect_background(p.permute(1, 2, 0).numpy()) for _, p in plain} == {"light grey"}
+    named = draws(T2IConfig(background_prob=1.0))
+    for texts, pixels in named:
+        colour = detect_background(pixels.permute(1, 2, 0).numpy())
+        assert all(f"{colour} background" in t for t in texts)  # the caption names the drawn one
+    assert len({detect_background(p.permute(1, 2, 0).numpy()) for _, p in named}) >= 3
+    half = draws(T2IConfig(background_prob=0.5), 200)
+    share = sum("background" in texts[0] for texts, _ in half) / 200
+    assert 0.35 < share < 0.65
+    with pytest.raises(ValueError, match="background_prob"):
+        T2IConfig(background_prob=1.5)
+
+
 def test_config_overrides_are_typed_and_checked():
     cfg = T2IConfig.from_overrides(["steps=7", "lr=3e-4", "subject_mix=1,1", "train_text=false"])
     assert (cfg.steps, cfg.lr, cfg.subject_mix, cfg.train_text) == (7, 3e-4, (1.0, 1.0), False)

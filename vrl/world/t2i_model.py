@@ -19,7 +19,8 @@ subjects, captions in every phrasing of `vrl.world.captions`).
 Quality is measured the way RL will see it: ODE samples through the adapter at the recommended
 sampler settings, scored by the exact checker (`vrl.world.level_accuracy`) on held-out scenes.
 
-Simplifications: one resolution (32 px), the default light-grey background only, no outlines.
+Simplifications: one resolution (32 px), the default light-grey background unless
+``background_prob`` asks for named ones, no outlines.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class T2IConfig:
     """Relative frequency of scenes with 1, 2, 3, ... subjects."""
     relation_prob: float = 1.0
     """Chance that each subject after the first is tied to an earlier one by a relation."""
+    background_prob: float = 0.0
+    """Share of scenes drawn on a named background (any of the world's ``BACKGROUNDS``, named in
+    the caption); the rest are on the default light grey, which captions do not name."""
     captions: str = "all"
     """"all": every phrasing of `vrl.world.captions` that fits the CLIP context; "prompt":
     `scene.prompt()` only."""
@@ -123,6 +127,8 @@ class T2IConfig:
             raise ValueError("a 32 px scene holds at most 3 subjects: subject_mix has <= 3 weights")
         if IMAGE_SIZE % self.patch:
             raise ValueError(f"patch must divide {IMAGE_SIZE}, got {self.patch}")
+        if not 0.0 <= self.background_prob <= 1.0:
+            raise ValueError(f"background_prob must be in [0, 1], got {self.background_prob}")
         if self.edge_weight < 0:
             raise ValueError(f"edge_weight must be >= 0, got {self.edge_weight}")
         if self.qk_norm not in ("rms_norm", "none"):
@@ -269,8 +275,14 @@ class SceneStream:
         counts = range(1, len(self.cfg.subject_mix) + 1)
         while True:
             n = self.rng.choices(counts, weights=self.cfg.subject_mix)[0]
+            # no draw at 0: the stream of a recipe without backgrounds stays what it was
+            named = self.cfg.background_prob > 0 and self.rng.random() < self.cfg.background_prob
             scene = sample_scene(
-                self.rng, min_subjects=n, max_subjects=n, relation_prob=self.cfg.relation_prob
+                self.rng,
+                min_subjects=n,
+                max_subjects=n,
+                relation_prob=self.cfg.relation_prob,
+                background="random" if named else None,
             )
             texts = self._fitting(scene)
             if texts:
