@@ -19,7 +19,10 @@ model's squares are found ~5% of the time (circles ~85%); a second pretraining s
 edge-weighted loss draws better (`vrl pretrain world-t2i --extra init=world:t2i edge_weight=24
 ...`), and the half does not learn on it either. Lower rollout noise with lr 3e-3 and no KL
 "raises" exist by collapsing the policy into coloured noise, in which some blob has the asked
-shape: read the figures beside the images.
+shape: read the figures beside the images. Nor does a global, prompt-conditioned skill move: asked
+for a dark-grey background (never seen in pretraining, though the text towers tell the words
+apart), with world-clip's CLIPScore as the global level, the recipe left 0 of 128 held-out
+backgrounds dark grey; only a collapse into noise changed them.
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
 seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
