@@ -162,10 +162,13 @@ def test_prompt_rendering():
         " on a white background"
     )
     units = scene.default_units()
-    assert scene.unit_prompt(units[1]) == "A small green square"
+    # every unit keeps the scene's background: the canvas each pass draws on
+    assert scene.unit_prompt(units[1]) == "A small green square on a white background"
     assert scene.unit_prompt(units[1], cumulative=True) == (
-        "A red circle with a blue outline to the left of a small green square"
+        "A red circle with a blue outline to the left of a small green square on a white background"
     )
+    plain = Scene(scene.subjects, scene.relations)
+    assert plain.unit_prompt(plain.default_units()[1]) == "A small green square"
     explicit = SynthesisUnit(("c",), "a crimson disc")
     assert scene.unit_prompt(explicit) == "a crimson disc"
 

@@ -288,14 +288,19 @@ class Scene:
         the model to draw them twice. `cumulative=True` renders every subject introduced up to and
         including this unit, for pipelines without visual context. A unit's explicit `prompt` wins
         in the default mode.
+
+        The scene's global part (background, style) goes with every unit: it is the canvas each
+        pass draws on, not a subject to draw twice, and a prompt without it asks the model for its
+        default. On the shapes world a named dark-grey background survived the chain in 4 of 128
+        images when only the final pass named it, and in 115 of 128 when every unit did.
         """
         if not cumulative:
-            return unit.prompt or self._render(set(unit.subjects), with_globals=False)
+            return unit.prompt or self._render(set(unit.subjects), with_globals=True)
         introduced: set[str] = set()
         for step in self.default_units():
             introduced.update(step.subjects)
             if step == unit:
-                return self._render(introduced, with_globals=False)
+                return self._render(introduced, with_globals=True)
         raise ValueError(f"unit {unit} is not one of this scene's units")
 
     def _render(self, subject_ids: set[str], with_globals: bool) -> str:
