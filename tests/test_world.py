@@ -35,6 +35,7 @@ from vrl.world import (
     layout,
     level_accuracy,
     level_scores,
+    off_palette_share,
     render,
     sample_scene,
 )
@@ -272,6 +273,21 @@ def test_checker_ignores_specks_of_noise():
     for y, x in free[:5]:
         array[y, x] = COLOURS["red"]  # single stray pixels
     assert _all_right(check(scene, array))
+
+
+def test_off_palette_share_is_zero_on_renders_and_rises_with_texture():
+    scene = _scene(3, 32, 2, 2)
+    clean = np.asarray(render(scene, 32, 0))
+    assert off_palette_share(clean) == 0.0
+    rng = np.random.default_rng(0)
+    # the noise-textured images of a collapsed policy: every pixel pushed off its flat colour
+    textured = np.clip(clean + rng.normal(0, 60, clean.shape), 0, 255).astype(np.uint8)
+    mild = np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
+    assert off_palette_share(mild) < 0.01
+    assert off_palette_share(textured) > 0.15
+    # the same figure whatever the image type
+    as_tensor = torch.from_numpy(textured).permute(2, 0, 1).float() / 255
+    assert off_palette_share(as_tensor) == off_palette_share(textured)
 
 
 # ---------------------------------------------------------------------- altered images

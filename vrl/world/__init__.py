@@ -33,6 +33,7 @@ from .checker import (
     detect_background,
     level_accuracy,
     level_scores,
+    off_palette_share,
 )
 from .render import layout, render
 from .scenes import caption, captions, is_held_out, sample_scene
@@ -78,6 +79,7 @@ __all__ = [
     "layout",
     "level_accuracy",
     "level_scores",
+    "off_palette_share",
     "nominal_side",
     "render",
     "sample_scene",
