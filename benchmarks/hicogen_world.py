@@ -14,6 +14,10 @@ sampling steps; all have the same mean level (that of the recipe's decaying sche
 - constant: that mean at every step (Flow-GRPO),
 - window: a random window of `--window` steps carrying all the noise (Flow-GRPO-Fast).
 
+Beside the levels, the share of off-palette pixels of the held-out images before and after
+(`vrl.world.off_palette_share`): a policy that games the checker by turning its images into
+texture raises it several-fold.
+
 Seeds share nothing but the checkpoint: each draws its own training and held-out scenes, so the
 spread of the gain over seeds is the noise the gains are read against.
 """
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  seed {seed}: "
                 + ", ".join(f"{k} {r['before'][k]:.1%} -> {r['after'][k]:.1%}" for k in LEVELS)
+                + f"; off-palette pixels {r['off_palette']['before']:.1%} -> "
+                f"{r['off_palette']['after']:.1%}"
                 + f"; training reward {_ends(r['rewards'])}; {r['minutes']:.1f} min",
                 flush=True,
             )
@@ -102,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\nheld-out gain (after - before, points) over seeds {args.seeds}: mean ± std; "
         f"{first[0]['steps']} RL steps, {first[0]['held_out_images']} held-out images per seed"
     )
-    print("| schedule | " + " | ".join(LEVELS) + " | minutes per seed |")
-    print("|---" * (len(LEVELS) + 2) + "|")
+    print(
+        "| schedule | " + " | ".join(LEVELS) + " | off-palette after (before) | minutes per seed |"
+    )
+    print("|---" * (len(LEVELS) + 3) + "|")
     for name, runs in results.items():
         cells = []
         for level in LEVELS:
@@ -111,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             std = statistics.stdev(gains) if len(gains) > 1 else 0.0
             cells.append(f"{statistics.mean(gains):+.1f} ± {std:.1f}")
         minutes = statistics.mean(r["minutes"] for r in runs)
-        print(f"| {name} | " + " | ".join(cells) + f" | {minutes:.1f} |")
+        off = [r["off_palette"] for r in runs]
+        integrity = (
+            f"{statistics.mean(o['after'] for o in off):.1%} "
+            f"({statistics.mean(o['before'] for o in off):.1%})"
+        )
+        print(f"| {name} | " + " | ".join(cells) + f" | {integrity} | {minutes:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

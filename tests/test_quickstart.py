@@ -8,6 +8,7 @@ import pytest
 
 from vrl.cli import main
 from vrl.quickstart import _vlm_rows
+from vrl.world import hicogen_rl
 
 
 @pytest.fixture
@@ -28,7 +29,10 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
     printed = capsys.readouterr().out
     vlm, hico = summary["vlm"], summary["hicogen"]
     assert vlm["steps"] == 2 and len(vlm["rewards"]) == 2
-    assert hico["steps"] == 1 and hico["held_out_images"] == 4 * 2
+    assert hico["steps"] == 1
+    assert hico["held_out_images"] == 4 * hicogen_rl.SEEDS_PER_SCENE
+    # image integrity beside the levels: the share of off-palette pixels of the bench images
+    assert all(0.0 <= hico["off_palette"][when] < 0.5 for when in ("before", "after"))
     assert set(hico["before"]) == {"exist", "attribute", "relation"}
     vlm_rows = _vlm_rows(vlm)  # the shifted background, then the light-grey control
     assert [label for label, _, _ in vlm_rows] == [
@@ -54,6 +58,9 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
         and "--lora" not in hico["bench_commands"]["before"]
     )
     assert re.search(r"held-out exist +\d+\.\d% -> +\d+\.\d%", printed)
+    assert re.search(r"off-palette pixels +\d+\.\d% -> +\d+\.\d%", printed)
+    off = hico["off_palette"]
+    assert f"{off['before']:.1%} before, {off['after']:.1%} after." in report
     assert re.search(r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", printed)
     for png in ("reward_curves.png", "hicogen_before.png", "hicogen_after.png"):
         assert (tmp_path / png).stat().st_size > 1000, png

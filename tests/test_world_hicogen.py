@@ -83,7 +83,12 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     assert set(figures) == set(hicogen_rl.LEVELS)
     assert all(0.0 <= v <= 1.0 for v in figures.values())
     images = sorted(p.name for p in (tmp_path / "ours" / "images").glob("*.png"))
-    assert images == [f"held_out-{i:05d}_{k}.png" for i in range(3) for k in range(2)]
+    per_scene = range(hicogen_rl.SEEDS_PER_SCENE)
+    assert images == [f"held_out-{i:05d}_{k}.png" for i in range(3) for k in per_scene]
+    # the world model's images are flat colours but for soft edges (a texture reads 15-20%)
+    assert 0.0 < hicogen_rl.off_palette(tmp_path / "ours" / "images") < 0.08
+    with pytest.raises(FileNotFoundError, match="no PNG images"):
+        hicogen_rl.off_palette(tmp_path)
 
     command = hicogen_rl.bench_command(prompts, tmp_path / "cli", cfg)
     assert command[:4] == ["vrl", "bench", "eval", "hicoprompt"]

@@ -95,6 +95,9 @@ def _print_hicogen(h: dict[str, Any]) -> None:
     for level in h["before"]:
         print(f"  held-out {level:<9} {h['before'][level]:6.1%} -> {h['after'][level]:6.1%}")
     print(f"  ({h['held_out_images']} images, {h['steps']} steps, {h['minutes']:.1f} min)")
+    if "off_palette" in h:
+        o = h["off_palette"]
+        print(f"  off-palette pixels {o['before']:6.1%} -> {o['after']:6.1%} (image integrity)")
 
 
 def _save_strips(strips: dict[str, list], out: Path) -> None:
@@ -172,7 +175,8 @@ def report(result: dict[str, Any]) -> str:
             "The world text-to-image model (SD3 architecture, 32 px) trained over the chain of "
             "synthesis (unit 1 from noise, unit 2 from the canvas, a final pass with the full "
             "prompt) with the decaying noise schedule and the exact world reward (global, "
-            "subject, relation). Held-out: deterministic chains on test-split scenes, "
+            "subject, relation), by Advantage Weighted Matching with a KL to the base model. "
+            "Held-out: deterministic chains on test-split scenes, "
             f"{h['held_out_images']} images, judged through `vrl bench` by the exact checker "
             "with DSG dependencies.",
             "",
@@ -186,6 +190,8 @@ def report(result: dict[str, Any]) -> str:
             "",
             f"{h['steps']} steps, {h['minutes']:.1f} min with evaluation. "
             + _verdict(h["before"], h["after"], h["held_out_images"]),
+            "",
+            _integrity(h),
             "",
             "The figures come from HiCoPrompt's evaluator with the exact judge; these commands "
             "redraw the same images and give the same figures:",
@@ -209,6 +215,21 @@ def report(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _integrity(h: dict[str, Any]) -> str:
+    """A sentence on whether the images stayed pictures: the off-palette share before and after
+    (`vrl.world.off_palette_share`), which a reward hack into texture raises several-fold."""
+    o = h.get("off_palette")
+    if not o:
+        return ""
+    text = (
+        f"Off-palette pixels (no world colour; texture and noise raise it): {o['before']:.1%} "
+        f"before, {o['after']:.1%} after."
+    )
+    if o["after"] > max(2 * o["before"], o["before"] + 0.02):
+        text += " The images after training lost integrity: read the gains above as a reward hack."
+    return text
 
 
 def _verdict(before: dict[str, float], after: dict[str, float], n: int) -> str:
