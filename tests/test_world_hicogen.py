@@ -85,7 +85,7 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     images = sorted(p.name for p in (tmp_path / "ours" / "images").glob("*.png"))
     per_scene = range(hicogen_rl.SEEDS_PER_SCENE)
     assert images == [f"held_out-{i:05d}_{k}.png" for i in range(3) for k in per_scene]
-    # the world model's images are flat colours but for soft edges (a texture reads 15-20%)
+    # the world model's images are flat colours but for soft edges (a texture reads 14-22%)
     assert 0.0 < hicogen_rl.off_palette(tmp_path / "ours" / "images") < 0.08
     with pytest.raises(FileNotFoundError, match="no PNG images"):
         hicogen_rl.off_palette(tmp_path)

@@ -21,7 +21,7 @@ at. What was learned on the way:
   noise schedule (read at 128 images a seed: exist -1.7 +- 2.7). AWM learns a prompt-conditioned
   change (brighter images for one prompt, darker for another) in 40 steps, Flow-GRPO barely.
 - Without the KL the checker's score rises by 6-15 points while the images turn into texture
-  (off-palette pixels 2% -> 15-22%): in texture, some blob has the asked shape. With a reward
+  (off-palette pixels 2% -> 14-22%): in texture, some blob has the asked shape. With a reward
   term against that texture and no KL, nothing rises. Read every gain beside the off-palette
   share and the images.
 - Most misses are squares and triangles drawn round (squares are found ~5% of the time, circles
@@ -81,7 +81,7 @@ RECIPE: dict[str, Any] = {
         "prompts_per_step": 2,
         "eps": 0.2,
         # without: the checker's score rises as the images turn into texture (off-palette
-        # pixels 2% -> 15-22%), and with a reward term against that texture it does not rise
+        # pixels 2% -> 14-22%), and with a reward term against that texture it does not rise
         "beta": 0.04,
         "timestep_fraction": 0.5,
         "rewards": {"world_global": 0.5, "world_subject": 1.0, "world_relation": 1.0},
@@ -207,7 +207,7 @@ def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
 
 def off_palette(folder: Path) -> float:
     """Mean `vrl.world.off_palette_share` of the images in a folder (the PNGs `bench_accuracy`
-    drew): ~2% for the world model, 15-20% once a policy has turned its images into texture."""
+    drew): ~2% for the world model, 14-22% once a policy has turned its images into texture."""
     import numpy as np
     from PIL import Image
 
