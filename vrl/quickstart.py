@@ -95,9 +95,8 @@ def _print_hicogen(h: dict[str, Any]) -> None:
     for level in h["before"]:
         print(f"  held-out {level:<9} {h['before'][level]:6.1%} -> {h['after'][level]:6.1%}")
     print(f"  ({h['held_out_images']} images, {h['steps']} steps, {h['minutes']:.1f} min)")
-    if "off_palette" in h:
-        o = h["off_palette"]
-        print(f"  off-palette pixels {o['before']:6.1%} -> {o['after']:6.1%} (image integrity)")
+    o = h["off_palette"]
+    print(f"  off-palette pixels {o['before']:6.1%} -> {o['after']:6.1%} (image integrity)")
 
 
 def _save_strips(strips: dict[str, list], out: Path) -> None:
@@ -220,9 +219,7 @@ def report(result: dict[str, Any]) -> str:
 def _integrity(h: dict[str, Any]) -> str:
     """A sentence on whether the images stayed pictures: the off-palette share before and after
     (`vrl.world.off_palette_share`), which a reward hack into texture raises several-fold."""
-    o = h.get("off_palette")
-    if not o:
-        return ""
+    o = h["off_palette"]
     text = (
         f"Off-palette pixels (no world colour; texture and noise raise it): {o['before']:.1%} "
         f"before, {o['after']:.1%} after."
