@@ -14,7 +14,8 @@ sampling steps; all have the same mean level (that of the recipe's decaying sche
 - constant: that mean at every step (Flow-GRPO),
 - window: a random window of `--window` steps carrying all the noise (Flow-GRPO-Fast).
 
-Beside the levels, the share of off-palette pixels of the held-out images before and after
+Per seed, the exist level split by the asked shape (`found_by_shape`: circles, squares,
+triangles found). Beside the levels, the share of off-palette pixels of the held-out images before and after
 (`vrl.world.off_palette_share`): a policy that games the checker by turning its images into
 texture raises it several-fold.
 
@@ -100,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; off-palette pixels {r['off_palette']['before']:.1%} -> "
                 f"{r['off_palette']['after']:.1%}"
                 + f"; training reward {_ends(r['rewards'])}; {r['minutes']:.1f} min",
+                flush=True,
+            )
+            by = r["found_by_shape"]
+            print(
+                "    found by asked shape: "
+                + ", ".join(
+                    f"{shape} {by['before'][shape]['found']:.1%} -> {by['after'][shape]['found']:.1%}"
+                    for shape in by["before"]
+                ),
                 flush=True,
             )
 

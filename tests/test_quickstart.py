@@ -61,6 +61,18 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
     assert re.search(r"off-palette pixels +\d+\.\d% -> +\d+\.\d%", printed)
     off = hico["off_palette"]
     assert f"{off['before']:.1%} before, {off['after']:.1%} after." in report
+    # the exist level split by the asked shape, printed and in the report
+    by = hico["found_by_shape"]
+    assert set(by["before"]) == set(by["after"]) and set(by["before"]) <= {
+        "circle", "square", "triangle",
+    }  # fmt: skip
+    for shape, b in by["before"].items():
+        a = by["after"][shape]
+        assert b["subjects"] == a["subjects"] > 0
+        assert f"{shape} {b['found']:.1%} -> {a['found']:.1%}" in printed
+        change = a["found"] - b["found"]
+        row = f"| {shape} | {b['subjects']} | {b['found']:.1%} | {a['found']:.1%} | {change:+.1%} |"
+        assert row in report, row
     assert re.search(r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", printed)
     for png in ("reward_curves.png", "hicogen_before.png", "hicogen_after.png"):
         assert (tmp_path / png).stat().st_size > 1000, png

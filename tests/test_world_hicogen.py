@@ -89,6 +89,15 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     assert 0.0 < hicogen_rl.off_palette(tmp_path / "ours" / "images") < 0.08
     with pytest.raises(FileNotFoundError, match="no PNG images"):
         hicogen_rl.off_palette(tmp_path)
+    # the exist level split by the asked shape: every subject of every image counted once, and
+    # (two subjects in every scene) the exist level is their mean
+    by_shape = hicogen_rl.found_by_shape(prompts, tmp_path / "ours")
+    asked = [s.name for scene in scenes for s in scene.subjects]
+    assert {k: v["subjects"] for k, v in by_shape.items()} == {
+        shape: asked.count(shape) * hicogen_rl.SEEDS_PER_SCENE for shape in set(asked)
+    }
+    found = sum(v["found"] * v["subjects"] for v in by_shape.values())
+    assert found / (len(asked) * hicogen_rl.SEEDS_PER_SCENE) == pytest.approx(figures["exist"])
 
     command = hicogen_rl.bench_command(prompts, tmp_path / "cli", cfg)
     assert command[:4] == ["vrl", "bench", "eval", "hicoprompt"]

@@ -97,6 +97,22 @@ def _print_hicogen(h: dict[str, Any]) -> None:
     print(f"  ({h['held_out_images']} images, {h['steps']} steps, {h['minutes']:.1f} min)")
     o = h["off_palette"]
     print(f"  off-palette pixels {o['before']:6.1%} -> {o['after']:6.1%} (image integrity)")
+    shapes = _shape_rows(h)
+    if shapes:
+        print("  subjects found by shape: " + ", ".join(
+            f"{shape} {b:.1%} -> {a:.1%}" for shape, b, a, _ in shapes
+        ))  # fmt: skip
+
+
+def _shape_rows(h: dict[str, Any]) -> list[tuple[str, float, float, int]]:
+    """(asked shape, found before, found after, subjects asked) of the HiCoGen half."""
+    by = h.get("found_by_shape") or {}
+    before, after = by.get("before", {}), by.get("after", {})
+    return [
+        (shape, before[shape]["found"], after[shape]["found"], before[shape]["subjects"])
+        for shape in before
+        if shape in after
+    ]
 
 
 def _save_strips(strips: dict[str, list], out: Path) -> None:
@@ -192,6 +208,7 @@ def report(result: dict[str, Any]) -> str:
             "",
             _integrity(h),
             "",
+            *_shape_table(h),
             "The figures come from HiCoPrompt's evaluator with the exact judge; these commands "
             "redraw the same images and give the same figures:",
             "",
@@ -214,6 +231,21 @@ def report(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _shape_table(h: dict[str, Any]) -> list[str]:
+    """The exist level split by the asked shape (markdown lines; none without the figures)."""
+    rows = _shape_rows(h)
+    if not rows:
+        return []
+    lines = [
+        "The exist level by the asked shape (share of those subjects found):",
+        "",
+        "| asked shape | subjects | before | after | change |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {s} | {n} | {b:.1%} | {a:.1%} | {a - b:+.1%} |" for s, b, a, n in rows]
+    return [*lines, ""]
 
 
 def _integrity(h: dict[str, Any]) -> str:

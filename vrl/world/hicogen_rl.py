@@ -205,6 +205,30 @@ def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
     return {level: summary["dependencies"][level] for level in LEVELS}
 
 
+def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float]]:
+    """Per asked shape: the share of held-out subjects the judge found (their `exist` answers in
+    the per-image answers `bench_accuracy` wrote under `out`) and how many were asked. The exist
+    level is their mean; this says which shapes it misses (squares, which the world model draws
+    as round blobs). Unanswered questions are left out."""
+    shapes: dict[str, dict[str, str]] = {}
+    for line in Path(prompts).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        shapes[row["id"]] = {s["id"]: s["name"] for s in row["scene"]["subjects"]}
+    found: dict[str, list[float]] = {}
+    per_prompt = Path(out) / "exact" / "per_prompt.jsonl"
+    for line in per_prompt.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        for image in row["images"]:
+            for key, value in image["answers"].items():
+                subject, _, question = key.partition("/")
+                if question == "exist" and value is not None:
+                    found.setdefault(shapes[row["id"]][subject], []).append(float(value))
+    return {
+        shape: {"found": sum(values) / len(values), "subjects": len(values)}
+        for shape, values in sorted(found.items())
+    }
+
+
 def off_palette(folder: Path) -> float:
     """Mean `vrl.world.off_palette_share` of the images in a folder (the PNGs `bench_accuracy`
     drew): ~2% for the world model, 14-22% once a policy has turned its images into texture."""
@@ -278,6 +302,9 @@ def run(
         "after": after,
         "off_palette": {
             when: off_palette(out / "bench" / when / "images") for when in ("before", "after")
+        },
+        "found_by_shape": {
+            when: found_by_shape(held_file, out / "bench" / when) for when in ("before", "after")
         },
         "steps": cfg.run.max_steps,
         "held_out_images": len(held_out) * SEEDS_PER_SCENE,
