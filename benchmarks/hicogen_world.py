@@ -14,10 +14,10 @@ sampling steps; all have the same mean level (that of the recipe's decaying sche
 - constant: that mean at every step (Flow-GRPO),
 - window: a random window of `--window` steps carrying all the noise (Flow-GRPO-Fast).
 
-Per seed, the exist level split by the asked shape (`found_by_shape`: circles, squares,
-triangles found). Beside the levels, the share of off-palette pixels of the held-out images before and after
-(`vrl.world.off_palette_share`): a policy that games the checker by turning its images into
-texture raises it several-fold.
+Per seed, the exist level split by the asked shape (`found_by_shape`: the circles, squares and
+triangles found). Beside the levels, the share of off-palette pixels of the held-out images
+before and after (`vrl.world.off_palette_share`): a policy that games the checker by turning its
+images into texture raises it several-fold.
 
 Seeds share nothing but the checkpoint: each draws its own training and held-out scenes, so the
 spread of the gain over seeds is the noise the gains are read against.

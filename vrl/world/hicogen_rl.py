@@ -207,7 +207,7 @@ def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
     return {level: summary["dependencies"][level] for level in LEVELS}
 
 
-def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float]]:
+def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float | int]]:
     """Per asked shape: the share of held-out subjects the judge found (their `exist` answers in
     the per-image answers `bench_accuracy` wrote under `out`) and how many were asked. The exist
     level is their mean; this says which shapes it misses (squares, which the world model draws
