@@ -1,6 +1,7 @@
-"""Can a diffusion RL objective fit ONE shapes-world prompt? Flow-GRPO (sde) next to AWM.
+"""Can a diffusion RL objective fit ONE shapes-world prompt? Flow-GRPO (sde), AWM, DiffusionNFT.
 
-    python benchmarks/world_one_prompt_fit.py --scene 4                      # both objectives
+    python benchmarks/world_one_prompt_fit.py --scene 4                      # sde and awm
+    python benchmarks/world_one_prompt_fit.py --scene 4 --objectives awm nft
     python benchmarks/world_one_prompt_fit.py --scene 3 --objectives awm optim.lr=3e-3
 
 The smallest learning check of the HiCoGen world half: `vrl.trainers.diffusion_grpo.train` on a
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", type=int, default=4, help="training scene of seed 0 (index)")
-    parser.add_argument("--objectives", nargs="+", default=["sde", "awm"], choices=["sde", "awm"])
+    parser.add_argument(
+        "--objectives", nargs="+", default=["sde", "awm"], choices=["sde", "awm", "nft"]
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
     from vrl.config import overrides_first

@@ -65,14 +65,35 @@ class SamplingSettings:
 class DiffusionGRPOSettings:
     group_size: int = field(16, help="images per prompt (G)")
     prompts_per_step: int = field(2, help="distinct prompts per rollout, over all processes")
-    objective: Literal["sde", "awm"] = field(
+    objective: Literal["sde", "awm", "nft"] = field(
         "sde",
         help="sde = Flow-GRPO: the clipped surrogate on the stored SDE transitions' Gaussian "
         "log-probs; awm = Advantage Weighted Matching: the same surrogate with each image's "
         "flow-matching loss (at fresh noise and times) as its negative log-likelihood, far "
-        "lower variance than the per-step log-probs",
+        "lower variance than the per-step log-probs; nft = DiffusionNFT: flow matching of each "
+        "image through an implicit positive policy, weighted by its optimality r, and an "
+        "implicit negative one, weighted by 1 - r, both anchored to the sampling policy (no "
+        "likelihood, no ratio)",
     )
-    awm_times: int = field(2, help="objective=awm: noised copies (times t) per image per update")
+    awm_times: int = field(
+        2, help="objective=awm or nft: noised copies (times t) per image per update"
+    )
+    guided_matching: bool = field(
+        False,
+        help="objective=awm or nft: match the guided velocity the rollouts were drawn with, "
+        "v_u + g (v_c - v_u) with the unconditional half detached, instead of the conditional "
+        "one (whose offset from the guided velocity is the same for every image of a prompt)",
+    )
+    nft_beta: float = field(
+        1.0,
+        help="objective=nft: the implicit policies' step, (1 - b) v_old + b v (positive) and "
+        "(1 + b) v_old - b v (negative); the loss's minimum moves v_old by (2r - 1) / b",
+    )
+    sampler_decay: float = field(
+        0.0,
+        help="objective=nft: rollouts and v_old come from an EMA of the trained weights with "
+        "this decay (DiffusionNFT's soft-updated sampling policy); 0 = the trained weights",
+    )
     num_iterations: int = field(
         1,
         help="policy updates per rollout (>1: ratios against the rollout policy's log-probs, "
@@ -84,7 +105,9 @@ class DiffusionGRPOSettings:
         "velocity difference); 0 = no reference held",
     )
     eps: float = field(1e-4, help="clip range of the per-step ratio (published: 1e-4)")
-    adv_clip_max: float = field(5.0, help="advantages are clipped to +-this")
+    adv_clip_max: float = field(
+        5.0, help="advantages are clipped to +-this (nft: optimality r = (A + this) / (2 this))"
+    )
     advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
     timestep_fraction: float = field(
         1.0, help="fraction of the stochastic steps trained per rollout (drawn at random)"
@@ -103,6 +126,15 @@ class DiffusionGRPOSettings:
             )
         if self.awm_times < 1:
             raise ValueError(f"grpo.awm_times must be >= 1, got {self.awm_times}")
+        if self.nft_beta <= 0:
+            raise ValueError(f"grpo.nft_beta must be > 0, got {self.nft_beta}")
+        if not 0 <= self.sampler_decay < 1:
+            raise ValueError(f"grpo.sampler_decay must be in [0, 1), got {self.sampler_decay}")
+        if self.sampler_decay and self.objective != "nft":
+            raise ValueError(
+                f"grpo.sampler_decay ({self.sampler_decay}) is for objective=nft, "
+                f"not {self.objective}"
+            )
         if not self.rewards:
             raise ValueError("grpo.rewards is empty: name at least one reward")
 

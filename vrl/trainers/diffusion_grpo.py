@@ -10,8 +10,11 @@ One step reads top to bottom:
                          the stored transition under the current policy; objective "awm"
                          (Advantage Weighted Matching): minus the flow-matching loss of noised
                          copies of each image stands for its log-likelihood. Either goes into the
-                         clipped surrogate from vrl.core (+ a KL to the reference), gradients
-                         accumulated over items and micro-batches, one optimizer step
+                         clipped surrogate from vrl.core (+ a KL to the reference); objective
+                         "nft" (DiffusionNFT) instead matches the noised copies through implicit
+                         positive and negative policies around the sampling policy, weighted by
+                         each image's optimality. Gradients accumulated over items and
+                         micro-batches, one optimizer step
 
 With `chain.enabled` (HiCoGen) a rollout is a chain of synthesis per prompt: its scene (JSONL
 metadata, the template parser or a local LLM) gives the units, each unit is drawn from the canvas so
@@ -166,6 +169,9 @@ def train(cfg) -> dict[str, Any]:
     policy, optimizer, scheduler = accelerator.prepare(transformer, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(policy)
     ema = EMA(unwrapped, cfg.eval.ema_decay) if cfg.eval.ema else None
+    # DiffusionNFT's sampling policy: a slow EMA of the trained weights draws the rollouts and
+    # anchors the implicit policies (None: the trained weights do both)
+    sampler = EMA(unwrapped, grpo.sampler_decay) if grpo.sampler_decay > 0 else None
     sigmas = adapter.sigmas(smp.num_steps, smp.height, smp.width).to(device)
     encode = PromptEmbedCache(adapter)
 
@@ -175,8 +181,9 @@ def train(cfg) -> dict[str, Any]:
             ckpt, model=unwrapped, optimizer=optimizer, scheduler=scheduler, process_index=rank
         )
         start_step = state["step"]
-        if ema is not None and "ema" in state.get("extra", {}):
-            ema.load(state["extra"]["ema"])
+        for name, averaged in (("ema", ema), ("sampler", sampler)):
+            if averaged is not None and name in state.get("extra", {}):
+                averaged.load(state["extra"][name])
         truncate_metrics(run_dir / "metrics.jsonl", start_step, accelerator.is_main_process)
         logger.info("resumed from %s at step %d", ckpt, start_step)
     if accelerator.is_main_process and cfg.run.report_to:
@@ -208,37 +215,38 @@ def train(cfg) -> dict[str, Any]:
         levels = schedule.levels(smp.num_steps, generator=step_gen).to(device)  # (T,)
         noise_gen = torch.Generator(device).manual_seed(step_seed(cfg.run.seed, step, rank))
         policy.eval()
-        local_rows = [prompts[i] for i in local_items]
-        unit_table = torch.full((n_local, cfg.chain.max_units), math.nan)  # (n_local, U)
-        if cfg.chain.enabled:
-            roll = chain_rollout(
-                adapter, unwrapped, local_items, prompts, cfg, schedule, encode, noise_gen,
-                step_gen,
-            )  # fmt: skip
-            chunks, images, rows = roll.chunks, roll.images, roll.rows
-            if cfg.chain.credit == "unit":
-                for k, lo, unit_images, unit_rows in roll.units:
-                    unit_table[lo : lo + len(unit_rows), k] = reward_fn(
-                        unit_images, unit_rows
-                    ).total
-        else:
-            chunks, images, rows = [], [], []
-            for lo in range(0, n_local, optim.micro_batch_size):
-                batch_rows = local_rows[lo : lo + optim.micro_batch_size]
-                embeds = encode([r["prompt"] for r in batch_rows])
-                noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
-                with torch.no_grad():
-                    trajectory = sample(
-                        adapter.velocity_fn(unwrapped, embeds, smp.guidance_scale),
-                        noise,
-                        sigmas,
-                        step=smp.step,
-                        schedule=levels,
-                        generator=noise_gen,
-                    )
-                    images.append(adapter.decode(trajectory.final, (smp.height, smp.width)))
-                chunks.append(RolloutChunk(embeds, trajectory, offset=lo))
-                rows.extend(batch_rows)
+        with sampling_weights(sampler, unwrapped):
+            local_rows = [prompts[i] for i in local_items]
+            unit_table = torch.full((n_local, cfg.chain.max_units), math.nan)  # (n_local, U)
+            if cfg.chain.enabled:
+                roll = chain_rollout(
+                    adapter, unwrapped, local_items, prompts, cfg, schedule, encode, noise_gen,
+                    step_gen,
+                )  # fmt: skip
+                chunks, images, rows = roll.chunks, roll.images, roll.rows
+                if cfg.chain.credit == "unit":
+                    for k, lo, unit_images, unit_rows in roll.units:
+                        unit_table[lo : lo + len(unit_rows), k] = reward_fn(
+                            unit_images, unit_rows
+                        ).total
+            else:
+                chunks, images, rows = [], [], []
+                for lo in range(0, n_local, optim.micro_batch_size):
+                    batch_rows = local_rows[lo : lo + optim.micro_batch_size]
+                    embeds = encode([r["prompt"] for r in batch_rows])
+                    noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
+                    with torch.no_grad():
+                        trajectory = sample(
+                            adapter.velocity_fn(unwrapped, embeds, smp.guidance_scale),
+                            noise,
+                            sigmas,
+                            step=smp.step,
+                            schedule=levels,
+                            generator=noise_gen,
+                        )
+                        images.append(adapter.decode(trajectory.final, (smp.height, smp.width)))
+                    chunks.append(RolloutChunk(embeds, trajectory, offset=lo))
+                    rows.extend(batch_rows)
 
         #### REWARD ####
         result = reward_fn(torch.cat(images), rows)
@@ -262,9 +270,13 @@ def train(cfg) -> dict[str, Any]:
                 chunk.advantages = local_adv[chunk.offset : chunk.offset + b]
 
         #### TRAINING ####
-        if grpo.objective == "awm":  # noised copies of each pass's images, drawn once per rollout
+        if grpo.objective in ("awm", "nft"):  # noised copies of each pass's images, drawn once
             work = [(chunk, matching_item(chunk, noise_gen)) for chunk in chunks
                     for _ in range(grpo.awm_times)]  # fmt: skip
+            if grpo.objective == "nft":  # v_old: the sampling policy's velocity, before any update
+                with sampling_weights(sampler, unwrapped), torch.no_grad():
+                    for chunk, item in work:
+                        item.old_velocity = matching_velocity(adapter, unwrapped, chunk, item, cfg)
         else:  # stored SDE transitions
             plain_steps = trained_steps(levels, grpo, step_gen)
             for chunk in chunks:
@@ -285,33 +297,39 @@ def train(cfg) -> dict[str, Any]:
             for w, (chunk, item) in enumerate(work):
                 last = w == len(work) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(policy):
-                    if grpo.objective == "awm":
-                        logp, old_logp, kl = matching_log_prob(
+                    if grpo.objective == "nft":
+                        per_image, kl = nft_loss(
                             adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
                         )
+                        loss = per_image.sum() / normaliser
                     else:
-                        logp, old_logp, kl = transition_log_prob(
-                            adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
+                        if grpo.objective == "awm":
+                            logp, old_logp, kl = matching_log_prob(
+                                adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
+                            )
+                        else:
+                            logp, old_logp, kl = transition_log_prob(
+                                adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
+                            )
+                        pl = core.policy_loss(
+                            logp[:, None],  # (b, 1): one "token" per denoising step or noised copy
+                            old_logp[:, None],
+                            chunk.advantages,
+                            torch.ones_like(logp[:, None]),
+                            eps_low=grpo.eps,
+                            eps_high=grpo.eps,
+                            aggregation="grpo",
+                            num_sequences=normaliser,
                         )
-                    pl = core.policy_loss(
-                        logp[:, None],  # (b, 1): one "token" per denoising step or noised copy
-                        old_logp[:, None],
-                        chunk.advantages,
-                        torch.ones_like(logp[:, None]),
-                        eps_low=grpo.eps,
-                        eps_high=grpo.eps,
-                        aggregation="grpo",
-                        num_sequences=normaliser,
-                    )
-                    loss = pl.loss
+                        loss = pl.loss
+                        stats["clip_fraction"].append(pl.clip_fraction.item())
+                        stats["approx_kl"].append(pl.approx_kl.item())
+                        stats["ratio"].append(pl.ratio_mean.item())
                     if kl is not None:
                         loss = loss + grpo.beta * kl.sum() / normaliser
                         stats["kl"].append(kl.mean().item())
                     accelerator.backward(loss)
                 losses.append(loss.item())
-                stats["clip_fraction"].append(pl.clip_fraction.item())
-                stats["approx_kl"].append(pl.approx_kl.item())
-                stats["ratio"].append(pl.ratio_mean.item())
             if optim.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
             optimizer.step()
@@ -319,6 +337,8 @@ def train(cfg) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(unwrapped)
+            if sampler is not None:
+                sampler.update(unwrapped)
 
         #### LOGGING, EVALUATION, CHECKPOINTS ####
         done = step + 1
@@ -356,7 +376,8 @@ def train(cfg) -> dict[str, Any]:
                 run_dir, done, model=unwrapped, optimizer=optimizer, scheduler=scheduler,
                 state={"seed": cfg.run.seed}, accelerator=accelerator,
                 keep_last=cfg.run.keep_checkpoints,
-                extra={"ema": ema.state_dict()} if ema is not None else None,
+                extra={name: averaged.state_dict() for name, averaged in
+                       (("ema", ema), ("sampler", sampler)) if averaged is not None} or None,
             )  # fmt: skip
 
     eval_results["after"] = evaluate(unwrapped, ema, step=cfg.run.max_steps)
@@ -516,12 +537,13 @@ def transition_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, j: i
 
 @dataclass
 class MatchingItem:
-    """objective=awm: one noised copy of a pass's final images, x_t = (1 - t) x_0 + t n."""
+    """objective=awm or nft: one noised copy of a pass's final images, x_t = (1 - t) x_0 + t n."""
 
     x_t: torch.Tensor  # (b, ...)
     sigma: torch.Tensor  # (b,) t, in (0, the pass's first sigma]
     target: torch.Tensor  # (b, ...) the flow-matching velocity n - x_0
     old_log_prob: torch.Tensor | None = None  # (b,) under the rollout policy, set on first use
+    old_velocity: torch.Tensor | None = None  # objective=nft: the sampling policy's velocity
 
 
 def matching_item(chunk: RolloutChunk, generator: torch.Generator) -> MatchingItem:
@@ -540,32 +562,68 @@ def matching_item(chunk: RolloutChunk, generator: torch.Generator) -> MatchingIt
     return MatchingItem(x_t=x_t, sigma=t, target=noise - x0)
 
 
+def matching_velocity(adapter, model, chunk, item, cfg) -> torch.Tensor:
+    """The velocity a pass's noised copy is matched with, in float32: the conditional one
+    (guidance 1), or with `grpo.guided_matching` the guided one the rollouts were drawn with; a
+    guidance-embedded model always gets the sampling scale as input."""
+    guided = adapter.guidance_embedded or cfg.grpo.guided_matching
+    guidance = cfg.sampling.guidance_scale if guided else 1.0
+    return adapter.velocity(
+        model, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance
+    ).float()
+
+
+def matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg) -> torch.Tensor | None:
+    """The squared velocity difference to the reference policy (b,), or None when beta is 0."""
+    if cfg.grpo.beta == 0.0:
+        return None
+    with torch.no_grad():
+        if ref_transformer is not None:
+            v_ref = matching_velocity(adapter, ref_transformer, chunk, item, cfg)
+        else:
+            with adapter.disabled_adapter():
+                v_ref = matching_velocity(adapter, unwrapped, chunk, item, cfg)
+    return (v - v_ref).pow(2).flatten(1).mean(1)
+
+
 def matching_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
     """objective=awm (Advantage Weighted Matching): each image's log-likelihood is stood in for
     by minus its flow-matching loss at the item's (t, n), averaged over pixels (b,); the
     rollout policy's value is taken on first use (the weights have not moved yet within an
-    update), so the ratio starts at 1 exactly. KL: the squared velocity difference to the
-    reference (b,), or None. The velocity is the conditional one (guidance 1), except for a
-    guidance-embedded model, which gets the sampling scale as input."""
-    guidance = cfg.sampling.guidance_scale if adapter.guidance_embedded else 1.0
-    v = adapter.velocity(policy, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance)
-    log_prob = -(v.float() - item.target).pow(2).flatten(1).mean(1)  # (b,)
+    update), so the ratio starts at 1 exactly. KL: `matching_kl`."""
+    v = matching_velocity(adapter, policy, chunk, item, cfg)
+    log_prob = -(v - item.target).pow(2).flatten(1).mean(1)  # (b,)
     if item.old_log_prob is None:
         item.old_log_prob = log_prob.detach()
-    kl = None
-    if cfg.grpo.beta != 0.0:
-        with torch.no_grad():
-            if ref_transformer is not None:
-                v_ref = adapter.velocity(
-                    ref_transformer, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance
-                )
-            else:
-                with adapter.disabled_adapter():
-                    v_ref = adapter.velocity(
-                        unwrapped, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance
-                    )
-        kl = (v.float() - v_ref.float()).pow(2).flatten(1).mean(1)
-    return log_prob, item.old_log_prob, kl
+    return (
+        log_prob,
+        item.old_log_prob,
+        matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg),
+    )
+
+
+def nft_loss(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
+    """objective=nft (DiffusionNFT, Zheng et al. 2025): per image (b,), the flow-matching loss
+    of the implicit positive policy (1 - b) v_old + b v weighted by the image's optimality r, plus
+    that of the implicit negative policy (1 + b) v_old - b v weighted by 1 - r, with v_old the
+    sampling policy's velocity. r = (A + c) / (2c) maps the advantage clipped to +-c
+    (`grpo.adv_clip_max`) onto [0, 1]. The loss is a convex bowl in v with its minimum at
+    v_old + (2r - 1) / b * (target - v_old): a better-than-average image pulls v toward its own
+    velocity target, a worse one pushes v away, both by a bounded amount. KL: `matching_kl`."""
+    grpo = cfg.grpo
+    v = matching_velocity(adapter, policy, chunk, item, cfg)
+    v_old, b = item.old_velocity, grpo.nft_beta
+    r = (chunk.advantages.float() / grpo.adv_clip_max).clamp(-1.0, 1.0) * 0.5 + 0.5  # (b,)
+    positive = ((1 - b) * v_old + b * v - item.target).pow(2).flatten(1).mean(1)
+    negative = ((1 + b) * v_old - b * v - item.target).pow(2).flatten(1).mean(1)
+    loss = r * positive + (1 - r) * negative
+    return loss, matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
+
+
+def sampling_weights(sampler: EMA | None, model) -> contextlib.AbstractContextManager:
+    """The sampling policy's weights in the model for the block (objective=nft with
+    `grpo.sampler_decay`), else the trained ones as they are."""
+    return sampler.swapped_in(model) if sampler is not None else contextlib.nullcontext()
 
 
 def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> list[int]:
