@@ -87,7 +87,8 @@ class DiffusionGRPOSettings:
     nft_beta: float = field(
         1.0,
         help="objective=nft: the implicit policies' step, (1 - b) v_old + b v (positive) and "
-        "(1 + b) v_old - b v (negative); the loss's minimum moves v_old by (2r - 1) / b",
+        "(1 + b) v_old - b v (negative); the loss is least at v_old moved (2r - 1) / b of the "
+        "way to the image's flow-matching target",
     )
     sampler_decay: float = field(
         0.0,
@@ -101,8 +102,8 @@ class DiffusionGRPOSettings:
     )
     beta: float = field(
         0.0,
-        help="weight of the KL to the reference (sde: Gaussian-mean KL per step; awm: squared "
-        "velocity difference); 0 = no reference held",
+        help="weight of the KL to the reference (sde: Gaussian-mean KL per step; awm, nft: "
+        "squared velocity difference); 0 = no reference held",
     )
     eps: float = field(1e-4, help="clip range of the per-step ratio (published: 1e-4)")
     adv_clip_max: float = field(

@@ -28,6 +28,11 @@ at. What was learned on the way:
   the time, circles ~80%): the base's blobs fill their boxes alike for both shapes. RL selects
   among what the model sometimes draws; it did not teach the square, not on square prompts
   alone over 200 steps either (there it learned to scatter blobs, one of which reads square).
+- Other objectives did not do better (one seed each, BENCHMARKS.md, session 10): DiffusionNFT
+  (`grpo.objective=nft`, with its EMA sampler too, up to 120 steps) keeps the images intact and
+  gains nothing beyond a rerun's noise; matching the guided velocity (`grpo.guided_matching`)
+  neither; training on the better images alone, with no push away from the worse ones,
+  collapses them into texture (conditional velocity) or blank canvases (guided velocity).
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
 seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
