@@ -595,27 +595,25 @@ def matching_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, item, 
     log_prob = -(v - item.target).pow(2).flatten(1).mean(1)  # (b,)
     if item.old_log_prob is None:
         item.old_log_prob = log_prob.detach()
-    return (
-        log_prob,
-        item.old_log_prob,
-        matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg),
-    )
+    kl = matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
+    return log_prob, item.old_log_prob, kl
 
 
 def nft_loss(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
-    """objective=nft (DiffusionNFT, Zheng et al. 2025): per image (b,), the flow-matching loss
-    of the implicit positive policy (1 - b) v_old + b v weighted by the image's optimality r, plus
-    that of the implicit negative policy (1 + b) v_old - b v weighted by 1 - r, with v_old the
-    sampling policy's velocity. r = (A + c) / (2c) maps the advantage clipped to +-c
-    (`grpo.adv_clip_max`) onto [0, 1]. The loss is a convex bowl in v with its minimum at
-    v_old + (2r - 1) / b * (target - v_old): a better-than-average image pulls v toward its own
-    velocity target, a worse one pushes v away, both by a bounded amount. KL: `matching_kl`."""
+    """objective=nft (DiffusionNFT, Zheng et al. 2025): one loss per image, the flow-matching
+    loss of the implicit positive policy (1 - beta) v_old + beta v weighted by the image's
+    optimality r, plus that of the implicit negative policy (1 + beta) v_old - beta v weighted by
+    1 - r, with v_old the sampling policy's velocity and beta `grpo.nft_beta`. r = (A + c) / (2c)
+    maps the advantage clipped to +-c (`grpo.adv_clip_max`) onto [0, 1]. The loss is a convex
+    bowl in v with its minimum at v_old + (2r - 1) / beta * (target - v_old): a better-than-average
+    image pulls v toward its own velocity target, a worse one pushes v away, both by a bounded
+    amount. KL: `matching_kl`."""
     grpo = cfg.grpo
     v = matching_velocity(adapter, policy, chunk, item, cfg)
-    v_old, b = item.old_velocity, grpo.nft_beta
+    v_old, beta = item.old_velocity, grpo.nft_beta
     r = (chunk.advantages.float() / grpo.adv_clip_max).clamp(-1.0, 1.0) * 0.5 + 0.5  # (b,)
-    positive = ((1 - b) * v_old + b * v - item.target).pow(2).flatten(1).mean(1)
-    negative = ((1 + b) * v_old - b * v - item.target).pow(2).flatten(1).mean(1)
+    positive = ((1 - beta) * v_old + beta * v - item.target).pow(2).flatten(1).mean(1)
+    negative = ((1 + beta) * v_old - beta * v - item.target).pow(2).flatten(1).mean(1)
     loss = r * positive + (1 - r) * negative
     return loss, matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
 
