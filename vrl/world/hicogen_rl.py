@@ -33,6 +33,9 @@ at. What was learned on the way:
   gains nothing beyond a rerun's noise; matching the guided velocity (`grpo.guided_matching`)
   neither; training on the better images alone, with no push away from the worse ones,
   collapses them into texture (conditional velocity) or blank canvases (guided velocity).
+- `world:t2i-shapes` (world:t2i continued with an edge-weighted loss) draws squares and
+  triangles as such; the recipe, tuned on world:t2i, lost on it in session 9 and has not been
+  retuned there yet.
 
 Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
 seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
