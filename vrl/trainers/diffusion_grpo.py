@@ -273,8 +273,8 @@ def train(cfg) -> dict[str, Any]:
         if grpo.objective in ("awm", "nft"):  # noised copies of each pass's images, drawn once
             work = [(chunk, matching_item(chunk, noise_gen)) for chunk in chunks
                     for _ in range(grpo.awm_times)]  # fmt: skip
-            if grpo.objective == "nft":  # v_old: the sampling policy's velocity, before any update
-                with sampling_weights(sampler, unwrapped), torch.no_grad():
+            if sampler is not None:  # nft's v_old: the EMA sampling policy's velocity
+                with sampler.swapped_in(unwrapped), torch.no_grad():
                     for chunk, item in work:
                         item.old_velocity = matching_velocity(adapter, unwrapped, chunk, item, cfg)
         else:  # stored SDE transitions
@@ -543,7 +543,7 @@ class MatchingItem:
     sigma: torch.Tensor  # (b,) t, in (0, the pass's first sigma]
     target: torch.Tensor  # (b, ...) the flow-matching velocity n - x_0
     old_log_prob: torch.Tensor | None = None  # (b,) under the rollout policy, set on first use
-    old_velocity: torch.Tensor | None = None  # objective=nft: the sampling policy's velocity
+    old_velocity: torch.Tensor | None = None  # nft: the sampler's (EMA pre-pass, else first use)
 
 
 def matching_item(chunk: RolloutChunk, generator: torch.Generator) -> MatchingItem:
@@ -610,6 +610,8 @@ def nft_loss(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
     amount. KL: `matching_kl`."""
     grpo = cfg.grpo
     v = matching_velocity(adapter, policy, chunk, item, cfg)
+    if item.old_velocity is None:  # no EMA sampler: the rollout policy, before any update
+        item.old_velocity = v.detach()
     v_old, beta = item.old_velocity, grpo.nft_beta
     r = (chunk.advantages.float() / grpo.adv_clip_max).clamp(-1.0, 1.0) * 0.5 + 0.5  # (b,)
     positive = ((1 - beta) * v_old + beta * v - item.target).pow(2).flatten(1).mean(1)
