@@ -215,9 +215,10 @@ def train(cfg) -> dict[str, Any]:
         levels = schedule.levels(smp.num_steps, generator=step_gen).to(device)  # (T,)
         noise_gen = torch.Generator(device).manual_seed(step_seed(cfg.run.seed, step, rank))
         policy.eval()
-        with sampling_weights(sampler, unwrapped):
-            local_rows = [prompts[i] for i in local_items]
-            unit_table = torch.full((n_local, cfg.chain.max_units), math.nan)  # (n_local, U)
+        local_rows = [prompts[i] for i in local_items]
+        unit_table = torch.full((n_local, cfg.chain.max_units), math.nan)  # (n_local, U)
+        # nft with sampler_decay: the rollouts are drawn with the sampling policy's weights
+        with sampler.swapped_in(unwrapped) if sampler is not None else contextlib.nullcontext():
             if cfg.chain.enabled:
                 roll = chain_rollout(
                     adapter, unwrapped, local_items, prompts, cfg, schedule, encode, noise_gen,
@@ -618,12 +619,6 @@ def nft_loss(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
     negative = ((1 + beta) * v_old - beta * v - item.target).pow(2).flatten(1).mean(1)
     loss = r * positive + (1 - r) * negative
     return loss, matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
-
-
-def sampling_weights(sampler: EMA | None, model) -> contextlib.AbstractContextManager:
-    """The sampling policy's weights in the model for the block (objective=nft with
-    `grpo.sampler_decay`), else the trained ones as they are."""
-    return sampler.swapped_in(model) if sampler is not None else contextlib.nullcontext()
 
 
 def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> list[int]:
