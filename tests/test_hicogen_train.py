@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -165,6 +166,9 @@ def test_plan_chain_units_prompts_partial_scenes_and_references():
     assert merged.unit_prompts[1] == "A blue square and a green triangle"
     cumulative = plan_chain(scene, "FULL", cumulative=True)
     assert cumulative.unit_prompts[1] == "A red circle to the left of a blue square"
+    # the global part goes with every unit, the style as well as the background
+    styled = plan_chain(replace(scene, background="dark grey", style="flat"), "FULL")
+    assert all(p.endswith("on a dark grey background, flat style") for p in styled.unit_prompts)
     images = [torch.full((2, 3, 4, 4), float(k)) for k in range(4)]
     refs = plan.references(SimpleNamespace(steps=[SimpleNamespace(image=i) for i in images]), 1)
     assert {k: v[0, 0, 0].item() for k, v in refs.items()} == {"a": 0.0, "b": 1.0, "c": 2.0}

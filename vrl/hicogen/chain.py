@@ -83,7 +83,9 @@ def plan_chain(
         tail = tuple(sid for unit in units[max_units - 1 :] for sid in unit.subjects)
         units = (*units[: max_units - 1], SynthesisUnit(tail))
     # unit_prompt(cumulative=True) looks a unit up in the scene's own list: give it these units
-    planned = Scene(scene.subjects, scene.relations, units, background=scene.background)
+    planned = Scene(
+        scene.subjects, scene.relations, units, background=scene.background, style=scene.style
+    )
     prompts = tuple(planned.unit_prompt(u, cumulative=cumulative) for u in units)
     return ChainPlan(scene, units, prompts, final_prompt)
 
