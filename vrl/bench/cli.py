@@ -59,6 +59,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--gen-batch-size", type=int, default=4)
     g.add_argument("--chain", action="store_true", help="chain of synthesis: unit by unit")
     g.add_argument("--strength", type=float, default=0.7, help="chain: image-to-image strength")
+    g.add_argument("--cumulative", action="store_true",
+                   help="chain: each unit's prompt names every subject so far, not only its own")  # fmt: skip
     g.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
     j = e.add_argument_group("judging")
     j.add_argument(
@@ -146,14 +148,16 @@ def _eval(args: argparse.Namespace) -> int:
             "height": args.height, "width": args.width, "num_steps": args.steps,
             "guidance_scale": args.guidance, "seed": args.seed, "chain": args.chain,
             "strength": args.strength if args.chain else None,
+            "cumulative": args.cumulative if args.chain else None,
         }  # fmt: skip
         t0 = time.perf_counter()
         n = generate_missing(
             items, layout,
             lambda: load_generator(args.model, args.lora, args.device, args.dtype, args.lora_scale),
             batch_size=args.gen_batch_size,
-            **{k: v for k, v in generation.items() if k not in ("model", "lora", "strength")},
-            strength=args.strength,
+            **{k: v for k, v in generation.items()
+               if k not in ("model", "lora", "strength", "cumulative")},
+            strength=args.strength, cumulative=args.cumulative,
         )  # fmt: skip
         print(f"generated {n} images in {time.perf_counter() - t0:.1f} s into {image_dir}")
         (image_dir / "generation.json").write_text(json.dumps(generation, indent=2) + "\n")

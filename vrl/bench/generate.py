@@ -166,13 +166,15 @@ def generate_missing(
     batch_size: int = 4,
     chain: bool = False,
     strength: float = 0.7,
+    cumulative: bool = False,
 ) -> int:
     """Draw every missing image (deterministic ODE sampling); returns how many were written.
 
     `adapter_or_loader` is an adapter or a no-argument callable returning one, called only if
     something is missing, so a finished run never loads the model. With `chain=True` each
     prompt goes through the chain of synthesis (one unit per subject, then the whole prompt,
-    image-to-image at `strength`), all images of a prompt in one batch.
+    image-to-image at `strength`), all images of a prompt in one batch; with `cumulative` each
+    unit's prompt names every subject introduced so far, not only its own.
     """
     todo = missing_images(items, layout, images_per_prompt)
     if not todo:
@@ -186,7 +188,8 @@ def generate_missing(
         for item in items:
             if item.id in by_item:
                 written += _chain_one(adapter, layout, item, by_item[item.id], images_per_prompt,
-                                      height, width, num_steps, guidance_scale, seed, strength)  # fmt: skip
+                                      height, width, num_steps, guidance_scale, seed, strength,
+                                      cumulative)  # fmt: skip
                 logger.info("generated %s (%d/%d)", item.id, written, len(todo))
         return written
     for lo in range(0, len(todo), batch_size):
@@ -220,12 +223,15 @@ def _sample(adapter, prompts, seeds, height, width, num_steps, guidance_scale):
         return adapter.decode(traj.final, (height, width))  # (B, 3, H, W) in [0, 1]
 
 
-def _chain_one(adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, strength):
+def _chain_one(
+    adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, strength, cumulative
+):
     import torch
 
     from vrl.hicogen.chain import synthesize_chain
 
-    units = [item.scene.unit_prompt(u) for u in item.scene.default_units()]
+    scene = item.scene
+    units = [scene.unit_prompt(u, cumulative=cumulative) for u in scene.default_units()]
     generator = torch.Generator(adapter.device).manual_seed(image_seed(seed, item.id, 0))
     result = synthesize_chain(
         adapter, adapter.transformer, units, item.prompt, batch_size=n, height=height,
