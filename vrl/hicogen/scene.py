@@ -286,8 +286,10 @@ class Scene:
         By default only the subjects this unit introduces (and relations among them): in the chain of
         synthesis the earlier subjects arrive as visual context, so repeating them in text would ask
         the model to draw them twice. `cumulative=True` renders every subject introduced up to and
-        including this unit, for pipelines without visual context. A unit's explicit `prompt` wins
-        in the default mode.
+        including this unit, for pipelines without visual context, which image-to-image from the
+        canvas is not quite: on the shapes world a pass told only its own subject erased the one
+        before it (kept in 23% of the images, against 71% told both; BENCHMARKS.md). A unit's
+        explicit `prompt` wins in the default mode.
 
         The scene's global part (background, style) goes with every unit: it is the canvas each
         pass draws on, not a subject to draw twice, and a prompt without it asks the model for its

@@ -165,7 +165,9 @@ class ChainSettings:
     )
     max_units: int = field(4, help="units past this are merged into the last one")
     cumulative_prompts: bool = field(
-        False, help="unit prompts name every subject so far (default: only the new ones)"
+        False,
+        help="unit prompts name every subject so far (default: only the new ones; told only its "
+        "own, an image-to-image pass may erase the subjects on its canvas)",
     )
 
     def __post_init__(self):
