@@ -217,8 +217,8 @@ def chain_stages(
     first: list[list[float]] = []
     levels: dict[str, dict[str, list[float]]] = {k: {} for k in ("last_unit", "final", "flat")}
 
-    def add(kind: str, scene: Scene, image: torch.Tensor) -> None:
-        for level, value in check(scene, image).level_accuracy().items():
+    def add(kind: str, result) -> None:
+        for level, value in result.level_accuracy().items():
             if value is not None:
                 levels[kind].setdefault(level, []).append(value)
 
@@ -252,16 +252,13 @@ def chain_stages(
         for i in range(images_per_scene):
             # read against the whole scene, so that the checker tells the first unit's subjects
             # from the later ones by what the scene calls them (a lone circle is "the circle")
+            results = [check(scene, step.image[i]) for step in chain.steps]
             first.append(
-                [
-                    sum(check(scene, step.image[i]).assignment[s] is not None for s in ids)
-                    / len(ids)
-                    for step in chain.steps
-                ]
+                [sum(r.assignment[s] is not None for s in ids) / len(ids) for r in results]
             )
-            add("last_unit", scene, chain.steps[-2].image[i])
-            add("final", scene, chain.final[i])
-            add("flat", scene, flat_images[i])
+            add("last_unit", results[-2])
+            add("final", results[-1])
+            add("flat", check(scene, flat_images[i]))
     return {
         "first_unit_found": [sum(col) / len(col) for col in zip(*first, strict=True)],
         **{
