@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         + " | final image | flat (no chain) | minutes |"
     )
     print("|---" * 7 + "|")
+
+    def cell(levels: dict[str, float]) -> str:  # "-": no scene asked a question of that level
+        return " / ".join(f"{100 * levels[k]:.1f}" if k in levels else "-" for k in LEVELS)
+
     results = []
     for model in args.models:
         path = resolve_pipeline_path(model)
@@ -89,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             minutes = (time.perf_counter() - t0) / 60
             results.append({"model": model, "cumulative": cumulative, "minutes": minutes, **r})
-
-            def cell(levels: dict[str, float]) -> str:
-                return " / ".join(f"{100 * levels[k]:.1f}" for k in LEVELS)
 
             found = " / ".join(f"{100 * v:.1f}" for v in r["first_unit_found"])
             print(

@@ -139,8 +139,11 @@ def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_pat
     unit 1's subject (BENCHMARKS.md, 512 chains: found in 79% of unit-1 images, 23% of unit-2
     ones); told both (cumulative prompts) it keeps it (71%). Unit 1 and the flat pass are the
     same draws either way: the same prompt and initial noise."""
+    import random
+
     from vrl.models.diffusion import FlowMatchingAdapter
     from vrl.trainers.common import resolve_pipeline_path
+    from vrl.world import sample_scene
 
     path = resolve_pipeline_path("world:t2i-shapes")
     adapter = FlowMatchingAdapter.from_pretrained(path)
@@ -163,10 +166,6 @@ def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_pat
     assert own["first_unit_found"][1] < own["first_unit_found"][0] - 0.3  # unit 2 erased it
     assert cumulative["first_unit_found"][1] > own["first_unit_found"][1] + 0.25
     assert set(own["final"]) == set(hicogen_rl.LEVELS)
-
-    import random
-
-    from vrl.world import sample_scene
 
     single = sample_scene(random.Random(1), min_subjects=1, max_subjects=1, split="test", canvas=32)
     mixed = [rows[0], {"id": "one", "prompt": single.prompt(), "scene": single.to_dict()}]

@@ -228,10 +228,9 @@ def _chain_one(
 ):
     import torch
 
-    from vrl.hicogen.chain import synthesize_chain
+    from vrl.hicogen.chain import plan_chain, synthesize_chain
 
-    scene = item.scene
-    units = [scene.unit_prompt(u, cumulative=cumulative) for u in scene.default_units()]
+    units = list(plan_chain(item.scene, item.prompt, cumulative=cumulative).unit_prompts)
     generator = torch.Generator(adapter.device).manual_seed(image_seed(seed, item.id, 0))
     result = synthesize_chain(
         adapter, adapter.transformer, units, item.prompt, batch_size=n, height=height,
