@@ -7,10 +7,11 @@ Importing this package registers every reward below, so ``get_reward("rec_iou")`
     result = WeightedReward(config.rewards)(completions, samples)  # .total, .components
 """
 
+from vrl.geometry import position_relations, relation_holds, size_relations
+
 from . import accuracy, detection, format, grounding, image, world  # noqa: F401  (registers the rewards)
 from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
 from .detection import average_precision, mean_average_precision
-from .geometry import position_relations, relation_holds, size_relations
 from .hierarchical import HierarchicalReward
 from .hierarchical_global import (
     CLIPScorer,

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .geometry import RELATIONS, relation_holds
+from vrl.geometry import RELATIONS, relation_holds
+
 from .hierarchical_subject import (
     Box,
     OpenVocabDetector,

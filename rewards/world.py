@@ -25,16 +25,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
+
+from vrl.world.checker import WorldCheck, check
+from vrl.world.vocabulary import shape_spec
 
 from .hierarchical import HierarchicalReward
 from .hierarchical_subject import check_images, scene_of
 from .registry import register_reward
-
-if TYPE_CHECKING:
-    from vrl.world.checker import WorldCheck
 
 CACHE_SIZE = 1024
 """(scene, image) checks kept, newest last: a few batches of every level."""
@@ -43,8 +42,6 @@ _cache: OrderedDict[tuple[str, bytes], WorldCheck] = OrderedDict()
 
 def world_checks(images: torch.Tensor, samples: Sequence[Mapping]) -> list[WorldCheck]:
     """``vrl.world.check`` of each image (B, 3, H, W) in [0, 1] against its sample's scene."""
-    from vrl.world.checker import check  # here: vrl.world itself imports vrl.rewards.geometry
-
     x = check_images(images, samples)
     pixels = x.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) uint8
@@ -122,8 +119,6 @@ def shape_score(fill: float, taper: float, shape: str) -> float:
 def world_shape(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float]:
     """Mean over the scene's subjects of the best ``shape_score`` among the blobs of the
     subject's colour (0 when there is none), in [0, 1]."""
-    from vrl.world.vocabulary import shape_spec
-
     out = []
     for result, sample in zip(world_checks(images, samples), samples, strict=True):
         scores = []

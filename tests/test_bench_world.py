@@ -13,8 +13,8 @@ from vrl.bench.build import build_hicoprompt
 from vrl.bench.data import load_items
 from vrl.bench.judges import ExactJudge
 from vrl.bench.scoring import score_questions
+from vrl.geometry import position_relations
 from vrl.hicogen.scene import Scene, Subject
-from vrl.rewards.geometry import position_relations
 
 SCENE = Scene.from_json(
     {

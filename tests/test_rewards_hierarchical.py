@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vrl.rewards.geometry import relation_holds
+from vrl.geometry import relation_holds
 from vrl.rewards.hierarchical import HierarchicalReward
 from vrl.rewards.hierarchical_global import CLIPScorer, build_global_reward
 from vrl.rewards.hierarchical_relation import RelationReward

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import ImageFilter
 
+from vrl.geometry import relation_holds
 from vrl.hicogen.scene import Question, QuestionTarget, Relation, Scene, Subject
-from vrl.rewards.geometry import relation_holds
 from vrl.world import (
     BACKGROUNDS,
     COLOURS,

@@ -94,7 +94,7 @@ class VLMJudge:
     def from_pretrained(cls, path: str, batch_size: int = 8, device: str | None = None):
         from vrl.models.vlm import VLMAdapter
         from vrl.rewards.hierarchical_subject import VLMYesProbability
-        from vrl.trainers.common import resolve_model_path
+        from vrl.models.paths import resolve_model_path
 
         adapter = VLMAdapter.from_pretrained(resolve_model_path(path))
         if device:
@@ -193,7 +193,7 @@ class GeometryJudge:
       `counting_threshold` (GenEval: include >= n and exclude n + 1);
     - spatial relations (left of, right of, above, below): the GenEval position rule between
       every box of the subject and every box of the object (the top `count` of each);
-    - size relations: the areas of the best boxes (`vrl.rewards.geometry.size_relations`);
+    - size relations: the areas of the best boxes (`vrl.geometry.size_relations`);
     - colours (GenEval's ten): with `clip`, each box of the subject is classified zero-shot among
       the ten colours (GenEval's templates) and must come out as the asked colour;
     - anything else (materials, parts, depth and support relations): None.
@@ -223,7 +223,7 @@ class GeometryJudge:
         return cls(owl_detections(detector, threshold), counting_detect=counting, clip=clip)
 
     def answer(self, images, scenes, questions) -> list[Answers]:
-        from vrl.rewards.geometry import POSITION_RELATIONS, SIZE_RELATIONS, relation_holds
+        from vrl.geometry import POSITION_RELATIONS, SIZE_RELATIONS, relation_holds
 
         _check_batch(images, scenes, questions)
         subject_ids = [[s.id for s in sc.subjects] for sc in scenes]

@@ -19,7 +19,7 @@ The background is the commonest background colour among the pixels outside every
 subject's attributes a detection has; a detection can only be a subject whose reference it fits:
 the shape, plus size and colour when two subjects share a shape, as in ``Scene.reference``), and
 answers every ``Scene.questions()`` question: existence = a detection is tied to the subject,
-attribute = the tied detection has it, relation = the GenEval rule (``vrl.rewards.geometry``) on
+attribute = the tied detection has it, relation = the GenEval rule (``vrl.geometry``) on
 the tied boxes, "larger than" by box area. Scoring follows the Davidsonian Scene Graph: a question
 whose parent is wrong counts wrong and stays in the denominator.
 
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from vrl.geometry import relation_holds
 from vrl.hicogen.scene import Question, Scene
-from vrl.rewards.geometry import relation_holds
 
 from .vocabulary import (
     BACKGROUNDS,

@@ -9,7 +9,7 @@ The layout is a seeded random search: sides are drawn from the size classes (wit
 shape gets a target centre (random, or from its depth in the order that the spatial relations
 impose on each axis, plus noise), then the shapes are placed one at a time at the candidate
 position nearest their target that keeps a gap to the shapes already placed and satisfies every
-relation with them (the GenEval position rule of ``vrl.rewards.geometry``, with a safety margin,
+relation with them (the GenEval position rule of ``vrl.geometry``, with a safety margin,
 for spatial relations; box areas for "larger than"); a dead end restarts the search with new
 sides, targets and order. The seed is mixed with a hash of the scene, so two scenes rendered
 with the same seed do not share a layout.
@@ -25,14 +25,14 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vrl.hicogen.scene import Scene
-from vrl.rewards.geometry import (
+from vrl.geometry import (
     DIRECTION_THRESHOLD,
     MIN_OFFSET,
     POSITION_MARGIN,
     POSITION_RELATIONS,
     relation_holds,
 )
+from vrl.hicogen.scene import Scene
 
 from .vocabulary import (
     BACKGROUNDS,
@@ -219,7 +219,7 @@ def _layout(scene: Scene, size: int, seed: int, largest: bool = False) -> dict[s
 def _position_holds(
     a: np.ndarray, b: np.ndarray, predicate: str, threshold: float = DIRECTION_THRESHOLD
 ) -> np.ndarray:
-    """The GenEval rule of ``vrl.rewards.geometry.position_relations`` over rows of boxes.
+    """The GenEval rule of ``vrl.geometry.position_relations`` over rows of boxes.
 
     ``a``, ``b``: (N, 4) boxes (either may broadcast from (1, 4)); returns (N,) bool for
     "a <predicate> b" with this direction ``threshold``. A vectorised filter only: the chosen box

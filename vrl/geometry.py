@@ -1,4 +1,7 @@
-"""Box geometry for relation rewards: the GenEval position rule and area comparisons.
+"""Box geometry: the GenEval position rule and area comparisons.
+
+Shared by the shapes world (layout, checker, tasks), the relation rewards and the benchmark's
+geometry judge, so it sits below all three.
 
 Pure functions over boxes ``(x1, y1, x2, y2)`` in pixels, image y pointing down. The position
 rule follows GenEval so that a relation reward agrees with the benchmark that judges it:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vrl.rewards.geometry import (
+from vrl.geometry import (
     RELATIONS,
     box_area,
     box_centre,
