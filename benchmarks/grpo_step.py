@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from vrl.data.synthetic import write_colour_yes_no
     from vrl.models.tiny import tiny_vlm_path
-    from vrl.trainers.common import cache_root
+    from vrl.models.paths import cache_root
 
     trainers = ["vrl"]
     trl_skipped = ""

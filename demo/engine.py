@@ -318,7 +318,7 @@ def trained_lora_scale(weights: Path) -> float | None:
 def load_adapter(model: str, device: torch.device):
     """A flow-matching adapter for the model, safetensors weights only."""
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_dtype, resolve_pipeline_path
+    from vrl.models.paths import resolve_dtype, resolve_pipeline_path
 
     path = resolve_pipeline_path(model)
     try:

@@ -1,7 +1,7 @@
 """Within-group sample diversity of noise schedules at the same mean noise level.
 
-    python benchmarks/diffusion_diversity.py                # tiny SD3, about 30 s on 1 thread
-    python benchmarks/diffusion_diversity.py --family flux --json diversity.json
+    python experiments/diffusion_diversity.py                # tiny SD3, about 30 s on 1 thread
+    python experiments/diffusion_diversity.py --family flux --json diversity.json
 
 HiCoGen claims that sample diversity is largest when noise is spent early in generation (its
 decaying stochasticity schedule, `shared/reference/algorithms.md` section 4). This script measures
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from vrl.models.diffusion import FlowMatchingAdapter
     from vrl.models.tiny_diffusion import tiny_pipeline_path
-    from vrl.trainers.common import cache_root
+    from vrl.models.paths import cache_root
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()

@@ -1,6 +1,6 @@
 """Where the chain of synthesis keeps and loses subjects, on the shapes world's held-out scenes.
 
-    python benchmarks/hicogen_chain_stages.py --models world:t2i world:t2i-shapes
+    python experiments/hicogen_chain_stages.py --models world:t2i world:t2i-shapes
 
 The HiCoGen half draws each two-subject scene as a chain: unit 1 (the first subject) from
 noise, unit 2 (the second subject) from unit 1's canvas noised back to sigma = strength, then a
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
-    from vrl.world.hicogen_rl import (
+    from vrl.models.paths import resolve_pipeline_path
+    from vrl.quickstart.hicogen import (
         HELD_OUT_SEED_OFFSET,
         LEVELS,
         RECIPE,

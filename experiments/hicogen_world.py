@@ -1,10 +1,10 @@
 """HiCoGen on the shapes world: held-out gain per level over seeds, and the noise-schedule ablation.
 
-    python benchmarks/hicogen_world.py --seeds 0 1 2                      # the quickstart half
-    python benchmarks/hicogen_world.py --seeds 0 1 2 --schedules decaying constant window
-    python benchmarks/hicogen_world.py --seeds 0 --train-scenes 4        # can it fit 4 prompts?
+    python experiments/hicogen_world.py --seeds 0 1 2                      # the quickstart half
+    python experiments/hicogen_world.py --seeds 0 1 2 --schedules decaying constant window
+    python experiments/hicogen_world.py --seeds 0 --train-scenes 4        # can it fit 4 prompts?
 
-Each (schedule, seed) runs `vrl.world.hicogen_rl.run`: the quickstart's HiCoGen recipe from the
+Each (schedule, seed) runs `vrl.quickstart.hicogen.run`: the quickstart's HiCoGen recipe from the
 committed `world:t2i` checkpoint, then per-level accuracy (exist, attribute, relation; DSG
 dependencies) of deterministic chains on held-out test-split scenes, read by the exact checker,
 before and after. The schedules differ only in how the rollouts' noise is spread over the
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vrl.world.hicogen_rl import LEVELS, RECIPE, run
+    from vrl.quickstart.hicogen import LEVELS, RECIPE, run
 
     torch.set_num_threads(args.threads)
     sampling = RECIPE["sampling"]

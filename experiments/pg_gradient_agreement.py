@@ -1,7 +1,7 @@
 """Is a reward learnable by diffusion GRPO at this batch size? Gradient agreement between batches.
 
-    python benchmarks/pg_gradient_agreement.py                        # world:t2i, the HiCoGen recipe
-    python benchmarks/pg_gradient_agreement.py --images 16 64 --batches 4 --scene 3
+    python experiments/pg_gradient_agreement.py                        # world:t2i, the HiCoGen recipe
+    python experiments/pg_gradient_agreement.py --images 16 64 --batches 4 --scene 3
 
 For one prompt, K independent batches of N rollouts are drawn with the recipe's sampler (SDE steps
 under its noise schedule, classifier-free guidance), and for each batch the policy gradient of the
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     from vrl.models.diffusion import FlowMatchingAdapter
     from vrl.rewards import WeightedReward
     from vrl.samplers import from_config, sample
-    from vrl.trainers.common import resolve_pipeline_path
-    from vrl.world import hicogen_rl
+    from vrl.models.paths import resolve_pipeline_path
+    from vrl.quickstart import hicogen as hicogen_rl
 
     recipe = hicogen_rl.RECIPE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,11 +1,11 @@
 """Can a diffusion RL objective fit ONE shapes-world prompt? Flow-GRPO (sde), AWM, DiffusionNFT.
 
-    python benchmarks/world_one_prompt_fit.py --scene 4                      # sde and awm
-    python benchmarks/world_one_prompt_fit.py --scene 4 --objectives awm nft
-    python benchmarks/world_one_prompt_fit.py --scene 3 --objectives awm optim.lr=3e-3
+    python experiments/world_one_prompt_fit.py --scene 4                      # sde and awm
+    python experiments/world_one_prompt_fit.py --scene 4 --objectives awm nft
+    python experiments/world_one_prompt_fit.py --scene 3 --objectives awm optim.lr=3e-3
 
 The smallest learning check of the HiCoGen world half: `vrl.trainers.diffusion_grpo.train` on a
-single training scene of seed 0 (the recipe of `vrl.world.hicogen_rl` without the chain and
+single training scene of seed 0 (the recipe of `vrl.quickstart.hicogen` without the chain and
 without KL, 40 steps of 16 images of that prompt, any further `key=value` overrides), once per
 objective. Printed per objective: the training reward (the world's exact hierarchical reward,
 mean of every 5 steps) and the reward of 32 fixed-noise ODE images of the prompt (10 steps,
@@ -44,10 +44,10 @@ def fit(out: Path, scene: int, objective: str, overrides: list[str]) -> dict:
     from vrl.data.t2i import load_prompts
     from vrl.models.diffusion import FlowMatchingAdapter
     from vrl.rewards import WeightedReward
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
     from vrl.trainers.diffusion_config import DiffusionTrainConfig
     from vrl.trainers.diffusion_grpo import train
-    from vrl.world import hicogen_rl
+    from vrl.quickstart import hicogen as hicogen_rl
 
     recipe = json.loads(json.dumps(hicogen_rl.RECIPE))
     path = resolve_pipeline_path(recipe["model"]["path"])

@@ -1,12 +1,12 @@
 """Can RL teach world:t2i to draw squares? Exact reward next to the dense shape reward.
 
-    python benchmarks/world_square_rl.py --seeds 0 1 2                       # both rewards
-    python benchmarks/world_square_rl.py --rewards world_shape optim.lr=3e-3 grpo.beta=0
+    python experiments/world_square_rl.py --seeds 0 1 2                       # both rewards
+    python experiments/world_square_rl.py --rewards world_shape optim.lr=3e-3 grpo.beta=0
 
 The shapes world's text-to-image model draws circles the checker finds ~85% of the time and
 squares ~5%: its squares are ragged blobs whose box fill overlaps the circles'. This asks whether
 RL can move that one skill. `vrl.trainers.diffusion_grpo.train` on one-subject square scenes of
-the train split (the recipe of `vrl.world.hicogen_rl` without the chain, at constant SDE noise
+the train split (the recipe of `vrl.quickstart.hicogen` without the chain, at constant SDE noise
 0.3: 40 steps of 2 prompts x 8 images; further `key=value` overrides apply), once per reward:
 
 - ``world_subject``: the exact subject level (existence needs the checker to call it a square);
@@ -55,7 +55,7 @@ def found_rate(adapter, scenes, cfg) -> tuple[float, float]:
     nothing else; share in which it finds the square at all). A policy that collapses into
     coloured noise passes the second (some blob of noise is square) and fails the first."""
     from vrl.world import check
-    from vrl.world.t2i_model import generate
+    from vrl.pretrain.t2i import generate
 
     smp = cfg.sampling
     images = generate(adapter, [s.prompt() for s in scenes], smp.eval_num_steps,
@@ -72,10 +72,10 @@ def found_rate(adapter, scenes, cfg) -> tuple[float, float]:
 def run(out: Path, reward: str, seed: int, overrides: list[str]) -> dict:
     from vrl.config import apply_overrides, build_config
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
     from vrl.trainers.diffusion_config import DiffusionTrainConfig
     from vrl.trainers.diffusion_grpo import train
-    from vrl.world import hicogen_rl
+    from vrl.quickstart import hicogen as hicogen_rl
 
     recipe = json.loads(json.dumps(hicogen_rl.RECIPE))
     path = resolve_pipeline_path(recipe["model"]["path"])

@@ -1,7 +1,7 @@
 """Which sampler settings give the shapes world's text-to-image model its best held-out accuracy.
 
-    python benchmarks/world_t2i_sampler.py                      # the committed world:t2i, 1 thread
-    python benchmarks/world_t2i_sampler.py --model runs/world-t2i-seed0 --scenes 64 --json s.json
+    python experiments/world_t2i_sampler.py                      # the committed world:t2i, 1 thread
+    python experiments/world_t2i_sampler.py --model runs/world-t2i-seed0 --scenes 64 --json s.json
 
 For each (ODE steps, guidance scale, schedule shift) the model samples the same fixed held-out
 scenes as `vrl pretrain world-t2i` reports (1 and 2 subjects, train and test splits, prompt =
@@ -34,8 +34,8 @@ def main() -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
-    from vrl.world.t2i_model import evaluate, time_sampling
+    from vrl.models.paths import resolve_pipeline_path
+    from vrl.pretrain.t2i import evaluate, time_sampling
 
     torch.set_num_threads(args.threads)
     adapter = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(args.model))

@@ -27,8 +27,10 @@ Nothing is registered here: the scorers need weights that only the run's config 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,6 +126,21 @@ class OpenCLIPScorer:
         model.to(device)
         return cls(
             model, open_clip.get_tokenizer(tokenizer_name), preprocess_cfg=preprocess_cfg, **kwargs
+        )
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", **kwargs):
+        """A config-built model saved as ``config.json`` ({"model_cfg", "preprocess_cfg",
+        "tokenizer"}) + ``model.safetensors``, as the shapes world's CLIP (``world:clip``) is."""
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        return cls.from_config(
+            config["model_cfg"],
+            weights_path=folder / "model.safetensors",
+            tokenizer_name=config.get("tokenizer", "ViT-B-32"),
+            preprocess_cfg=config.get("preprocess_cfg"),
+            device=device,
+            **kwargs,
         )
 
     @property

@@ -178,10 +178,10 @@ def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
         cls = CLIPScorer if name == "clip" else PreferenceScorer
         arch = entry.pop("model", None)
         if name == "clip" and (path == WORLD_CLIP or path.startswith(WORLD_CLIP + ":")):
-            from vrl.world.clip_model import load_world_clip
+            from vrl.models.paths import world_weights_path
 
-            folder = path.removeprefix(WORLD_CLIP).removeprefix(":") or None
-            return load_world_clip(folder, device=device, **entry)
+            folder = path.removeprefix(WORLD_CLIP).removeprefix(":") or world_weights_path("clip")
+            return CLIPScorer.from_folder(folder, device=device, **entry)
         if tiny:
             return cls.from_config(TINY_CLIP, device=device, **entry)
         if not arch:
@@ -208,8 +208,8 @@ def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
         dino.model.to(device)
         return dino
     if name == "vlm":
+        from vrl.models.paths import resolve_model_path
         from vrl.models.vlm import VLMAdapter
-        from vrl.trainers.common import resolve_model_path
 
         from .hierarchical_subject import VLMYesProbability
 

@@ -10,7 +10,8 @@ import torch
 from vrl.config import load_config
 from vrl.data.vlm_r1 import DataError
 from vrl.models.diffusion import FlowMatchingAdapter
-from vrl.trainers.common import read_metrics, resolve_pipeline_path
+from vrl.models.paths import resolve_pipeline_path
+from vrl.trainers.common import read_metrics
 from vrl.trainers.diffusion_config import DiffusionTrainConfig
 from vrl.trainers.diffusion_grpo import train
 

@@ -12,9 +12,9 @@ from vrl.data.synthetic import write_rec_boxes
 from vrl.data.vlm_r1 import load_vlm_r1_jsonl
 from vrl.evaluate import evaluate_rec
 from vrl.models.batch import Completions
+from vrl.models.paths import resolve_model_path
 from vrl.models.vlm import VLMAdapter
 from vrl.rewards import parse_solution
-from vrl.trainers.common import resolve_model_path
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import torch
 
 from vrl.hicogen.chain import chain_policy_loss, img2img_start, synthesize_chain
 from vrl.models.diffusion import FlowMatchingAdapter
+from vrl.models.paths import resolve_pipeline_path
 from vrl.rewards import get_reward
-from vrl.trainers.common import resolve_pipeline_path
 
 UNITS = ["a red circle", "a blue square", "a green triangle"]
 FINAL = "a red circle left of a blue square above a green triangle"

@@ -8,13 +8,14 @@ import pytest
 
 from vrl.cli import main
 from vrl.quickstart import _vlm_rows
-from vrl.world import hicogen_rl
+from vrl.quickstart import hicogen as hicogen_rl
 
 
 @pytest.fixture
 def small_held_out(monkeypatch):
     """Few held-out items so the pipeline runs in about a minute; the figures are not the point."""
-    from vrl.world import hicogen_rl, vlm_rl
+    from vrl.quickstart import hicogen as hicogen_rl
+    from vrl.quickstart import vlm as vlm_rl
 
     monkeypatch.setattr(hicogen_rl, "HELD_OUT_SCENES", 4)
     monkeypatch.setattr(hicogen_rl, "TRAIN_SCENES", 8)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from vrl.config import load_config
+from vrl.models.paths import resolve_model_path
 from vrl.models.vlm import VLMAdapter
 from vrl.rewards import register_reward, unregister_reward
-from vrl.trainers.common import read_metrics, resolve_model_path
+from vrl.trainers.common import read_metrics
 from vrl.trainers.vlm_config import VLMTrainConfig
 from vrl.trainers.vlm_grpo import train
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from vrl.pretrain import cli as pretrain_cli
+from vrl.pretrain import clip as wc
 from vrl.world import HELD_OUT_PAIRS, render, sample_scene
-from vrl.world import clip_model as wc
 from vrl.world.vocabulary import shape_spec
 
 # Measured on the committed checkpoint with 300 test-split scenes per canvas (model card); the
@@ -140,7 +141,7 @@ def test_pretrain_command_writes_a_loadable_folder(tmp_path):
         threads=None,
         extra=["steps=2", "pool=8", "held_out=2", "batch_size=4"],
     )
-    assert wc.main(args) == 0
+    assert pretrain_cli.clip_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["history"][-1]["step"] == 2 and set(summary["held_out"]) == {"32px", "64px"}
     loaded = wc.load_world_clip(out / "model")

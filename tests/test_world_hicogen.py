@@ -3,22 +3,12 @@ schedules its ablation compares at equal mean noise."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-from vrl.samplers import from_config
-from vrl.world import hicogen_rl
-
-
-def _ablation():
-    path = Path(__file__).parents[1] / "benchmarks" / "hicogen_world.py"
-    spec = importlib.util.spec_from_file_location("hicogen_world", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from vrl.quickstart import hicogen as hicogen_rl
+from vrl.samplers import equal_mean, from_config
 
 
 def test_ablation_schedules_share_the_recipes_mean_noise_and_differ_in_where_it_goes():
@@ -26,9 +16,12 @@ def test_ablation_schedules_share_the_recipes_mean_noise_and_differ_in_where_it_
         hicogen_rl.RECIPE["sampling"]["noise"],
         hicogen_rl.RECIPE["sampling"]["num_steps"],
     )
-    configs = _ablation().noise_configs(noise, steps, window=2)
-    assert configs["decaying"] == noise
-    schedules = {name: from_config(c) for name, c in configs.items()}
+    mean = from_config(noise).mean_level(steps)
+    schedules = {
+        "decaying": from_config(noise),
+        "constant": equal_mean("constant", mean, steps),
+        "window": equal_mean("window", mean, steps, size=2, start="random"),
+    }
     means = {name: s.mean_level(steps) for name, s in schedules.items()}
     assert means["constant"] == pytest.approx(means["decaying"])
     assert means["window"] == pytest.approx(means["decaying"])
@@ -55,7 +48,7 @@ def test_prompts_fit_the_text_encoder_and_carry_their_scene(tmp_path):
 
 
 def test_the_committed_checkpoints_tokenizer_decides_what_fits():
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
 
     fits = hicogen_rl.token_fit(resolve_pipeline_path("world:t2i"))
     assert fits("a small red circle")
@@ -69,7 +62,7 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     from vrl.cli import main
     from vrl.config import build_config
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
     from vrl.trainers.diffusion_config import DiffusionTrainConfig
 
     recipe = json.loads(json.dumps(hicogen_rl.RECIPE))
@@ -142,7 +135,7 @@ def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_pat
     import random
 
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
     from vrl.world import sample_scene
 
     path = resolve_pipeline_path("world:t2i-shapes")

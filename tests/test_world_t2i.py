@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vrl.models.diffusion import FlowMatchingAdapter, SD3Adapter
-from vrl.world.t2i_model import (
+from vrl.pretrain.t2i import (
     IMAGE_SIZE,
     SceneStream,
     T2IConfig,
@@ -174,8 +174,8 @@ def test_committed_checkpoint_draws_what_the_prompt_asks_far_above_an_untrained_
     images do pass now and then: their many blobs often hold the asked shape)."""
     from diffusers import SD3Transformer2DModel
 
-    from vrl.trainers.common import resolve_pipeline_path
-    from vrl.world.t2i_model import eval_scenes, generate, score
+    from vrl.models.paths import resolve_pipeline_path
+    from vrl.pretrain.t2i import eval_scenes, generate, score
 
     trained = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path("world:t2i"))
     assert trained.pipeline.vae is None and trained.vae_scale_factor == 1
@@ -207,8 +207,8 @@ def test_committed_shapes_checkpoint_draws_squares_and_triangles_where_world_t2i
     edge-weighted loss) loads like world:t2i, and on held-out single squares and triangles it
     gets the subject right (shape, colour, size) far more often than world:t2i, which draws
     them as round blobs."""
-    from vrl.trainers.common import resolve_pipeline_path
-    from vrl.world.t2i_model import eval_scenes, generate, score
+    from vrl.models.paths import resolve_pipeline_path
+    from vrl.pretrain.t2i import eval_scenes, generate, score
 
     cfg = T2IConfig()  # the cards' sampler: 20 ODE steps, guidance 4
     scenes = [s for s in eval_scenes(1, "test", 64) if s.subjects[0].name != "circle"][:24]

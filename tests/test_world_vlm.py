@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
+from vrl.models.paths import resolve_model_path, world_weights_path
 from vrl.models.vlm import VLMAdapter
-from vrl.trainers.common import resolve_model_path, world_weights_path
-from vrl.world import vlm_model as wv
-from vrl.world import vlm_rl
+from vrl.pretrain import cli as pretrain_cli
+from vrl.pretrain import vlm as wv
+from vrl.quickstart import vlm as vlm_rl
+from vrl.world.tasks import parse_world_data, write_task_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +85,7 @@ def test_pretrain_command_writes_a_loadable_folder(tmp_path):
         threads=None,
         extra=["steps=2", "train_per_task=6", "held_out_per_task=2", "batch_size=4"],
     )
-    assert wv.main(args) == 0
+    assert pretrain_cli.vlm_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["history"][-1]["step"] == 2 and "mean" in summary["held_out"]
     loaded = VLMAdapter.from_pretrained(out / "model")
@@ -96,10 +98,15 @@ def test_pretrain_command_writes_a_loadable_folder(tmp_path):
         assert loaded.model(**batch.model_inputs).logits.isfinite().all()
 
 
-def test_recipe_file_is_the_measured_recipe():
-    recipe = yaml.safe_load((ROOT / "configs" / "vlm_world_grpo.yaml").read_text())
-    recipe["run"].pop("output_dir")
-    assert recipe == vlm_rl.RECIPE
+def test_the_quickstart_recipe_is_the_yaml_file_and_a_valid_config():
+    from vrl.config import load_config
+    from vrl.trainers.vlm_config import VLMTrainConfig
+
+    path = ROOT / "configs" / "quickstart_vlm.yaml"
+    assert vlm_rl.RECIPE == yaml.safe_load(path.read_text())
+    cfg = load_config(VLMTrainConfig, path)
+    assert cfg.data.train_files == "world:colour@dark grey+light grey"
+    assert cfg.grpo.rewards == {"accuracy": 1.0, "format_answer": 0.1}
 
 
 def test_grpo_runs_from_the_world_checkpoint_on_world_tasks(tmp_path):
@@ -109,7 +116,7 @@ def test_grpo_runs_from_the_world_checkpoint_on_world_tasks(tmp_path):
 
     cfg = load_config(
         VLMTrainConfig,
-        ROOT / "configs" / "vlm_world_grpo.yaml",
+        ROOT / "configs" / "quickstart_vlm.yaml",
         [
             f"run.output_dir={tmp_path}",
             "run.max_steps=1",
@@ -121,7 +128,7 @@ def test_grpo_runs_from_the_world_checkpoint_on_world_tasks(tmp_path):
     )
     summary = train(cfg)
     assert len(summary["rewards"]) == 1
-    tasks, background = wv.parse_world_data(cfg.data.train_files.removeprefix("world:"))
+    tasks, background = parse_world_data(cfg.data.train_files.removeprefix("world:"))
     names = background.split("+")
     files = sorted((tmp_path / "data" / "world").glob("*/*.jsonl"))
     assert [p.name for p in files] == [f"world_{t}_train.jsonl" for t in tasks for _ in names]
@@ -130,22 +137,22 @@ def test_grpo_runs_from_the_world_checkpoint_on_world_tasks(tmp_path):
 
 
 def test_world_data_spec_names_tasks_and_an_optional_background():
-    assert wv.parse_world_data("colour") == (["colour"], None)
-    assert wv.parse_world_data(" colour, counting @dark grey") == (
+    assert parse_world_data("colour") == (["colour"], None)
+    assert parse_world_data(" colour, counting @dark grey") == (
         ["colour", "counting"],
         "dark grey",
     )
-    assert wv.parse_world_data("colour@random") == (["colour"], "random")
-    assert wv.parse_world_data("colour@dark grey + light grey") == (
+    assert parse_world_data("colour@random") == (["colour"], "random")
+    assert parse_world_data("colour@dark grey + light grey") == (
         ["colour"],
         "dark grey+light grey",
     )
     with pytest.raises(ValueError, match="empty background"):
-        wv.parse_world_data("colour@dark grey+")
+        parse_world_data("colour@dark grey+")
     with pytest.raises(ValueError, match="names no task"):
-        wv.parse_world_data("@dark grey")
+        parse_world_data("@dark grey")
     with pytest.raises(ValueError, match="names no task"):
-        wv.parse_world_data(" , ")
+        parse_world_data(" , ")
 
 
 def test_task_files_draw_the_background_and_one_shape_per_colour_question(tmp_path):
@@ -153,7 +160,7 @@ def test_task_files_draw_the_background_and_one_shape_per_colour_question(tmp_pa
 
     from vrl.world.vocabulary import BACKGROUNDS
 
-    paths = wv.write_task_files(tmp_path, ["colour"], 6, 0, "train", background="dark grey")
+    paths = write_task_files(tmp_path, ["colour"], 6, 0, "train", background="dark grey")
     samples = wv.load_task_samples(paths)["colour"]
     assert len(samples) == 6
     for sample in samples:
@@ -161,14 +168,14 @@ def test_task_files_draw_the_background_and_one_shape_per_colour_question(tmp_pa
         assert scene["background"] == "dark grey" and len(scene["subjects"]) == 1
         corner = Image.open(sample.images[0]).convert("RGB").getpixel((0, 0))
         assert corner == BACKGROUNDS["dark grey"]
-    grey = wv.load_task_samples(wv.write_task_files(tmp_path / "g", ["colour"], 2, 0, "train"))
+    grey = wv.load_task_samples(write_task_files(tmp_path / "g", ["colour"], 2, 0, "train"))
     assert grey["colour"][0].extra["scene"].get("background") is None
     with pytest.raises(ValueError, match="background"):
-        wv.write_task_files(tmp_path / "bad", ["colour"], 2, 0, "train", background="purple")
+        write_task_files(tmp_path / "bad", ["colour"], 2, 0, "train", background="purple")
 
 
 def test_a_background_mixture_shares_the_samples_out_in_sub_folders(tmp_path):
-    paths = wv.write_task_files(
+    paths = write_task_files(
         tmp_path, ["colour", "counting"], 5, 0, "train", background="dark grey+light grey"
     )
     assert [p.relative_to(tmp_path).as_posix() for p in paths] == [

@@ -44,7 +44,7 @@ def _eval(args: argparse.Namespace) -> int:
     from vrl.data.vlm_r1 import load_vlm_r1_jsonl
     from vrl.evaluate import evaluate_answers, evaluate_rec
     from vrl.models.vlm import VLMAdapter
-    from vrl.trainers.common import resolve_model_path
+    from vrl.models.paths import resolve_model_path
 
     samples = load_vlm_r1_jsonl(args.data, args.images, skip_bad_lines=args.skip_bad_lines)
     if args.max_samples:
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qs.set_defaults(func=_quickstart)
 
-    from vrl.world.pretrain import add_parser as add_pretrain_parser  # modules load on use
+    from vrl.pretrain import add_parser as add_pretrain_parser  # modules load on use
 
     add_pretrain_parser(sub)
 

@@ -137,6 +137,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return build_config(cls, data, origin)
 
 
+RECIPES = Path(__file__).resolve().parent.parent / "configs"
+"""The repository's recipe folder (`configs/`), where the quickstart's recipes live too."""
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The YAML recipe ``configs/<name>`` as a plain dict (its comments give the reasons)."""
+    path = RECIPES / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe {path}: vrl reads its recipes from the source checkout")
+    return yaml.safe_load(path.read_text())
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return pydantic.TypeAdapter(type(cfg)).dump_python(cfg, mode="json")
 

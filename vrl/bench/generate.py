@@ -114,7 +114,7 @@ def load_generator(
     import torch
 
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
 
     adapter = FlowMatchingAdapter.from_pretrained(
         resolve_pipeline_path(model), dtype=getattr(torch, dtype), device=device

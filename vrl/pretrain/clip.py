@@ -30,7 +30,6 @@ embedding is most of the parameters, which is why the text tower is narrow.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -43,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from vrl.hicogen.scene import Relation, Scene
-from vrl.world.vlm_model import machine_description, parse_extra
+from vrl.models.paths import WORLD_WEIGHTS
+from vrl.pretrain import machine_description
 
 DEFAULTS: dict[str, Any] = {
     "steps": 1500,  # optimizer steps
@@ -76,7 +76,7 @@ TOKENIZER = "ViT-B-32"
 NEGATIVE_KINDS: tuple[str, ...] = ("colour", "shape", "relation")
 
 HELD_OUT_SEED = 10_000
-WEIGHTS_DIR = Path(__file__).parent / "weights" / "world-clip"
+WEIGHTS_DIR = WORLD_WEIGHTS / "world-clip"
 """The committed checkpoint: ``config.json`` + ``model.safetensors`` + a model card."""
 
 
@@ -210,16 +210,7 @@ def load_world_clip(path: str | Path | None = None, device: str | torch.device =
     """The trained world CLIP as a ``CLIPScorer`` (default: the committed checkpoint)."""
     from vrl.rewards.hierarchical_global import CLIPScorer
 
-    folder = Path(path) if path is not None else WEIGHTS_DIR
-    config = json.loads((folder / "config.json").read_text())
-    return CLIPScorer.from_config(
-        config["model_cfg"],
-        weights_path=folder / "model.safetensors",
-        tokenizer_name=config.get("tokenizer", TOKENIZER),
-        preprocess_cfg=config.get("preprocess_cfg"),
-        device=device,
-        **kwargs,
-    )
+    return CLIPScorer.from_folder(path if path is not None else WEIGHTS_DIR, device=device, **kwargs)
 
 
 def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -457,88 +448,4 @@ def pretrain(out: str | Path, seed: int = 0, log=print, **overrides: Any) -> dic
     }
     save_world_clip(scorer, out / "model", {"seed": seed})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "model" / "README.md").write_text(model_card(summary))
     return summary
-
-
-def quality_table(quality: dict[str, dict[str, float]]) -> str:
-    """Markdown rows of ``held_out_quality``: one per canvas."""
-    rows = [
-        f"| {canvas} | {f['n']} | {f['vs_colour']:.1%} | {f['vs_shape']:.1%} | "
-        f"{f['vs_relation']:.1%} | {f['all']:.1%} | {f['clipscore_true']:.2f} | "
-        f"{f['clipscore_gap']:+.2f} |"
-        for canvas, f in quality.items()
-    ]
-    header = (
-        "| render | scenes | vs colour | vs shape | vs relation | above all | CLIPScore | gap |\n"
-        "|---|---|---|---|---|---|---|---|"
-    )
-    return "\n".join([header, *rows])
-
-
-def model_card(summary: dict[str, Any]) -> str:
-    """The checkpoint's README.md: architecture, recipe, seed, time, machine, held-out quality."""
-    s, v, t = summary["settings"], CONFIG["vision_cfg"], CONFIG["text_cfg"]
-    cpu_minutes = summary.get("train_cpu_minutes")
-    cpu = "not recorded" if cpu_minutes is None else f"{cpu_minutes:.1f} min"
-    return f"""# world-clip: a tiny open_clip CLIP for the shapes world's global reward
-
-`open_clip.CLIP(**config["model_cfg"])`, {summary["parameters"] / 1e6:.2f}M parameters: a
-{v["image_size"]} px ViT ({v["layers"]} blocks, width {v["width"]}, patch {v["patch_size"]}), a
-text transformer ({t["layers"]} blocks, width {t["width"]}, context {t["context_length"]}) on
-open_clip's packaged `{TOKENIZER}` BPE (its 49,408-row token table is most of the parameters),
-embedding {CONFIG["embed_dim"]}. Pixels are normalised around the world's grey background
-(`preprocess_cfg`). Load it as the global reward loads any config-built open_clip model:
-
-```python
-from vrl.world.clip_model import load_world_clip
-
-scorer = load_world_clip()  # CLIPScorer.from_config(config["model_cfg"], weights_path=...)
-```
-
-## Recipe
-
-`vrl pretrain world-clip --seed {summary["seed"]}` (defaults of `vrl/world/clip_model.py`):
-{s["pool"]} train-split scenes (1-{s["max_subjects"]} subjects, half on a named background),
-each rendered once at a canvas of {s["canvases"]} px and resized to {v["image_size"]} px;
-captions from `vrl.world.captions` (5 phrasings). Symmetric InfoNCE with, for every image, three
-hard negatives (one subject's colour changed, one subject's shape changed, one relation
-inverted; never forming a held-out pair); AdamW (sparse Adam for the token table), lr {s["lr"]},
-{s["warmup"]} warm-up steps then cosine, batch {s["batch_size"]} images, {s["steps"]} steps.
-
-Training time: {summary["train_minutes"]:.1f} min wall, {cpu} CPU, {summary["threads"]}
-thread(s), on {summary["machine"]} (shared with other jobs), plus
-{summary["data_minutes"]:.1f} min rendering.
-
-## Held-out quality
-
-Test-split scenes (every one holds a (colour, shape) pair never seen in training, not even in a
-negative). "vs X": how often the true caption (`scene.prompt()`) has a higher cosine than the
-same caption with X altered (chance 50%); "above all": higher than every negative the scene has
-(chance 25-33%); CLIPScore (2.5 * max(cos, 0)) of the true caption, and its mean gap to the
-altered ones.
-
-{quality_table(summary["held_out"])}
-
-The same on train-split scenes that were not in the training pool (pairs seen in training):
-
-{quality_table(summary["seen_pairs"])}
-"""
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = parse_extra(args.extra, DEFAULTS)
-    out = Path(args.out or f"runs/world-clip-seed{args.seed}")
-    summary = pretrain(out, seed=args.seed, **settings)
-    print(
-        f"[world-clip] {summary['train_minutes']:.1f} min wall, "
-        f"{summary['train_cpu_minutes']:.1f} min CPU on {summary['threads']} thread(s). "
-        "Held-out test-split scenes: the true caption against each hard negative"
-    )
-    print(quality_table(summary["held_out"]))
-    print("Train-split scenes not trained on (seen pairs):")
-    print(quality_table(summary["seen_pairs"]))
-    print(f"[world-clip] model: {out / 'model'}")
-    return 0

@@ -25,12 +25,8 @@ Simplifications: one resolution (32 px), the default light-grey background unles
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import os
-import platform
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -324,7 +320,7 @@ def load_pipeline(source: str, cfg: T2IConfig):
     """A pipeline folder (or ``world:`` name) to continue training, float32 on the CPU; its
     sizes must be those of ``cfg`` (the card describes the model from ``cfg``)."""
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
+    from vrl.models.paths import resolve_pipeline_path
 
     pipe = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path(source)).pipeline
     t, text = pipe.transformer.config, pipe.text_encoder.config
@@ -560,157 +556,3 @@ def time_sampling(adapter, steps: int, guidance: float, batch: int = 16, repeats
 
 
 # ---------------------------------------------------------------------- CLI
-
-
-def format_table(results: dict[str, dict[str, float | None]]) -> str:
-    keys = ("exist", "attribute", "relation", "relation_if_found", "subjects", "all", "objects")
-    lines = ["| scenes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for group, row in results.items():
-        cells = ["-" if row[k] is None else f"{100 * row[k]:.1f}" for k in keys]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    """CPU model and core count, for the model card."""
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
-def model_card(summary: dict[str, Any]) -> str:
-    """The model card (README.md of the pipeline folder) from a training summary."""
-    cfg, params = summary["config"], summary["parameters"]
-    overrides = " ".join(f"{k}={_cli_value(v)}" for k, v in summary["overrides"].items())
-    command = f"vrl pretrain world-t2i --seed {summary['seed']} --threads {summary['threads']}"
-    lines = [
-        "# world-t2i: the shapes world's tiny text-to-image model",
-        "",
-        "A `StableDiffusion3Pipeline` folder (SD3 transformer in pixel space, two CLIP text "
-        "towers, no VAE, no T5) trained "
-        + (f"further from `{cfg['init']}` (a second stage)" if cfg["init"] else "from scratch")
-        + " by rectified flow on 32x32 renders of the shapes world (`vrl.world`). Load it like "
-        "any SD3 checkpoint:",
-        "",
-        "```python",
-        "from vrl.models.diffusion import FlowMatchingAdapter",
-        "from vrl.trainers.common import resolve_pipeline_path",
-        "",
-        'adapter = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path("world:t2i"))',
-        "```",
-        "",
-        "or `model.path: world:t2i` in a `vrl train diffusion` recipe. Images are 32x32; "
-        "latents are the pixels in [-1, 1].",
-        "",
-        "## Architecture",
-        "",
-        f"- transformer: `SD3Transformer2DModel`, {cfg['layers']} joint blocks, "
-        f"{cfg['heads']} heads x 32, patch {cfg['patch']} ({(IMAGE_SIZE // cfg['patch']) ** 2} "
-        f"image tokens), q/k norm {cfg['qk_norm']}: {params['transformer']:,} parameters",
-        f"- text: 2 x `CLIPTextModelWithProjection` (width {cfg['text_width']}, "
-        f"{cfg['text_layers']} layers, {cfg['text_tokens']} tokens): "
-        f"{params['text_encoder']:,} + {params['text_encoder_2']:,} parameters "
-        f"({'trained jointly' if cfg['train_text'] else 'random, frozen'}); CLIP BPE tokenizer "
-        "cut after 4000 merges of open_clip's vocabulary",
-        f"- no T5 (SD3 feeds {T5_TOKENS} zero token in its place; `tokenizer_3` only declares "
-        "that length); no VAE",
-        f"- scheduler: flow-match Euler, shift {cfg['shift']}",
-        "",
-        "## Recipe",
-        "",
-        f"`{command}{' --extra ' + overrides if overrides else ''}` reproduces it "
-        f"(seed {summary['seed']}). Rectified flow (x_s = (1 - s) x0 + s eps, target eps - x0), "
-        f"s = sigmoid(N({cfg['t_mean']}, {cfg['t_std']})); AdamW lr {cfg['lr']} "
-        f"({cfg['warmup']} warm-up steps, cosine to {cfg['min_lr_ratio']} x), batch {cfg['batch_size']}, {cfg['steps']} steps, grad clip "
-        f"1.0, EMA {cfg['ema']}, caption dropout {cfg['caption_dropout']} (for CFG)"
-        + (
-            f", loss weight 1 + {cfg['edge_weight']} on shape-boundary pixels"
-            if cfg["edge_weight"]
-            else ""
-        )
-        + ". Data: "
-        f"fresh train-split scenes (subjects 1..{len(cfg['subject_mix'])} weighted "
-        f"{list(cfg['subject_mix'])}, relation probability {cfg['relation_prob']}), "
-        f"{cfg['fresh']} new scenes per batch, captions: {cfg['captions']}.",
-        "",
-        f"Training time: {summary['train_seconds'] / 60:.1f} min wall, "
-        f"{summary['train_cpu_seconds'] / 60:.1f} min CPU, {summary['threads']} thread(s) on "
-        f"{summary['machine']}; final loss {summary['final_loss']}.",
-        "",
-        "## Held-out quality",
-        "",
-        f"Exact checker (`vrl.world.level_accuracy`, DSG dependencies) on {cfg['eval_scenes']} "
-        f"fixed scenes per row (seed {EVAL_SEED}; every 2-subject scene has a relation; test = at "
-        "least one held-out (colour, shape) pair), prompt = `scene.prompt()`, "
-        f"{cfg['sample_steps']} Euler (ODE) steps, guidance {cfg['guidance']}:",
-        "",
-        format_table(summary["quality"]),
-        "",
-        "`relation_if_found`: the relation among scenes whose subjects were all found; "
-        "`subjects`: every subject there with all its attributes; `all`: every question of the "
-        "scene right (relations too); `objects`: found subjects / (subjects + extra "
-        "shapes). Read `exist` with care: a random pipeline's noise images hold many blobs, one "
-        "of which often has the asked shape, so exist alone is far above 0 for random images.",
-        "",
-        f"Sampling 16 images ({cfg['sample_steps']} steps, CFG): "
-        f"{summary['sample_seconds']:.2f} s on {summary['threads']} thread(s).",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _cli_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Train, save the pipeline folder (with samples.png, quality.json and a model card), and
-    print the training time and held-out quality."""
-    from vrl.models.diffusion import FlowMatchingAdapter
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = T2IConfig.from_overrides(args.extra)
-    out = Path(args.out or f"runs/world-t2i-seed{args.seed}")
-
-    pipe, stats = train(cfg, seed=args.seed)
-    pipe.save_pretrained(out, safe_serialization=True)
-    index = json.loads((out / "model_index.json").read_text())
-    if index.pop("_name_or_path", None) is not None:  # a second stage: not this machine's path
-        (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    adapter = FlowMatchingAdapter.from_pretrained(out)  # the folder, as RL will load it
-
-    results = evaluate(adapter, cfg.sample_steps, cfg.guidance, cfg.eval_scenes, args.seed)
-    grid_scenes = eval_scenes(2, "train", 16) + eval_scenes(1, "test", 16)
-    grid = generate(adapter, [s.prompt() for s in grid_scenes], cfg.sample_steps, cfg.guidance)
-    save_grid(grid, out / "samples.png")
-    defaults = dataclasses.asdict(T2IConfig())
-    config = dataclasses.asdict(cfg)
-    summary = {
-        "config": config,
-        "overrides": {k: v for k, v in config.items() if v != defaults[k]},
-        "seed": args.seed,
-        "parameters": count_parameters(pipe),
-        **stats,
-        "sample_seconds": round(time_sampling(adapter, cfg.sample_steps, cfg.guidance), 3),
-        "machine": machine(),
-        "quality": results,
-    }
-    (out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(summary))
-    print(
-        f"trained {stats['steps']} steps in {stats['train_seconds'] / 60:.1f} min "
-        f"({stats['train_cpu_seconds'] / 60:.1f} CPU min) on {stats['threads']} thread(s)"
-    )
-    print(f"held-out quality ({cfg.sample_steps} ODE steps, guidance {cfg.guidance}):")
-    print(format_table(results))
-    print(f"sampling 16 images: {summary['sample_seconds']:.2f} s")
-    print(f"pipeline: {out}  (model card README.md, samples.png, quality.json)")
-    return 0

@@ -23,11 +23,8 @@ size, single-image prompts, no packing, the vision tower trained with the rest.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import platform
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,10 +34,10 @@ from typing import Any
 import torch
 
 from vrl.data.prompts import build_messages
-
-CANVAS = 32
-"""World canvas of the task images (pixels): shapes of 8-13 px, 28-46 px once the processor
-has resized the image to 112 px, so a shape's outline spans 2-3 patches of 14 px."""
+from vrl.models.paths import WORLD_WEIGHTS
+from vrl.pretrain import machine_description
+from vrl.world.tasks import TASK_CANVAS as CANVAS
+from vrl.world.tasks import write_task_files
 
 DEFAULTS: dict[str, Any] = {
     "tasks": "colour,counting",  # comma-separated vrl.world.tasks names
@@ -58,16 +55,6 @@ DEFAULTS: dict[str, Any] = {
     "vocab_size": 512,
 }
 
-TASK_SUBJECTS: dict[str, tuple[int, int]] = {
-    "counting": (1, 3),
-    "colour": (1, 1),
-    "relation": (2, 2),
-    "grounding": (1, 2),
-}
-"""(min, max) subjects per scene of each world-vlm task: few enough that 16 image tokens (one per
-28 x 28 px) keep the shapes apart. Colour questions show one shape: the colour of one of two
-shapes (binding the colour to the named shape) stayed near 51% after 900 SFT steps, while a lone
-shape's colour is learned in ~200."""
 
 IMAGE_MEAN = (200 / 255,) * 3
 IMAGE_STD = (0.3,) * 3
@@ -76,7 +63,7 @@ empty canvas is zero input. With CLIP's statistics (the processor default) the b
 large constant in every patch, the shapes a ~1% change of the image tokens, and SFT did not learn
 even the colour of a lone shape in 450 steps; with these it does in ~100."""
 
-WEIGHTS_DIR = Path(__file__).parent / "weights" / "world-vlm"
+WEIGHTS_DIR = WORLD_WEIGHTS / "world-vlm"
 """The committed checkpoint (``model.path: world:vlm``), with its model card."""
 
 HELD_OUT_SEED = 10_000
@@ -89,70 +76,7 @@ MAX_ANSWER_TOKENS = 8
 # ---------------------------------------------------------------------- settings
 
 
-def parse_extra(pairs: Sequence[str], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``["steps=5", "lr=1e-3"]`` over ``defaults``, each value cast to its default's type."""
-    settings = dict(defaults)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in defaults:
-            raise ValueError(
-                f"--extra {pair!r}: expected key=value with a key of {sorted(defaults)}"
-            )
-        kind = type(defaults[key])
-        if kind is bool:
-            settings[key] = value.lower() in ("1", "true", "yes")
-        else:
-            settings[key] = kind(value)
-    return settings
-
-
 # ---------------------------------------------------------------------- data
-
-
-def write_task_files(
-    out_dir: str | Path,
-    tasks: Iterable[str],
-    n: int,
-    seed: int,
-    split: str,
-    size: int = CANVAS,
-    subjects: dict[str, tuple[int, int]] | None = None,
-    background: str | None = None,
-) -> list[Path]:
-    """One VLM-R1 JSONL (+ images) per task under ``out_dir``, with ``TASK_SUBJECTS`` scenes;
-    ``background`` as in ``vrl.world.sample_scene`` (None: the default light grey), or several
-    joined by "+" ("dark grey+light grey"): then ``n`` samples per task are shared out between
-    them, each background in its own sub-folder (its own files and images)."""
-    from vrl.world.tasks import write_world_tasks
-
-    names = background.split("+") if background else [None]
-    paths = []
-    for i, name in enumerate(names):
-        folder = Path(out_dir) / name.replace(" ", "-") if len(names) > 1 else Path(out_dir)
-        share = n // len(names) + (i < n % len(names))
-        for task in tasks:
-            low, high = {**TASK_SUBJECTS, **(subjects or {})}.get(task, (None, None))
-            paths.append(
-                write_world_tasks(
-                    folder, task, share, seed=seed + i, size=size, split=split,
-                    min_subjects=low, max_subjects=high, background=name,
-                )
-            )  # fmt: skip
-    return paths
-
-
-def parse_world_data(spec: str) -> tuple[list[str], str | None]:
-    """``"counting,colour@dark grey+light grey"`` -> (["counting", "colour"], "dark grey+light
-    grey"): the tasks of a ``world:`` data spec and the background(s) after an optional "@"
-    (None: the default grey)."""
-    tasks, _, background = spec.partition("@")
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not names:
-        raise ValueError(f"world data spec {spec!r} names no task, e.g. 'colour,counting@random'")
-    backgrounds = [b.strip() for b in background.split("+")]
-    if background and not all(backgrounds):
-        raise ValueError(f"world data spec {spec!r}: empty background name in {background!r}")
-    return names, "+".join(backgrounds) or None
 
 
 def load_task_samples(paths: Sequence[Path]) -> dict[str, list]:
@@ -404,94 +328,4 @@ def pretrain(out: str | Path, seed: int = 0, log=print, **overrides: Any) -> dic
         "machine": machine_description(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (weights / "README.md").write_text(model_card(summary))
     return summary
-
-
-def machine_description() -> str:
-    """CPU model and core count, for model cards."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
-def model_card(summary: dict[str, Any]) -> str:
-    """The checkpoint's README.md: recipe, seed, time, machine and held-out accuracy."""
-    from vrl.world.tasks import DEFAULT_SUBJECTS
-
-    s = summary["settings"]
-    rows = "\n".join(f"| {task} | {value:.1%} |" for task, value in summary["held_out"].items())
-    curve = "\n".join(
-        f"| {r['step']} | {r['loss']:.3f} | "
-        + " | ".join(f"{v:.1%}" for v in r.get("held_out", {}).values())
-        + " |"
-        for r in summary["history"]
-    )
-    header = " | ".join(summary["held_out"])
-    scenes = "; ".join(
-        f"{task}: {low}-{high} shapes" if low != high else f"{task}: {low} shape"
-        for task in s["tasks"].split(",")
-        for low, high in [{**DEFAULT_SUBJECTS, **TASK_SUBJECTS}[task.strip()]]
-    )
-    return f"""# world-vlm: a tiny Qwen2.5-VL that answers questions about the shapes world
-
-`Qwen2_5_VLForConditionalGeneration`, {summary["parameters"] / 1e6:.2f}M parameters (text: 4
-layers, width 128; vision: {s["vision_depth"]} blocks, width 128, patch 14, merge 2), a byte-level
-BPE tokenizer of {summary["vocab"]} tokens trained on the task text, {s["image_size"]} px input
-(16 image tokens). Load it like any checkpoint: `VLMAdapter.from_pretrained(path)`, or
-`model.path: world:vlm` in a `vrl train vlm` recipe (`configs/vlm_world_grpo.yaml`).
-
-## Recipe
-
-`vrl pretrain world-vlm --seed {summary["seed"]}` (defaults of `vrl/world/vlm_model.py`):
-SFT on `vrl.world.tasks` files ({s["tasks"]}; {s["train_per_task"]} train-split samples per
-task, scenes on a {s["canvas"]} px canvas resized to {s["image_size"]} px, pixels normalised
-around the world's grey background), prompts in the `{s["template"]}` template, loss on the
-answer tokens `<answer>X</answer><|im_end|>` only; AdamW, lr {s["lr"]}, {s["warmup"]} warm-up
-steps then cosine to 10%, batch {s["batch_size"]}, {s["steps"]} steps.
-
-Training time: {summary["train_minutes"]:.1f} min wall, {summary["train_cpu_minutes"]:.1f} min
-CPU, {summary["threads"]} thread(s), on {summary["machine"]} (shared with other jobs), plus
-{summary["data_minutes"]:.1f} min writing the data.
-
-## Held-out accuracy
-
-Greedy decoding, scored by the `accuracy` reward, {s["held_out_per_task"]} questions per task
-about test-split scenes (every one holds a (colour, shape) pair never seen in training):
-
-| task | accuracy |
-|---|---|
-{rows}
-
-Scenes: {scenes}. Every training scene is on the world's light-grey background; on other
-backgrounds accuracy drops (colour of a lone shape on dark grey: 67.5%), which is the gap the
-GRPO recipe `configs/vlm_world_grpo.yaml` closes with the rule reward
-(`python benchmarks/world_vlm_grpo.py`). Counting is not learned in this budget: the model
-gives the most frequent count, so its figure is the majority baseline.
-
-During training (step, mean training loss, held-out {header}):
-
-| step | loss | {header} |
-|---|---|{"---|" * len(summary["held_out"])}
-{curve}
-"""
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = parse_extra(args.extra, DEFAULTS)
-    out = Path(args.out or f"runs/world-vlm-seed{args.seed}")
-    summary = pretrain(out, seed=args.seed, **settings)
-    scores = ", ".join(f"{k} {v:.1%}" for k, v in summary["held_out"].items())
-    print(
-        f"[world-vlm] SFT {summary['train_minutes']:.1f} min on {summary['threads']} thread(s); "
-        f"held-out accuracy (test-split scenes, greedy): {scores}. Model: {out / 'model'}"
-    )
-    return 0

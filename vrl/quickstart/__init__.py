@@ -43,16 +43,16 @@ def run_quickstart(
     t0 = time.perf_counter()
     result: dict[str, Any] = {"seed": seed}
     if "vlm" in halves:
-        from vrl.world import vlm_rl
+        from vrl.quickstart import vlm as vlm_half
 
         print("[vrl quickstart] 1/2 VLM-R1 GRPO on the shapes world (world:vlm, CPU)")
-        result["vlm"] = vlm_rl.run(out / "vlm", seed=seed, steps=steps)
+        result["vlm"] = vlm_half.run(out / "vlm", seed=seed, steps=steps)
         _print_vlm(result["vlm"])
     if "hicogen" in halves:
-        from vrl.world import hicogen_rl
+        from vrl.quickstart import hicogen as hicogen_half
 
         print("[vrl quickstart] 2/2 HiCoGen: chain of synthesis + hierarchical world reward")
-        hico = hicogen_rl.run(out / "hicogen", seed=seed, steps=hicogen_steps)
+        hico = hicogen_half.run(out / "hicogen", seed=seed, steps=hicogen_steps)
         _save_strips(hico.pop("strips"), out)
         hico.pop("config")
         result["hicogen"] = hico
@@ -225,8 +225,8 @@ def report(result: dict[str, Any]) -> str:
     lines += [
         "![training reward](reward_curves.png)",
         "",
-        "One seed is one draw: `python benchmarks/world_vlm_grpo.py --seeds 0 1 2` and "
-        "`python benchmarks/hicogen_world.py --seeds 0 1 2` give the spread over seeds "
+        "One seed is one draw: `python experiments/world_vlm_grpo.py --seeds 0 1 2` and "
+        "`python experiments/hicogen_world.py --seeds 0 1 2` give the spread over seeds "
         "(BENCHMARKS.md holds the latest figures).",
         "",
     ]

@@ -1,53 +1,21 @@
-"""HiCoGen on the shapes world: the quickstart's text-to-image half, and its ablation.
+"""The quickstart's HiCoGen half: RL over the chain of synthesis on the shapes world, per-level
+held-out accuracy before and after.
 
-The pretrained world text-to-image model (`world:t2i`, SD3 architecture, 32 px) draws two-subject
-scenes with a spatial relation as solid blobs: colours and places mostly right, shapes rounded
-(held-out: exist ~50%, the relation right in ~85% of the scenes where both subjects were found).
-RL over the chain of synthesis (unit 1 from noise, unit 2 from the canvas, a final pass with the
-full prompt) with the decaying noise schedule and the world's exact hierarchical reward
-(`world_global`, `world_subject`, `world_relation`) aims at those levels. The update is Advantage
-Weighted Matching (`grpo.objective=awm`: each image's flow-matching loss stands in for its
-log-likelihood in the clipped surrogate) with a KL to the base model.
+The recipe (``configs/quickstart_hicogen.yaml``) trains the committed ``world:t2i`` (SD3
+architecture, 32 px) over the chain of synthesis (unit 1 from noise, unit 2 from the canvas, a
+final pass with the full prompt) with the decaying noise schedule and the world's exact
+hierarchical reward (``world_global``, ``world_subject``, ``world_relation``), by Advantage
+Weighted Matching with a KL to the base model.
 
-Measured (BENCHMARKS.md, 512 held-out images a seed): a small, consistent gain with the images
-intact, in points over seeds 0-4 exist +3.6 +- 1.1, attribute +2.3 +- 2.8, relation +1.2 +- 1.1;
-off-palette pixels (`vrl.world.off_palette_share`) stay at ~2%. Short of the +10 the issue aims
-at. What was learned on the way:
-
-- The held-out figure needs its 512 images: at 128 (2 a scene) the difference between two fixed
-  models moves by 3.4-4.9 points from one draw of the noise to the next, as much as the gains
-  read against it.
-- Flow-GRPO's per-step log-probs (objective sde) did not move the levels over seeds, with any
-  noise schedule (read at 128 images a seed: exist -1.7 +- 2.7). AWM learns a prompt-conditioned
-  change (brighter images for one prompt, darker for another) in 40 steps, Flow-GRPO barely.
-- Without the KL the checker's score rises by 6-15 points while the images turn into texture
-  (off-palette pixels 2% -> 14-22%): in texture, some blob has the asked shape. With a reward
-  term against that texture and no KL, nothing rises. Read every gain beside the off-palette
-  share and the images.
-- Most misses are squares and triangles drawn round (`found_by_shape`: squares are found ~7% of
-  the time, circles ~80%): the base's blobs fill their boxes alike for both shapes. RL selects
-  among what the model sometimes draws; it did not teach the square, not on square prompts
-  alone over 200 steps either (there it learned to scatter blobs, one of which reads square).
-- Other objectives did not do better (one seed each, BENCHMARKS.md, session 10): DiffusionNFT
-  (`grpo.objective=nft`, with its EMA sampler too, up to 120 steps) keeps the images intact and
-  gains nothing beyond a rerun's noise; matching the guided velocity (`grpo.guided_matching`)
-  neither; training on the better images alone, with no push away from the worse ones,
-  collapses them into texture (conditional velocity) or blank canvases (guided velocity).
-- The chain loses subjects: a unit pass told only its own subject (the default unit prompts)
-  redraws the canvas as a one-subject picture, erasing the subject before it (`chain_stages`:
-  on world:t2i-shapes unit 1's subject is in 79% of unit-1 images and 23% of unit-2 ones), and
-  the chain ends below one flat pass of the whole prompt. Unit prompts naming every subject so
-  far (`chain.cumulative_prompts`) keep it (71%). RL did not learn to keep it in 40 steps.
-- `world:t2i-shapes` (world:t2i continued with an edge-weighted loss) draws squares and
-  triangles as such. With cumulative unit prompts the recipe raises its squares found by +8.7
-  +- 3.3 points over seeds 0-4, the levels by +2.2 +- 2.8 / +1.8 +- 2.3 / +1.5 +- 5.4: the
-  circles pay for part of it. The quickstart keeps world:t2i, where the gain is steadier.
-
-Held-out scenes come from the world's test split: every one holds a (colour, shape) pair never
-seen in training. Per-level accuracy (exist, attribute, relation; DSG dependencies) before and
-after training comes from HiCoPrompt's evaluator (`vrl bench eval hicoprompt`, exact judge) on
-deterministic chains (ODE, seeds from the prompt ids); `bench_command` gives the command line
-that redraws and rejudges them.
+``run`` writes two-subject train-split scenes with one spatial relation as the training prompts
+and held-out test-split scenes (each holds a (colour, shape) pair never seen in training), then
+measures per-level accuracy (exist, attribute, relation; DSG dependencies) before and after with
+HiCoPrompt's evaluator (``vrl bench eval hicoprompt``, exact judge) on deterministic chains (ODE,
+seeds from the prompt ids), ``SEEDS_PER_SCENE`` images a scene: at fewer, the before/after
+difference moves with the noise draw as much as the gains read against it. Beside the levels it
+reports the off-palette share of the images (``vrl.world.off_palette_share``: texture instead of
+shapes) and the subjects found per asked shape. ``bench_command`` gives the command line that
+redraws and rejudges the images; ``chain_stages`` shows where a chain keeps and loses subjects.
 """
 
 from __future__ import annotations
@@ -55,57 +23,31 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vrl.bench.data import load_items
+from vrl.bench.evaluate import evaluate_items
+from vrl.bench.generate import FlatLayout, generate_missing
+from vrl.bench.judges import JudgeOptions, build_judge
+from vrl.config import apply_overrides, build_config, load_recipe
+from vrl.data.t2i import load_prompts
+from vrl.hicogen.chain import plan_chain, synthesize_chain
 from vrl.hicogen.scene import Scene
+from vrl.models.diffusion import FlowMatchingAdapter
+from vrl.models.paths import resolve_pipeline_path
+from vrl.samplers import sample
+from vrl.trainers.diffusion_config import DiffusionTrainConfig
+from vrl.trainers.diffusion_grpo import train
+from vrl.world import captions, check, off_palette_share, sample_scene
 
 LEVELS = ("exist", "attribute", "relation")
 
-RECIPE: dict[str, Any] = {
-    "model": {
-        "path": "world:t2i",
-        "lora": {
-            "enabled": True,
-            "r": 8,
-            "alpha": 16,
-            "dropout": 0.0,
-            # not proj_out: in pixel space it paints every pixel, and LoRA on it drifted the
-            # background (world_global fell from 0.6 to 0.1 within 25 steps)
-            "target_modules": "to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,"
-            "to_add_out,ff.net.0.proj,ff.net.2",
-        },
-    },
-    "prompts": {"num_eval": 16},
-    "chain": {"enabled": True, "strength": 0.8, "credit": "final"},
-    "sampling": {
-        "height": 32,
-        "width": 32,
-        "num_steps": 8,
-        "eval_num_steps": 10,
-        "guidance_scale": 3.0,
-        "noise": {"kind": "decaying", "eta_max": 1.0, "eta_min": 0.2},
-    },
-    "grpo": {
-        # Advantage Weighted Matching: over seeds 0-4 no level fell and exist gained, images
-        # intact; Flow-GRPO's per-step log-probs (objective sde) did not move (BENCHMARKS.md)
-        "objective": "awm",
-        "group_size": 8,
-        "prompts_per_step": 2,
-        "eps": 0.2,
-        # without: the checker's score rises as the images turn into texture (off-palette
-        # pixels 2% -> 14-22%), and with a reward term against that texture it does not rise
-        "beta": 0.04,
-        "timestep_fraction": 0.5,
-        "rewards": {"world_global": 0.5, "world_subject": 1.0, "world_relation": 1.0},
-    },
-    "optim": {"lr": 1e-3, "micro_batch_size": 16},
-    "eval": {"ema": False},
-    "run": {"max_steps": 40, "save_every": 0, "save_final": True},
-}
+RECIPE: dict[str, Any] = load_recipe("quickstart_hicogen.yaml")
 TRAIN_SCENES = 512
 HELD_OUT_SCENES = 64
 SEEDS_PER_SCENE = 8
@@ -118,8 +60,6 @@ HELD_OUT_SEED_OFFSET = 10_000
 
 def world_scenes(n: int, seed: int, split: str) -> list[Scene]:
     """n two-subject scenes with one spatial relation, at the 32 px canvas."""
-    from vrl.world import sample_scene
-
     rng = random.Random(seed)
     return [
         sample_scene(rng, min_subjects=2, max_subjects=2, relation_prob=1.0, split=split, canvas=32)
@@ -133,8 +73,6 @@ def write_prompts(
     """JSONL prompt file: an id (`<file stem>-<index>`, naming the scene's images in `vrl
     bench`), a caption of each scene in one of the world's phrasings (among those `fits`
     accepts, e.g. that fit the text encoder's context; else `scene.prompt()`), and the scene."""
-    from vrl.world import captions
-
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -162,8 +100,6 @@ def chain_strips(adapter, transformer, rows: Sequence[dict[str, Any]], cfg) -> l
     """One deterministic chain per row (ODE, noise fixed by the run seed, so before and after
     see the same noise): (passes, 3, H, W) per row, unit images then the final image, for the
     report's grids."""
-    from vrl.hicogen.chain import plan_chain, synthesize_chain
-
     smp, ch = cfg.sampling, cfg.chain
     strips = []
     for k, row in enumerate(rows):
@@ -210,10 +146,6 @@ def chain_stages(
     `cumulative` gives every unit the subjects introduced so far in text
     (`Scene.unit_prompt(cumulative=True)`) instead of its own only. Every scene must make the
     same number of units (e.g. `world_scenes`: two subjects, two units)."""
-    from vrl.hicogen.chain import plan_chain, synthesize_chain
-    from vrl.samplers import sample
-    from vrl.world import check
-
     first: list[list[float]] = []
     levels: dict[str, dict[str, list[float]]] = {k: {} for k in ("last_unit", "final", "flat")}
 
@@ -290,11 +222,6 @@ def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
     from the prompt ids) into `out/images`, read by the exact judge with DSG dependencies.
     `bench_command(prompts, out, cfg, lora)` reproduces it from the command line. `out` is
     emptied first."""
-    from vrl.bench.data import load_items
-    from vrl.bench.evaluate import evaluate_items
-    from vrl.bench.generate import FlatLayout, generate_missing
-    from vrl.bench.judges import JudgeOptions, build_judge
-
     shutil.rmtree(out, ignore_errors=True)  # vrl bench resumes: no image of an earlier model
     smp, ch = cfg.sampling, cfg.chain
     items = load_items(prompts)
@@ -341,8 +268,6 @@ def off_palette(folder: Path) -> float:
     import numpy as np
     from PIL import Image
 
-    from vrl.world import off_palette_share
-
     files = sorted(Path(folder).glob("*.png"))
     if not files:
         raise FileNotFoundError(f"no PNG images in {folder}")
@@ -362,15 +287,6 @@ def run(
 ):
     """Train and evaluate the HiCoGen half; returns its summary (per-level before/after).
     `train_scenes` (default `TRAIN_SCENES`): how many training scenes the prompts cycle over."""
-    import time
-
-    from vrl.config import apply_overrides, build_config
-    from vrl.data.t2i import load_prompts
-    from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
-    from vrl.trainers.diffusion_config import DiffusionTrainConfig
-    from vrl.trainers.diffusion_grpo import train
-
     out = Path(out)
     recipe = json.loads(json.dumps(RECIPE))
     recipe["run"].update(output_dir=str(out / "run"), seed=seed)

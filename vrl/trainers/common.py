@@ -16,12 +16,6 @@ from transformers import get_scheduler
 
 logger = logging.getLogger(__name__)
 
-TINY_PREFIX = "tiny-random:"
-SYNTHETIC_PREFIX = "synthetic:"
-WORLD_PREFIX = "world:"
-WORLD_DATA_SEED_OFFSET = 1_000
-"""world:<tasks> training files use scenes of seed run.seed + this, not those the SFT saw."""
-
 
 def has_accelerator_device() -> bool:
     from accelerate.utils import (
@@ -62,57 +56,6 @@ def make_accelerator(run) -> Any:
     return accelerator
 
 
-def cache_root() -> Path:
-    """Where vrl keeps things it builds once (tiny models): $VRL_CACHE or ~/.cache/vrl."""
-    return Path(os.environ.get("VRL_CACHE", Path.home() / ".cache" / "vrl"))
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def world_weights_path(name: str) -> Path:
-    """The committed shapes-world checkpoint folder `vrl/world/weights/world-<name>`."""
-    weights = Path(__file__).resolve().parent.parent / "world" / "weights"
-    folder = weights / f"world-{name}"
-    if not folder.is_dir():
-        found = sorted(p.name.removeprefix("world-") for p in weights.glob("world-*"))
-        raise FileNotFoundError(
-            f"no shapes-world checkpoint {WORLD_PREFIX}{name} ({folder}); committed: "
-            f"{', '.join(WORLD_PREFIX + n for n in found) or 'none'}"
-        )
-    return folder
-
-
-def resolve_model_path(path: str, seed: int = 0) -> str:
-    """A real path or hub id passes through; tiny-random:<family> is built offline once;
-    world:vlm is the committed shapes-world VLM (`vrl pretrain world-vlm`)."""
-    if path.startswith(WORLD_PREFIX):
-        return str(world_weights_path(path[len(WORLD_PREFIX) :]))
-    if not path.startswith(TINY_PREFIX):
-        return path
-    from vrl.models.tiny import tiny_vlm_path
-
-    family = path[len(TINY_PREFIX) :]
-    return str(tiny_vlm_path(family, cache_root() / "tiny"))
-
-
-def resolve_pipeline_path(path: str, seed: int = 0) -> str:
-    """A diffusers pipeline folder or hub id passes through; tiny-random:<sd3|flux> is built once;
-    world:t2i is the shapes world's committed text-to-image model (vrl/world/weights)."""
-    if path.startswith(WORLD_PREFIX):
-        return str(world_weights_path(path[len(WORLD_PREFIX) :]))
-    if not path.startswith(TINY_PREFIX):
-        return path
-    from vrl.models.tiny_diffusion import tiny_pipeline_path
-
-    return str(tiny_pipeline_path(path[len(TINY_PREFIX) :], cache_root() / "tiny", seed=seed))
-
-
 def sample_order(n: int, seed: int, epochs: int = 64) -> list[int]:
     """Dataset order for training: a fresh permutation per epoch, fixed by the seed."""
     g = torch.Generator().manual_seed(seed)
@@ -142,98 +85,6 @@ def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
     (which denoising steps are noisy and trained), drawn with rank 0.
     """
     return ((seed * 1_000_003 + step) * 1009 + rank) * 2 + stream
-
-
-def load_vlm_dataset(cfg) -> list:
-    """The training samples, validated whole; synthetic:<name> writes a generated set first, and
-    world:<task>[,<task>...][@<background>[+<background>...]] shapes-world task files
-    (synthetic_size per task)."""
-    from vrl.data.vlm_r1 import load_vlm_r1_jsonl
-    from vrl.rewards.accuracy import ACCURACY_METHODS
-
-    files, folders = cfg.data.train_files, cfg.data.image_folders or None
-    if files.startswith(SYNTHETIC_PREFIX):
-        files, folders = write_synthetic(
-            files[len(SYNTHETIC_PREFIX) :],
-            Path(cfg.run.output_dir) / "data",
-            n=cfg.data.synthetic_size,
-            seed=cfg.run.seed,
-        )
-    elif files.startswith(WORLD_PREFIX):
-        from vrl.world.vlm_model import parse_world_data, write_task_files
-
-        tasks, background = parse_world_data(files[len(WORLD_PREFIX) :])
-        out = Path(cfg.run.output_dir) / "data" / "world"
-        seed = cfg.run.seed + WORLD_DATA_SEED_OFFSET
-        paths = write_task_files(
-            out, tasks, cfg.data.synthetic_size, seed, "train", background=background
-        )
-        files, folders = ":".join(map(str, paths)), None  # images beside each file
-    return load_vlm_r1_jsonl(
-        files,
-        folders,
-        skip_bad_lines=cfg.data.skip_bad_lines,
-        allowed_reward_methods=ACCURACY_METHODS,
-    )
-
-
-def write_synthetic(name: str, out_dir: Path, n: int, seed: int) -> tuple[str, str]:
-    from functools import partial
-
-    from vrl.data import synthetic
-
-    writers = {
-        "colour_yes_no": synthetic.write_colour_yes_no,
-        "is_it_red": partial(synthetic.write_colour_yes_no, asked="red"),
-        "rec_boxes": synthetic.write_rec_boxes,
-        "detection": synthetic.write_detection,
-    }
-    if name not in writers:
-        raise ValueError(f"unknown synthetic dataset {name!r}; choose one of {sorted(writers)}")
-    jsonl = writers[name](out_dir / name, n=n, seed=seed)
-    return str(jsonl), str(Path(jsonl).parent)
-
-
-def load_vlm_policy(cfg, accelerator) -> tuple[Any, torch.nn.Module, torch.nn.Module | None]:
-    """Adapter + trainable policy (LoRA or full, vision frozen) + reference model (or None)."""
-    from vrl.models.vlm import VLMAdapter
-    from vrl.trainers.vlm_grpo import make_reference
-
-    m = cfg.model
-    adapter = VLMAdapter.from_pretrained(
-        resolve_model_path(m.path),
-        dtype=resolve_dtype(m.dtype, accelerator.device),
-        attn_implementation=m.attn_implementation,
-        box_convention=m.box_convention,
-        min_pixels=m.min_pixels,
-        max_pixels=m.max_pixels,
-    )
-    model = adapter.model
-    if m.freeze_vision or m.lora.enabled:
-        for p in adapter.vision_parameters(model):
-            p.requires_grad_(False)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if m.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=m.lora.r,
-            lora_alpha=m.lora.alpha,
-            lora_dropout=m.lora.dropout,
-            target_modules=m.lora.target_modules or adapter.lora_target_modules(),
-        )
-        model = get_peft_model(model, lora)
-        if m.gradient_checkpointing:
-            model.enable_input_require_grads()
-    ref = make_reference(model, cfg.grpo.beta, m.lora.enabled)
-    if ref is not None:
-        ref.to(accelerator.device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    logger.info("policy %s: %d / %d parameters trainable", m.path, trainable, total)
-    return adapter, model, ref
 
 
 def build_optimizer(model: torch.nn.Module, optim, total_steps: int):

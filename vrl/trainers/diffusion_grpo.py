@@ -30,7 +30,6 @@ never trained; the last step is skipped by default.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import time
@@ -57,11 +56,11 @@ from vrl.trainers.common import (
     build_optimizer,
     local_step_items,
     make_accelerator,
-    resolve_dtype,
     sample_order,
     step_seed,
     truncate_metrics,
 )
+from vrl.trainers.policies import load_diffusion_policy
 
 logger = logging.getLogger(__name__)
 
@@ -98,34 +97,6 @@ class PromptEmbedCache:
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
         return batch
-
-
-def load_diffusion_policy(cfg, accelerator):
-    """Adapter with LoRA (or full fine-tuning) on the transformer, and the reference (or None)."""
-    from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.trainers.common import resolve_pipeline_path
-
-    m = cfg.model
-    adapter = FlowMatchingAdapter.from_pretrained(
-        resolve_pipeline_path(m.path),
-        dtype=resolve_dtype(m.dtype, accelerator.device),
-        device=accelerator.device,
-    )
-    adapter.pipeline.set_progress_bar_config(disable=True)
-    if m.gradient_checkpointing:
-        adapter.transformer.enable_gradient_checkpointing()
-    ref = None
-    if m.lora.enabled:
-        adapter.add_lora(m.lora.r, m.lora.alpha, target_modules=_targets(m.lora.target_modules))
-    else:
-        adapter.transformer.requires_grad_(True)
-        if cfg.grpo.beta != 0.0:
-            ref = copy.deepcopy(adapter.transformer).eval().requires_grad_(False)
-    return adapter, ref
-
-
-def _targets(spec: str | None):
-    return None if spec is None else [s.strip() for s in spec.split(",") if s.strip()]
 
 
 def train(cfg) -> dict[str, Any]:

@@ -16,7 +16,6 @@ num_return_sequences, so that a group may be split across processes; one optimiz
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -33,19 +32,19 @@ from vrl import core
 from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vrl.config import save_config
 from vrl.data.prompts import build_messages
+from vrl.data.sources import load_vlm_dataset
 from vrl.data.vlm_r1 import VLMSample, load_image
 from vrl.rewards import WeightedReward, parse_completion
 from vrl.trainers.common import (
     MetricsWriter,
     build_optimizer,
-    load_vlm_dataset,
-    load_vlm_policy,
     local_step_items,
     make_accelerator,
     sample_order,
     step_seed,
     truncate_metrics,
 )
+from vrl.trainers.policies import load_vlm_policy
 
 logger = logging.getLogger(__name__)
 
@@ -306,15 +305,6 @@ def box_transform(adapter, original_size, input_size):
     if original_size is None or input_size is None:
         return None
     return lambda box: adapter.box_to_original(box, original_size, input_size)
-
-
-def make_reference(policy: torch.nn.Module, beta: float, lora: bool) -> torch.nn.Module | None:
-    """A frozen reference copy, only when there is a KL term and no adapter to switch off."""
-    if beta == 0.0 or lora:
-        return None
-    ref = copy.deepcopy(policy).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def _mean(xs: list[float]) -> float:
