@@ -4,7 +4,7 @@
     python experiments/diffusion_diversity.py --family flux --json diversity.json
 
 HiCoGen claims that sample diversity is largest when noise is spent early in generation (its
-decaying stochasticity schedule, `shared/reference/algorithms.md` section 4). This script measures
+decaying stochasticity schedule, `docs/algorithms.md` section 3.7). This script measures
 that claim on the project's tiny models: for each of a few prompts, a GRPO group of G images from
 the same policy with different seeds is sampled with the Flow-GRPO SDE step and each schedule:
 

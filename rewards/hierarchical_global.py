@@ -1,7 +1,7 @@
 """The global level of the hierarchical (HiCoGen) reward: CLIPScore and an HPS-style preference.
 
 R_global = w_clip * CLIPScore + w_pref * preference, both computed per image on an open_clip
-backbone (see /work/shared/reference/algorithms.md, section 4):
+backbone (see docs/algorithms.md, section 5.4):
 
 - ``CLIPScorer``: CLIPScore (Hessel et al., 2021), ``w * max(cos(image, text), 0)`` with
   ``w = 2.5`` by default, so a score lies in [0, w]. The paper's w stretches the typical cosines

@@ -117,7 +117,7 @@ def finish_gaussian_step(
 
 def gaussian_kl_mean(mean_a: torch.Tensor, mean_b: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(B,) float32 KL between two Gaussians sharing ``std``: ||mean_a - mean_b||^2 / (2 std^2),
-    averaged over the non-batch dims (algorithms.md section 3). 0 where std == 0.
+    averaged over the non-batch dims (docs/algorithms.md, section 3.6). 0 where std == 0.
 
     ``std`` may be a float, a (B,) tensor or the (B, 1, ..., 1) ``StepOutput.std``.
     """

@@ -1,5 +1,5 @@
 """Coefficients-preserving sampling (CPS) step: the next latent keeps the exact flow-matching
-coefficients (1 - s') on the clean estimate and s' on the total noise (algorithms.md section 3).
+coefficients (1 - s') on the clean estimate and s' on the total noise (docs/algorithms.md §3.5).
 
 With sigma s, next sigma s' and noise level a in [0, 1]:
 

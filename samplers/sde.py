@@ -1,5 +1,5 @@
 """Flow-GRPO SDE step: an Euler-Maruyama step of the reverse SDE that shares the flow ODE's
-marginals, with a Gaussian log-prob per transition (algorithms.md section 3).
+marginals, with a Gaussian log-prob per transition (docs/algorithms.md, section 3.4).
 
 With sigma s, next sigma s', dt = s' - s < 0 and noise level a:
 

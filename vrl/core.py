@@ -6,7 +6,7 @@ importance ratios, a clipped surrogate turns both into a per-element loss, and t
 aggregated over a masked batch. Nothing here knows about models, devices or distributed training.
 
 Shapes: B = number of sequences (or trajectories), T = tokens (or denoising steps) per sequence.
-Formulas: shared/reference/algorithms.md, section 1.
+Formulas: docs/algorithms.md, section 1.
 """
 
 from __future__ import annotations

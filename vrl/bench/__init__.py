@@ -1,4 +1,4 @@
-"""HiCoPrompt: the hierarchical compositional benchmark (HiCoGen, algorithms.md sections 4-5), its
+"""HiCoPrompt: the hierarchical compositional benchmark (HiCoGen; docs/algorithms.md §5-7), its
 builder and its evaluator, and GenEval compatibility.
 
 Build (deterministic by seed, the same files with any number of worker processes)::

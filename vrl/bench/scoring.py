@@ -1,4 +1,4 @@
-"""Davidsonian-Scene-Graph scoring of a question graph's answers (algorithms.md section 5).
+"""Davidsonian-Scene-Graph scoring of a question graph's answers (docs/algorithms.md, section 6).
 
 A judge gives each question a value in [0, 1] (a probability of "yes", or 0/1), or None when it
 cannot judge that question. Scoring, per image:

@@ -16,7 +16,7 @@ PROMPT_TEMPLATES: dict[str, str] = {
     "plain": "{question}",
     "think_answer": "{question} Output the thinking process in <think> </think> and final answer "
     "in <answer> </answer> tags.",
-    # The VLM-R1 REC suffix, word for word (shared/reference/algorithms.md, section 2).
+    # The VLM-R1 REC suffix, word for word (docs/algorithms.md, section 2.1).
     "rec": "{question} First output the thinking process in <think> </think> tags and then output "
     "the final answer in <answer> </answer> tags. Output the final answer in JSON format.",
     "answer_only": "{question} Output the final answer in <answer> </answer> tags.",

@@ -1,6 +1,6 @@
 """The VLM-R1 JSONL data format, checked in full before any compute is spent.
 
-One JSON object per line (shared/reference/algorithms.md, section 2):
+One JSON object per line (docs/algorithms.md, section 2.9):
 
     {"id": "0", "image": "coco/1.jpg" or ["a.jpg", "b.jpg"],
      "conversations": [{"from": "human", "value": "<image>question"},

@@ -1,4 +1,4 @@
-"""HiCoGen: hierarchical prompts as scenes, and their decomposition (algorithms.md §4).
+"""HiCoGen: hierarchical prompts as scenes, and their decomposition (docs/algorithms.md, section 5).
 
 Submodules are imported lazily by their users; importing `vrl.hicogen` loads no model.
 """

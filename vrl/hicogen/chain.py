@@ -7,7 +7,7 @@ full prompt composes the scene the same way. With N units the chain returns N + 
 Simplifications, stated: the canvas is carried as latents (what a VAE round trip of the decoded
 image would give back, minus the VAE's error); every chain in a batch shares its unit prompts (a
 GRPO group: G samples of one scene); context is given by image-to-image, the stock-model form of
-the paper's in-context conditioning (algorithms.md section 4).
+the paper's in-context conditioning (docs/algorithms.md, section 5.3).
 
 For RL every step of the chain keeps its trajectory (latents and per-step log-probs), and
 `chain_policy_loss` trains them all with the shared policy-gradient core. The credit rule is a

@@ -1,6 +1,6 @@
 """One scene schema for hierarchical prompts: decomposition, rewards, benchmark and demo share it.
 
-A `Scene` is the structured form of a complex prompt (HiCoGen, algorithms.md §4): a global part
+A `Scene` is the structured form of a complex prompt (docs/algorithms.md §5.1): a global part
 (description, background, style), subjects with attributes and sub-attributes, pairwise relations,
 and the ordered synthesis units of the chain of synthesis. Everything is a frozen dataclass so a
 scene can be hashed, cached and compared; `to_json` / `from_json` round-trip exactly, and

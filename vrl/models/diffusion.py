@@ -7,7 +7,7 @@ the transformer with the base model available as the reference policy. `FlowMatc
 the shared logic; a family is one small subclass (`SD3Adapter`, `FluxAdapter`) that says how to
 encode, which scheduler call to make, how latents are laid out and how the transformer is called.
 
-Conventions (`shared/reference/algorithms.md`, section 3): x_t = (1 - s) x_0 + s eps, sampling
+Conventions (`docs/algorithms.md`, section 3.1): x_t = (1 - s) x_0 + s eps, sampling
 runs from s = 1 to s = 0, and the transformer's output v = eps - x_0 is used as is by diffusers'
 `FlowMatchEulerDiscreteScheduler.step`: x_next = x + (s_next - s) * v. So `velocity` returns the
 transformer output (after guidance) and an Euler loop with it reproduces the pipeline exactly.

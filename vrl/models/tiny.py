@@ -5,7 +5,7 @@ modelling classes, their processors, M-RoPE, image-token expansion, `from_pretra
 is small enough to train for a few steps in seconds. Nothing here touches the Hugging Face hub:
 the tokenizer is trained locally on a built-in corpus of task-like text, the weights are random.
 
-Sizes follow `shared/reference/measured.md`: text width 128 with 4 layers, a 2-block vision tower
+Sizes: text width 128 with 4 layers, a 2-block vision tower
 with patch 14 and spatial merge 2, so a 112x112 image gives 8x8 = 64 patches -> 16 image tokens.
 """
 

@@ -6,7 +6,7 @@ boxes back to the original image, and know which modules LoRA may touch. Familie
 small, declarative ways (which class loads them, which box convention their answers use), so those
 differences live in one `FamilySpec` table and the code is shared: a new family is one table entry.
 
-Box conventions (see `shared/reference/algorithms.md`, section 2):
+Box conventions (see `docs/algorithms.md`, section 2.3):
 - `resized_pixels`: pixels of the image as fed to the model, after the processor resized it
   (Qwen2.5-VL, which sees absolute coordinates of its own input).
 - `norm_1000`: a 0..1000 grid over the image, independent of resizing (Qwen2-VL).
