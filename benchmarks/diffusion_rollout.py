@@ -387,8 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_loading()
     from vrl.data.t2i import prompt_texts, synthetic_prompts
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.models.tiny_diffusion import tiny_pipeline_path
     from vrl.models.paths import cache_root
+    from vrl.models.tiny_diffusion import tiny_pipeline_path
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -490,8 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from vrl.data.synthetic import write_colour_yes_no
-    from vrl.models.tiny import tiny_vlm_path
     from vrl.models.paths import cache_root
+    from vrl.models.tiny import tiny_vlm_path
 
     trainers = ["vrl"]
     trl_skipped = ""

@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import transformers
 
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.models.tiny_diffusion import tiny_pipeline_path
     from vrl.models.paths import cache_root
+    from vrl.models.tiny_diffusion import tiny_pipeline_path
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()

@@ -129,8 +129,8 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
 
 def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_path):
     """On world:t2i-shapes, unit 2's pass told only its own subject redraws the canvas without
-    unit 1's subject (BENCHMARKS.md, 512 chains: found in 79% of unit-1 images, 23% of unit-2
-    ones); told both (cumulative prompts) it keeps it (71%). Unit 1 and the flat pass are the
+    unit 1's subject (docs/experiments/2026-12-06-chain-stages.md, 512 chains: found in 79% of
+    unit-1 images, 23% of unit-2 ones); told both (cumulative prompts) it keeps it (71%). Unit 1 and the flat pass are the
     same draws either way: the same prompt and initial noise."""
     import random
 

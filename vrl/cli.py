@@ -43,8 +43,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from vrl.data.vlm_r1 import load_vlm_r1_jsonl
     from vrl.evaluate import evaluate_answers, evaluate_rec
-    from vrl.models.vlm import VLMAdapter
     from vrl.models.paths import resolve_model_path
+    from vrl.models.vlm import VLMAdapter
 
     samples = load_vlm_r1_jsonl(args.data, args.images, skip_bad_lines=args.skip_bad_lines)
     if args.max_samples:

@@ -92,9 +92,9 @@ class VLMJudge:
 
     @classmethod
     def from_pretrained(cls, path: str, batch_size: int = 8, device: str | None = None):
+        from vrl.models.paths import resolve_model_path
         from vrl.models.vlm import VLMAdapter
         from vrl.rewards.hierarchical_subject import VLMYesProbability
-        from vrl.models.paths import resolve_model_path
 
         adapter = VLMAdapter.from_pretrained(resolve_model_path(path))
         if device:

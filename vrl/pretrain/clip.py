@@ -210,7 +210,9 @@ def load_world_clip(path: str | Path | None = None, device: str | torch.device =
     """The trained world CLIP as a ``CLIPScorer`` (default: the committed checkpoint)."""
     from vrl.rewards.hierarchical_global import CLIPScorer
 
-    return CLIPScorer.from_folder(path if path is not None else WEIGHTS_DIR, device=device, **kwargs)
+    return CLIPScorer.from_folder(
+        path if path is not None else WEIGHTS_DIR, device=device, **kwargs
+    )
 
 
 def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:

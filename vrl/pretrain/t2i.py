@@ -51,7 +51,8 @@ class T2IConfig:
     steps: int = 4000
     """Optimizer steps (~32 CPU minutes on one thread). At 1,200 steps (~10 minutes) the model
     drew scattered 4 px patches of the asked colour rather than objects; at 4,000 the objects are
-    solid blobs in the right places (two-subject relation right 17% vs 5%, BENCHMARKS.md)."""
+    solid blobs in the right places (two-subject relation right 17% vs 5%,
+    docs/experiments/2026-11-24-world-model-pretraining.md)."""
     batch_size: int = 32
     """Images per step."""
     lr: float = 1e-3
