@@ -85,7 +85,8 @@ def matching_gradients(
     from vrl.trainers.objectives import RolloutChunk, matching_item, matching_log_prob
 
     cfg = SimpleNamespace(
-        sampling=SimpleNamespace(guidance_scale=guidance), grpo=SimpleNamespace(beta=0.0)
+        sampling=SimpleNamespace(guidance_scale=guidance),
+        grpo=SimpleNamespace(beta=0.0, guided_matching=False),
     )
     chunk = RolloutChunk(embeds, trajectory)
     model = adapter.transformer
