@@ -241,7 +241,7 @@ def nft_loss(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
     return loss, matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
 
 
-# -- the objectives ---------------------------------------------------------------------------------
+# -- the objectives -------------------------------------------------------------------------------
 
 
 def _surrogate(ctx, chunk, logp, old_logp, kl, normaliser):
