@@ -82,10 +82,11 @@ def matching_gradients(
     noised copies of each image, as the log-likelihood in the surrogate at ratio 1."""
     from types import SimpleNamespace
 
-    from vrl.trainers.diffusion_grpo import RolloutChunk, matching_item, matching_log_prob
+    from vrl.trainers.objectives import RolloutChunk, matching_item, matching_log_prob
 
     cfg = SimpleNamespace(
-        sampling=SimpleNamespace(guidance_scale=guidance), grpo=SimpleNamespace(beta=0.0)
+        sampling=SimpleNamespace(guidance_scale=guidance),
+        grpo=SimpleNamespace(beta=0.0, guided_matching=False),
     )
     chunk = RolloutChunk(embeds, trajectory)
     model = adapter.transformer

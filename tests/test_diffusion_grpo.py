@@ -85,17 +85,17 @@ def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(
 ):
     """Advantage Weighted Matching: minus the flow-matching loss is the log-likelihood in the
     same clipped surrogate; the rollout policy's value is taken before any weight moves."""
-    from vrl.trainers import diffusion_grpo
+    from vrl.trainers import objectives
 
     drawn = []
-    real_item = diffusion_grpo.matching_item
+    real_item = objectives.matching_item
 
     def recording_item(chunk, generator):
         item = real_item(chunk, generator)
         drawn.append((chunk.embeds, item))
         return item
 
-    monkeypatch.setattr(diffusion_grpo, "matching_item", recording_item)
+    monkeypatch.setattr(objectives, "matching_item", recording_item)
     model = f"model.path=tiny-random:{family}"
     cfg = tiny_config(
         tmp_path, model, "grpo.objective=awm", "grpo.awm_times=3", "run.max_steps=1",
@@ -132,12 +132,12 @@ def test_awm_first_update_has_ratio_one_and_a_second_sees_the_moved_policy(
 def test_guided_matching_scores_the_velocity_the_rollouts_were_drawn_with(tmp_path, monkeypatch):
     """grpo.guided_matching: AWM's log-likelihood is the flow-matching loss of the guided
     velocity v_u + g (v_c - v_u) (the sampling policy), not of the conditional one."""
-    from vrl.trainers import diffusion_grpo
+    from vrl.trainers import objectives
 
     drawn = []
-    real_item = diffusion_grpo.matching_item
+    real_item = objectives.matching_item
     monkeypatch.setattr(
-        diffusion_grpo,
+        objectives,
         "matching_item",
         lambda chunk, gen: drawn.append((chunk.embeds, real_item(chunk, gen))) or drawn[-1][1],
     )
@@ -224,7 +224,7 @@ def _bowl(r: float, b: float, v_old: torch.Tensor, target: torch.Tensor):
     """nft_loss on a stand-in adapter whose 'model' is the velocity itself."""
     from types import SimpleNamespace
 
-    from vrl.trainers.diffusion_grpo import MatchingItem, nft_loss
+    from vrl.trainers.objectives import MatchingItem, nft_loss
 
     adapter = SimpleNamespace(
         guidance_embedded=False, velocity=lambda model, x_t, sigma, embeds, guidance_scale: model
@@ -268,16 +268,16 @@ def test_nft_anchors_to_the_rollout_policy_and_keeps_its_sampler_in_checkpoints(
     step); with sampler_decay the rollouts come from an EMA of the weights, saved and resumed."""
     from safetensors.torch import load_file
 
-    from vrl.trainers import diffusion_grpo
+    from vrl.trainers import diffusion_grpo, objectives
 
     anchored = []
-    real_loss = diffusion_grpo.nft_loss
+    real_loss = objectives.nft_loss
 
     def recording_loss(adapter, policy, unwrapped, ref, chunk, item, cfg):
         anchored.append((chunk.embeds, item))
         return real_loss(adapter, policy, unwrapped, ref, chunk, item, cfg)
 
-    monkeypatch.setattr(diffusion_grpo, "nft_loss", recording_loss)
+    monkeypatch.setattr(objectives, "nft_loss", recording_loss)
     common = ["grpo.objective=nft", "grpo.group_size=4", "sampling.num_steps=4"]
     cfg = tiny_config(tmp_path, *common, "run.max_steps=1", "grpo.awm_times=2")
     transformer = train(cfg)["adapter"].transformer

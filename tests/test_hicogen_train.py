@@ -107,7 +107,7 @@ def test_unit_credit_grades_unit_images_against_the_partial_scene(tmp_path):
 
 def test_awm_trains_every_pass_of_the_chain_by_matching_its_own_image(tmp_path):
     from vrl.samplers.loop import Trajectory
-    from vrl.trainers.diffusion_grpo import RolloutChunk, matching_item
+    from vrl.trainers.objectives import RolloutChunk, matching_item
 
     summary = train(chain_config(tmp_path, "grpo.objective=awm", "run.max_steps=1"))
     record = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]

@@ -73,16 +73,22 @@ class DiffusionGRPOSettings:
         "lower variance than the per-step log-probs; nft = DiffusionNFT: flow matching of each "
         "image through an implicit positive policy, weighted by its optimality r, and an "
         "implicit negative one, weighted by 1 - r, both anchored to the sampling policy (no "
-        "likelihood, no ratio)",
+        "likelihood, no ratio). On the shapes world awm gained and sde did not (docs/experiments, "
+        "2026-11-24 and -25); nft is experimental: no gain there, "
+        "docs/experiments/2026-12-06-diffusion-nft.md",
     )
     awm_times: int = field(
-        2, help="objective=awm or nft: noised copies (times t) per image per update"
+        2,
+        help="objective=awm or nft: noised copies (times t) per image per update (4 measured no "
+        "gain over 2 on the shapes world, docs/experiments, 2026-12-06)",
     )
     guided_matching: bool = field(
         False,
         help="objective=awm or nft: match the guided velocity the rollouts were drawn with, "
         "v_u + g (v_c - v_u) with the unconditional half detached, instead of the conditional "
-        "one (whose offset from the guided velocity is the same for every image of a prompt)",
+        "one (whose offset from the guided velocity is the same for every image of a prompt). "
+        "Experimental: no gain on the shapes world (2 seeds; 8-10 points lost at lr 2e-3), "
+        "docs/experiments/2026-12-06-diffusion-nft.md",
     )
     nft_beta: float = field(
         1.0,
@@ -93,12 +99,15 @@ class DiffusionGRPOSettings:
     sampler_decay: float = field(
         0.0,
         help="objective=nft: rollouts and v_old come from an EMA of the trained weights with "
-        "this decay (DiffusionNFT's soft-updated sampling policy); 0 = the trained weights",
+        "this decay (DiffusionNFT's soft-updated sampling policy); 0 = the trained weights. "
+        "Experimental: 0.9 moved no level beyond a run's noise on the shapes world, "
+        "docs/experiments/2026-12-06-diffusion-nft.md",
     )
     num_iterations: int = field(
         1,
         help="policy updates per rollout (>1: ratios against the rollout policy's log-probs, "
-        "stored while sampling for sde, taken in the first update for awm)",
+        "stored while sampling for sde, taken in the first update for awm); 2 measured no gain "
+        "over 1 on the shapes world, docs/experiments, 2026-11-25",
     )
     beta: float = field(
         0.0,
@@ -107,7 +116,10 @@ class DiffusionGRPOSettings:
     )
     eps: float = field(1e-4, help="clip range of the per-step ratio (published: 1e-4)")
     adv_clip_max: float = field(
-        5.0, help="advantages are clipped to +-this (nft: optimality r = (A + this) / (2 this))"
+        5.0,
+        help="advantages are clipped to +-this (nft: optimality r = (A + this) / (2 this); 1, "
+        "r saturating at |A| = 1, moved no level beyond a run's noise on the shapes world, "
+        "docs/experiments/2026-12-06-diffusion-nft.md)",
     )
     advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
     timestep_fraction: float = field(

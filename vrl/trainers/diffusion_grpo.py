@@ -6,15 +6,12 @@ One step reads top to bottom:
                          noise schedule; each trajectory stores its latents and per-step log-probs
     #### REWARD ####     image rewards from the registry, gathered from every process
     #### ADVANTAGE ####  group advantages from vrl.core, clipped to +-adv_clip_max
-    #### TRAINING ####   objective "sde" (Flow-GRPO): for each trained denoising step, re-score
-                         the stored transition under the current policy; objective "awm"
-                         (Advantage Weighted Matching): minus the flow-matching loss of noised
-                         copies of each image stands for its log-likelihood. Either goes into the
-                         clipped surrogate from vrl.core (+ a KL to the reference); objective
-                         "nft" (DiffusionNFT) instead matches the noised copies through implicit
-                         positive and negative policies around the sampling policy, weighted by
-                         each image's optimality. Gradients accumulated over items and
-                         micro-batches, one optimizer step
+    #### TRAINING ####   the objective named by grpo.objective (vrl.trainers.objectives: sde =
+                         Flow-GRPO, awm = Advantage Weighted Matching, nft = DiffusionNFT)
+                         draws its items once per rollout and turns each into a loss; gradients
+                         accumulate over the items, then one optimizer step per iteration
+
+The formulas are in docs/algorithms.md ("flow matching and samplers", "diffusion objectives").
 
 With `chain.enabled` (HiCoGen) a rollout is a chain of synthesis per prompt: its scene (JSONL
 metadata, the template parser or a local LLM) gives the units, each unit is drawn from the canvas so
@@ -34,7 +31,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +45,7 @@ from vrl.config import save_config
 from vrl.data.t2i import load_prompts
 from vrl.rewards import WeightedReward
 from vrl.rewards.hierarchical_models import register_level_rewards
-from vrl.samplers import from_config, gaussian_kl_mean, sample, score_step
-from vrl.samplers.loop import Trajectory
+from vrl.samplers import from_config, sample
 from vrl.trainers.common import (
     EMA,
     MetricsWriter,
@@ -60,19 +56,16 @@ from vrl.trainers.common import (
     step_seed,
     truncate_metrics,
 )
+from vrl.trainers.objectives import (
+    OBJECTIVES,
+    STATS,
+    ObjectiveContext,
+    RolloutChunk,
+    objective_metrics,
+)
 from vrl.trainers.policies import load_diffusion_policy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RolloutChunk:
-    embeds: Any  # PromptEmbeds of the chunk's prompts
-    trajectory: Trajectory  # latents (b, T+1, ...), log_probs (b, T), sigmas (T+1,)
-    offset: int = 0  # first sample of the chunk in this process's batch
-    unit: int | None = None  # chain of synthesis: the unit pass it is (None: final or plain)
-    train_steps: list[int] = field(default_factory=list)  # trajectory steps trained
-    advantages: torch.Tensor | None = None  # (b,)
 
 
 class PromptEmbedCache:
@@ -143,6 +136,8 @@ def train(cfg) -> dict[str, Any]:
     # DiffusionNFT's sampling policy: a slow EMA of the trained weights draws the rollouts and
     # anchors the implicit policies (None: the trained weights do both)
     sampler = EMA(unwrapped, grpo.sampler_decay) if grpo.sampler_decay > 0 else None
+    objective = OBJECTIVES[grpo.objective]
+    ctx = ObjectiveContext(adapter, policy, unwrapped, ref_transformer, cfg)
     sigmas = adapter.sigmas(smp.num_steps, smp.height, smp.width).to(device)
     encode = PromptEmbedCache(adapter)
 
@@ -242,65 +237,21 @@ def train(cfg) -> dict[str, Any]:
                 chunk.advantages = local_adv[chunk.offset : chunk.offset + b]
 
         #### TRAINING ####
-        if grpo.objective in ("awm", "nft"):  # noised copies of each pass's images, drawn once
-            work = [(chunk, matching_item(chunk, noise_gen)) for chunk in chunks
-                    for _ in range(grpo.awm_times)]  # fmt: skip
-            if sampler is not None:  # nft's v_old: the EMA sampling policy's velocity
-                with sampler.swapped_in(unwrapped), torch.no_grad():
-                    for chunk, item in work:
-                        item.old_velocity = matching_velocity(adapter, unwrapped, chunk, item, cfg)
-        else:  # stored SDE transitions
-            plain_steps = trained_steps(levels, grpo, step_gen)
-            for chunk in chunks:
-                chunk.train_steps = (
-                    trained_steps(chunk.trajectory.noise_levels, grpo, step_gen)
-                    if cfg.chain.enabled
-                    else plain_steps
-                )
-            work = [(chunk, j) for chunk in chunks for j in chunk.train_steps]
+        # the objective's items (stored steps, or noised copies of each pass's images), drawn once
+        work = objective.work(ctx, chunks, levels, step_gen, noise_gen, sampler)
         normaliser = max(sum(c.trajectory.latents.shape[0] for c, _ in work), 1)
         policy.train()
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("clip_fraction", "approx_kl", "ratio", "kl")
-        }
+        stats: dict[str, list[float]] = {k: [] for k in STATS}
         losses: list[float] = []
         grad_norm = torch.tensor(0.0)
         for _ in range(grpo.num_iterations):
             for w, (chunk, item) in enumerate(work):
                 last = w == len(work) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(policy):
-                    if grpo.objective == "nft":
-                        per_image, kl = nft_loss(
-                            adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
-                        )
-                        loss = per_image.sum() / normaliser
-                    else:
-                        if grpo.objective == "awm":
-                            logp, old_logp, kl = matching_log_prob(
-                                adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
-                            )
-                        else:
-                            logp, old_logp, kl = transition_log_prob(
-                                adapter, policy, unwrapped, ref_transformer, chunk, item, cfg
-                            )
-                        pl = core.policy_loss(
-                            logp[:, None],  # (b, 1): one "token" per denoising step or noised copy
-                            old_logp[:, None],
-                            chunk.advantages,
-                            torch.ones_like(logp[:, None]),
-                            eps_low=grpo.eps,
-                            eps_high=grpo.eps,
-                            aggregation="grpo",
-                            num_sequences=normaliser,
-                        )
-                        loss = pl.loss
-                        stats["clip_fraction"].append(pl.clip_fraction.item())
-                        stats["approx_kl"].append(pl.approx_kl.item())
-                        stats["ratio"].append(pl.ratio_mean.item())
-                    if kl is not None:
-                        loss = loss + grpo.beta * kl.sum() / normaliser
-                        stats["kl"].append(kl.mean().item())
+                    loss, item_stats = objective.loss(ctx, chunk, item, normaliser)
                     accelerator.backward(loss)
+                for key, value in item_stats.items():
+                    stats[key].append(value)
                 losses.append(loss.item())
             if optim.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
@@ -323,11 +274,7 @@ def train(cfg) -> dict[str, Any]:
             **{f"rewards/{n}": table[:, j + 1].nanmean().item() for j, n in enumerate(names)},
             "zero_std_fraction": adv.zero_std_fraction,
             "loss": sum(losses),
-            "clip_fraction": _mean(stats["clip_fraction"]),
-            "approx_kl": _mean(stats["approx_kl"]),
-            "ratio_mean": _mean(stats["ratio"]),
-            "ratio_first": stats["ratio"][0] if stats["ratio"] else math.nan,
-            "kl": _mean(stats["kl"]),
+            **objective_metrics(stats),
             "trained_steps": normaliser / n_local,  # trained transitions per image (all passes)
             "noise_mean": levels.mean().item(),
             "grad_norm": float(grad_norm),
@@ -492,138 +439,6 @@ def attach_scenes(rows: list[dict[str, Any]], chain, cache: Path | None) -> dict
     return dict(counts)
 
 
-def transition_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, j: int, cfg):
-    """objective=sde: (log-prob of stored transition j under the policy (b,), its stored
-    log-prob (b,), the Gaussian-mean KL to the reference (b,) or None)."""
-    traj, smp = chunk.trajectory, cfg.sampling
-    v = adapter.velocity(
-        policy, traj.latents[:, j], traj.sigmas[j], chunk.embeds, guidance_scale=smp.guidance_scale
-    )
-    out = score_step(traj, j, v)
-    kl = None
-    if cfg.grpo.beta != 0.0:
-        ref = reference_mean(adapter, unwrapped, ref_transformer, traj, j, chunk, smp)
-        kl = gaussian_kl_mean(out.mean, ref, out.std)
-    return out.log_prob, traj.log_probs[:, j], kl
-
-
-@dataclass
-class MatchingItem:
-    """objective=awm or nft: one noised copy of a pass's final images, x_t = (1 - t) x_0 + t n."""
-
-    x_t: torch.Tensor  # (b, ...)
-    sigma: torch.Tensor  # (b,) t, in (0, the pass's first sigma]
-    target: torch.Tensor  # (b, ...) the flow-matching velocity n - x_0
-    old_log_prob: torch.Tensor | None = None  # (b,) under the rollout policy, set on first use
-    old_velocity: torch.Tensor | None = None  # nft: the sampler's (EMA pre-pass, else first use)
-
-
-def matching_item(chunk: RolloutChunk, generator: torch.Generator) -> MatchingItem:
-    """Noise a pass's final images at times drawn uniformly below the sigma the pass started
-    from (1 from noise, the strength for a chain's image-to-image pass): the policy is only
-    asked for velocities it produced."""
-    traj = chunk.trajectory
-    x0 = traj.final.float()
-    b = x0.shape[0]
-    top = float(traj.sigmas[0])
-    t = torch.rand(b, generator=generator, device=generator.device).to(x0.device) * top
-    t = t.clamp_min(1e-3)  # (b,)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    tt = t.view(b, *[1] * (x0.ndim - 1))
-    x_t = ((1 - tt) * x0 + tt * noise).to(traj.latents.dtype)
-    return MatchingItem(x_t=x_t, sigma=t, target=noise - x0)
-
-
-def matching_velocity(adapter, model, chunk, item, cfg) -> torch.Tensor:
-    """The velocity a pass's noised copy is matched with, in float32: the conditional one
-    (guidance 1), or with `grpo.guided_matching` the guided one the rollouts were drawn with; a
-    guidance-embedded model always gets the sampling scale as input."""
-    guided = adapter.guidance_embedded or cfg.grpo.guided_matching
-    guidance = cfg.sampling.guidance_scale if guided else 1.0
-    return adapter.velocity(
-        model, item.x_t, item.sigma, chunk.embeds, guidance_scale=guidance
-    ).float()
-
-
-def matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg) -> torch.Tensor | None:
-    """The squared velocity difference to the reference policy (b,), or None when beta is 0."""
-    if cfg.grpo.beta == 0.0:
-        return None
-    with torch.no_grad():
-        if ref_transformer is not None:
-            v_ref = matching_velocity(adapter, ref_transformer, chunk, item, cfg)
-        else:
-            with adapter.disabled_adapter():
-                v_ref = matching_velocity(adapter, unwrapped, chunk, item, cfg)
-    return (v - v_ref).pow(2).flatten(1).mean(1)
-
-
-def matching_log_prob(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
-    """objective=awm (Advantage Weighted Matching): each image's log-likelihood is stood in for
-    by minus its flow-matching loss at the item's (t, n), averaged over pixels (b,); the
-    rollout policy's value is taken on first use (the weights have not moved yet within an
-    update), so the ratio starts at 1 exactly. KL: `matching_kl`."""
-    v = matching_velocity(adapter, policy, chunk, item, cfg)
-    log_prob = -(v - item.target).pow(2).flatten(1).mean(1)  # (b,)
-    if item.old_log_prob is None:
-        item.old_log_prob = log_prob.detach()
-    kl = matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
-    return log_prob, item.old_log_prob, kl
-
-
-def nft_loss(adapter, policy, unwrapped, ref_transformer, chunk, item, cfg):
-    """objective=nft (DiffusionNFT, Zheng et al. 2025): one loss per image, the flow-matching
-    loss of the implicit positive policy (1 - beta) v_old + beta v weighted by the image's
-    optimality r, plus that of the implicit negative policy (1 + beta) v_old - beta v weighted by
-    1 - r, with v_old the sampling policy's velocity and beta `grpo.nft_beta`. r = (A + c) / (2c)
-    maps the advantage clipped to +-c (`grpo.adv_clip_max`) onto [0, 1]. The loss is a convex
-    bowl in v with its minimum at v_old + (2r - 1) / beta * (target - v_old): a better-than-average
-    image pulls v toward its own velocity target, a worse one pushes v away, both by a bounded
-    amount. KL: `matching_kl`."""
-    grpo = cfg.grpo
-    v = matching_velocity(adapter, policy, chunk, item, cfg)
-    if item.old_velocity is None:  # no EMA sampler: the rollout policy, before any update
-        item.old_velocity = v.detach()
-    v_old, beta = item.old_velocity, grpo.nft_beta
-    r = (chunk.advantages.float() / grpo.adv_clip_max).clamp(-1.0, 1.0) * 0.5 + 0.5  # (b,)
-    positive = ((1 - beta) * v_old + beta * v - item.target).pow(2).flatten(1).mean(1)
-    negative = ((1 + beta) * v_old - beta * v - item.target).pow(2).flatten(1).mean(1)
-    loss = r * positive + (1 - r) * negative
-    return loss, matching_kl(adapter, v, unwrapped, ref_transformer, chunk, item, cfg)
-
-
-def trained_steps(levels: torch.Tensor, grpo, generator: torch.Generator) -> list[int]:
-    """Indices of the denoising steps trained this rollout: stochastic ones, a random fraction."""
-    last = len(levels) - 1
-    candidates = [
-        i
-        for i, a in enumerate(levels.tolist())
-        if a > 0 and not (grpo.skip_last_step and i == last)
-    ]
-    keep = max(1, round(len(candidates) * grpo.timestep_fraction)) if candidates else 0
-    if keep < len(candidates):
-        picked = torch.randperm(len(candidates), generator=generator)[:keep]
-        candidates = sorted(candidates[i] for i in picked.tolist())
-    return candidates
-
-
-def reference_mean(adapter, unwrapped, ref_transformer, traj, j, chunk, smp) -> torch.Tensor:
-    """The reference policy's Gaussian mean for stored step j (adapter disabled, or frozen copy)."""
-    with torch.no_grad():
-        if ref_transformer is not None:
-            v_ref = adapter.velocity(
-                ref_transformer, traj.latents[:, j], traj.sigmas[j], chunk.embeds,
-                guidance_scale=smp.guidance_scale,
-            )  # fmt: skip
-        else:
-            with adapter.disabled_adapter():
-                v_ref = adapter.velocity(
-                    unwrapped, traj.latents[:, j], traj.sigmas[j], chunk.embeds,
-                    guidance_scale=smp.guidance_scale,
-                )  # fmt: skip
-        return score_step(traj, j, v_ref).mean
-
-
 class EvalRunner:
     """Deterministic evaluation: fixed prompts and noise, ODE sampling with the evaluation step
     count, EMA weights when enabled; writes an image grid per evaluation."""
@@ -746,7 +561,3 @@ def save_final(adapter, transformer, ema, folder: Path, *, lora: bool) -> None:
 
 def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list({id(r): r for r in rows}.values())
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
