@@ -113,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from vrl import core
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.rewards import WeightedReward
-    from vrl.samplers import from_config, sample
     from vrl.models.paths import resolve_pipeline_path
     from vrl.quickstart import hicogen as hicogen_rl
+    from vrl.rewards import WeightedReward
+    from vrl.samplers import from_config, sample
 
     recipe = hicogen_rl.RECIPE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

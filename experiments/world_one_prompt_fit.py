@@ -43,11 +43,11 @@ def fit(out: Path, scene: int, objective: str, overrides: list[str]) -> dict:
     from vrl.config import apply_overrides, build_config
     from vrl.data.t2i import load_prompts
     from vrl.models.diffusion import FlowMatchingAdapter
-    from vrl.rewards import WeightedReward
     from vrl.models.paths import resolve_pipeline_path
+    from vrl.quickstart import hicogen as hicogen_rl
+    from vrl.rewards import WeightedReward
     from vrl.trainers.diffusion_config import DiffusionTrainConfig
     from vrl.trainers.diffusion_grpo import train
-    from vrl.quickstart import hicogen as hicogen_rl
 
     recipe = json.loads(json.dumps(hicogen_rl.RECIPE))
     path = resolve_pipeline_path(recipe["model"]["path"])
