@@ -29,6 +29,7 @@ def run_script(path: str, *args: str, timeout: float = 600) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_rollout_benchmark_report_adds_up(tmp_path):
     out = tmp_path / "rollout.json"
     args = ["--images", "4", "--steps", "3", "--repeats", "2", "--warmup", "0"]
@@ -76,6 +77,7 @@ def test_rollout_benchmark_report_adds_up(tmp_path):
     assert "goal <= 5%" in printed
 
 
+@pytest.mark.slow
 def test_grpo_step_benchmark_runs_vrl_alone(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--skip-trl", "--warmup", "1", "--steps", "2", "--betas", "0"]
@@ -145,6 +147,7 @@ def test_grpo_step_table_shows_the_ratio_and_says_when_trl_is_missing(tmp_path):
     assert "trl is not installed" in printed
 
 
+@pytest.mark.slow
 def test_diversity_experiment_table(tmp_path):
     out = tmp_path / "diversity.json"
     args = ["--prompts", "2", "--group-size", "3", "--steps", "3", "--window", "2"]
