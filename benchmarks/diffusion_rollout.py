@@ -22,9 +22,9 @@ Two overheads are printed. End to end: (a) / (b) - 1 from the loop times, with t
 quartiles of the per-round ratios. On a shared VM the model's step time alone swings by 10-20% from
 one round to the next (process CPU time too, which is recorded in the JSON), far more than the
 sampler costs, so this figure cannot resolve a few percent. Sampler overhead: the time spent inside
-`velocity_fn` is clocked in every loop (`ModelClock`) and subtracted, which leaves what each loop
-costs by itself; (a) minus (b), over the Euler loop's time, is the overhead the goal is about, and
-the model's swings cancel within each run. It assumes that the sampler does not make the model
+`velocity_fn` is clocked in every loop (`vrl.timing.ModelClock`) and subtracted, which leaves what
+each loop costs by itself; (a) minus (b), over the Euler loop's time (`vrl.timing.outside_cost`),
+is the overhead the goal is about, and the model's swings cancel within each run. It assumes that the sampler does not make the model
 itself slower (through caches or allocations); the end-to-end figure would show a gross case.
 
 Model size. The sampler's extra work per step is noise, a log-prob and a few elementwise operations
@@ -45,11 +45,9 @@ Nothing is downloaded: the tiny pipelines are built locally.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,84 +176,12 @@ def wide_adapter(adapter, layers: int, heads: int, seed: int):
     return type(adapter)(pipeline, max_sequence_length=adapter.max_sequence_length)
 
 
-# ---------------------------------------------------------------------------------- timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class ModelClock:
-    """A velocity_fn that adds up the wall seconds spent inside it: the model's share of a loop.
-
-    A loop's time minus its model time is what the loop itself costs (the sampler's steps, noise,
-    log-probs, storage). On a shared machine the model's step time swings by 10-20% from one run
-    to the next, far more than the sampler costs; subtracting it within each run leaves a figure
-    that such swings do not reach.
-    """
-
-    def __init__(self, velocity_fn: Callable, device: torch.device):
-        self.velocity_fn, self.device, self.seconds = velocity_fn, device, 0.0
-
-    def __call__(self, latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        _sync(self.device)
-        start = time.perf_counter()
-        v = self.velocity_fn(latents, sigma)
-        _sync(self.device)
-        self.seconds += time.perf_counter() - start
-        return v
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], Any]],
-    clock: ModelClock,
-    warmup: int,
-    repeats: int,
-    device: torch.device,
-) -> dict[str, dict[str, list[float]]]:
-    """Wall, process CPU and in-model seconds of each fn, one call of each per round, the order
-    rotating from round to round."""
-    names = list(fns)
-    keys = ("seconds", "cpu_seconds", "model_seconds", "peak_mib")
-    times = {n: {k: [] for k in keys} for n in names}
-    for r in range(warmup + repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            clock.seconds = 0.0
-            _sync(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            fns[name]()
-            _sync(device)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            if r >= warmup:
-                times[name]["seconds"].append(wall)
-                times[name]["cpu_seconds"].append(cpu)
-                times[name]["model_seconds"].append(clock.seconds)  # 0 for the pipeline
-                if device.type == "cuda":
-                    times[name]["peak_mib"].append(torch.cuda.max_memory_allocated(device) / 2**20)
-    return times
-
-
-def overhead(a: list[float], b: list[float]) -> dict[str, float]:
-    """(a) over (b): from the medians, and the median and quartiles of the per-round ratios."""
-    paired = [x / y - 1 for x, y in zip(a, b, strict=True)]
-    q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
-    return {
-        "of_medians": statistics.median(a) / statistics.median(b) - 1,
-        "paired_median": statistics.median(paired),
-        "paired_q1": q1,
-        "paired_q3": q3,
-    }
-
-
 def measure(
     name: str, adapter, velocity_fn: Callable, embeds, negative, noise, sigmas, args
 ) -> dict[str, Any]:
     """Time (a), (b) and, when there is a pipeline, (c) on one model; figures of that model."""
+    from vrl.timing import ModelClock, outside_cost, overhead, time_interleaved
+
     device = noise.device
     steps = sigmas.shape[0] - 1
     clock = ModelClock(velocity_fn, device)
@@ -285,15 +211,14 @@ def measure(
         row[f"{method}_median_cpu_s"] = statistics.median(t["cpu_seconds"])
         if t["peak_mib"]:
             row[f"{method}_peak_mib"] = max(t["peak_mib"])
-    for method in ("rollout", "euler"):  # what the loop costs outside the model, per step
-        t = times[method]
-        outside = [w - m for w, m in zip(t["seconds"], t["model_seconds"], strict=True)]
-        row[f"{method}_outside_ms_per_step"] = 1000 * statistics.median(outside) / steps
     row["overhead"] = overhead(times["rollout"]["seconds"], times["euler"]["seconds"])
     row["overhead_cpu"] = overhead(times["rollout"]["cpu_seconds"], times["euler"]["cpu_seconds"])
-    extra_ms = row["rollout_outside_ms_per_step"] - row["euler_outside_ms_per_step"]
-    row["sampler_ms_per_step"] = extra_ms
-    row["sampler_overhead"] = extra_ms * steps / 1000 / row["euler_median_s"]
+    # what each loop costs outside the model, per step, and the rollout's extra over the Euler loop
+    cost = outside_cost(times["rollout"], times["euler"], steps)
+    row["rollout_outside_ms_per_step"] = cost["loop_ms_per_step"]
+    row["euler_outside_ms_per_step"] = cost["baseline_ms_per_step"]
+    row["sampler_ms_per_step"] = cost["extra_ms_per_step"]
+    row["sampler_overhead"] = cost["share"]
     if adapter is not None:
         # the pipeline and the hand-written loop must be the same computation
         diff = pipeline_call(adapter, embeds, negative, noise, args) - euler_loop(

@@ -2,6 +2,7 @@
 
     python benchmarks/grpo_step.py                 # vrl, and trl when installed (the `peers` extra)
     python benchmarks/grpo_step.py --skip-trl --steps 3 --json bench.json
+    python benchmarks/grpo_step.py --table bench.json    # the table of a saved report, no run
 
 One fixed, tiny setup, the same on both sides: a tiny random Qwen2.5-VL built offline, the
 synthetic "is the image red?" data set, 4 prompts x 8 completions per step, every completion
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=LEARNING_RATE, help="AdamW learning rate")
     p.add_argument("--skip-trl", action="store_true", help="measure vrl only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--table", type=Path, default=None, help="print the table of a saved --json report; no run"
+    )
     p.add_argument(
         "--cache-root",
         type=Path,
@@ -486,6 +490,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.worker is not None:
         worker_main(json.loads(args.worker))
         return {}
+    if args.table is not None:
+        report = json.loads(args.table.read_text())
+        print(format_table(report))
+        return report
 
     import torch
 

@@ -17,7 +17,7 @@ the same policy with different seeds is sampled with the Flow-GRPO SDE step and 
 The seeds are the same across schedules: group p starts from the same G initial noises whatever the
 schedule (the step noise comes after them from the same generator).
 
-Diversity of a group, over its G (G - 1) / 2 pairs:
+Diversity of a group, over its G (G - 1) / 2 pairs (`vrl.metrics.group_diversity`):
 - pairwise L2: root-mean-square difference per pixel value (L2 / sqrt(3 H W), images in [0, 1]);
 - pairwise SSIM (Gaussian window 11, sigma 1.5, per channel; lower = more diverse);
 - latent L2: the same RMS difference on the final latents, before the VAE;
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import time
@@ -45,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 #### THE FIXED SETUP ####
 FAMILY = "sd3"
@@ -60,8 +58,6 @@ THREADS = 1  # more threads than free cores slows the tiny models down badly on 
 SEED = 0
 WINDOW_SEED_OFFSET = 1_000_003  # random window starts: a stream apart from the noise seeds
 METRICS = ("pixel_l2", "ssim", "latent_l2", "latent_scale_free")
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,85 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.guidance is None:
         args.guidance = GUIDANCE[args.family]
     return args
-
-
-# ---------------------------------------------------------------------------------- metrics
-
-
-def gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    """(size,) float64 normalised 1-d Gaussian, centred."""
-    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
-    return weights / weights.sum()
-
-
-def ssim(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    data_range: float = 1.0,
-    window_size: int = SSIM_WINDOW,
-    sigma: float = SSIM_SIGMA,
-) -> torch.Tensor:
-    """(B,) structural similarity of two batches of images (B, C, H, W), in [-1, 1].
-
-    Local means, variances and covariance under a Gaussian window (valid positions only, each
-    channel on its own), combined as
-        ((2 mu_x mu_y + C1)(2 cov + C2)) / ((mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2)),
-    C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L the data range, and averaged over positions and
-    channels. A window wider than the image is cut to the image's smaller side (kept odd).
-    Computed in float64.
-    """
-    if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(
-            f"ssim takes two (B, C, H, W) batches, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    channels, height, width = x.shape[1:]
-    size = min(window_size, height, width)
-    size -= 1 - size % 2  # odd
-    g = gaussian_window(size, sigma).to(x.device)
-    kernel_h = g.reshape(1, 1, size, 1).expand(channels, 1, size, 1)  # (C, 1, k, 1)
-    kernel_w = g.reshape(1, 1, 1, size).expand(channels, 1, 1, size)  # (C, 1, 1, k)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H-k+1, W-k+1)
-        return F.conv2d(F.conv2d(t, kernel_h, groups=channels), kernel_w, groups=channels)
-
-    x, y = x.double(), y.double()
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )
-    return ssim_map.flatten(1).mean(dim=1).float()  # (B,)
-
-
-def pairwise_rms(x: torch.Tensor) -> torch.Tensor:
-    """(G (G-1) / 2,) RMS difference per value between every pair of the G items of x (G, ...)."""
-    flat = x.flatten(1).double()  # (G, D)
-    return (torch.pdist(flat) / math.sqrt(flat.shape[1])).float()
-
-
-def pairwise_ssim(images: torch.Tensor) -> torch.Tensor:
-    """(G (G-1) / 2,) SSIM of every pair of the G images (G, C, H, W)."""
-    i, j = torch.triu_indices(images.shape[0], images.shape[0], offset=1)
-    return ssim(images[i], images[j])
-
-
-def group_diversity(images: torch.Tensor, latents: torch.Tensor) -> dict[str, float]:
-    """Mean pairwise L2 and SSIM of a group's images, L2 of its final latents, and that L2 over
-    sqrt(2) x the latents' RMS: 1 = as far apart as independent zero-mean draws of the same size,
-    so a schedule that only shrinks or inflates the latents does not move it."""
-    latent_l2 = float(pairwise_rms(latents).mean())
-    latent_rms = float(latents.double().pow(2).mean().sqrt())
-    return {
-        "pixel_l2": float(pairwise_rms(images).mean()),
-        "ssim": float(pairwise_ssim(images).mean()),
-        "latent_l2": latent_l2,
-        "latent_scale_free": latent_l2 / (math.sqrt(2) * latent_rms),
-    }
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -218,6 +135,7 @@ def pick_prompts(n: int) -> list[str]:
 @torch.no_grad()
 def measure(adapter, prompts: list[str], args) -> dict[str, Any]:
     """Diversity of every schedule on every prompt's group; per-prompt figures and summaries."""
+    from vrl.metrics import group_diversity
     from vrl.samplers import sample
 
     size = (args.image_size, args.image_size)

@@ -20,8 +20,10 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def kill_after_checkpoint(cmd: list[str], run_dir: Path, step: int, timeout: float = 120) -> None:
-    """Start a training command and SIGKILL it as soon as checkpoints/step-<step> exists."""
+def kill_after_checkpoint(cmd: list[str], run_dir: Path, step: int, timeout: float = 600) -> None:
+    """Start a training command and SIGKILL it as soon as checkpoints/step-<step> exists.
+
+    `timeout` only guards against a run that hangs: generous, since a loaded machine is slow."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not (run_dir / "checkpoints" / f"step-{step}").exists():

@@ -66,6 +66,7 @@ def test_second_update_sees_a_moved_policy_and_kl_to_the_disabled_adapter(tmp_pa
     assert record["kl"] > 0.0 and torch.isfinite(torch.tensor(record["loss"]))
 
 
+@pytest.mark.slow
 def test_tiny_sd3_learns_to_make_redder_images(tmp_path):
     """The mean reward rises clearly within a few seeded epochs (40 steps, 16 images each)."""
     summary = train(tiny_config(tmp_path, "run.max_steps=40"))
@@ -157,6 +158,7 @@ def test_guided_matching_scores_the_velocity_the_rollouts_were_drawn_with(tmp_pa
         assert not torch.allclose(guided, plain)  # the two velocities do differ here
 
 
+@pytest.mark.slow
 def test_awm_learns_redder_images(tmp_path):
     """The redness task of the Flow-GRPO test above, trained by Advantage Weighted Matching."""
     summary = train(tiny_config(tmp_path, "grpo.objective=awm", "run.max_steps=40"))
@@ -330,6 +332,7 @@ def test_nft_anchors_to_the_rollout_policy_and_keeps_its_sampler_in_checkpoints(
         torch.testing.assert_close(again[name], 0.5 * sampler[name] + 0.5 * weights[name].detach())
 
 
+@pytest.mark.slow
 def test_nft_learns_redder_images(tmp_path):
     """The redness task of the Flow-GRPO test above, trained by DiffusionNFT (on-policy, one
     update a rollout: the direction of AWM's first update, without its ratio or clip)."""

@@ -22,6 +22,7 @@ def small_held_out(monkeypatch):
     monkeypatch.setattr(vlm_rl, "run", functools.partial(vlm_rl.run, held_out_per_task=8))
 
 
+@pytest.mark.slow
 def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, capsys, small_held_out):
     argv = ["quickstart", "--out", str(tmp_path), "--steps", "2", "--hicogen-steps", "1"]
     assert main(argv) == 0
@@ -78,6 +79,22 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
     for png in ("reward_curves.png", "hicogen_before.png", "hicogen_after.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
         assert png in report
+
+
+def test_one_half_runs_alone_and_the_report_has_only_its_table(tmp_path, capsys, small_held_out):
+    """The fast tier's run of the quickstart driver (the whole job is in the slow tier)."""
+    argv = ["quickstart", "--out", str(tmp_path), "--only", "vlm", "--steps", "1"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    report = (tmp_path / "report.md").read_text()
+    assert "hicogen" not in summary and summary["vlm"]["steps"] == 1
+    for label, before, after in _vlm_rows(summary["vlm"]):
+        assert f"| {label} | {before:.1%} | {after:.1%} | {after - before:+.1%} |" in report
+    assert "## VLM-R1" in report and "## HiCoGen" not in report
+    assert (tmp_path / "reward_curves.png").stat().st_size > 1000
+    assert re.search(
+        r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", capsys.readouterr().out
+    )
 
 
 def test_an_unknown_half_is_refused(tmp_path):

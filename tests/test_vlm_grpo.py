@@ -105,6 +105,7 @@ def test_second_policy_update_uses_stored_old_logprobs(tmp_path, length_reward):
     assert record["ratio_mean"] != 1.0
 
 
+@pytest.mark.slow
 def test_tiny_vlm_learns_by_rl_alone(tmp_path):
     """The mean reward of a tiny random VLM rises clearly within 100 seeded GRPO steps."""
     cfg = tiny_config(tmp_path, "run.max_steps=100", "data.synthetic_size=256")

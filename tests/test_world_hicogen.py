@@ -127,6 +127,7 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     assert stale.read_bytes() == (tmp_path / "cli" / "images" / images[0]).read_bytes()
 
 
+@pytest.mark.slow
 def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_path):
     """On world:t2i-shapes, unit 2's pass told only its own subject redraws the canvas without
     unit 1's subject (docs/experiments/2026-12-06-chain-stages.md, 512 chains: found in 79% of

@@ -167,6 +167,7 @@ def test_pretrain_cli_writes_a_loadable_folder(tmp_path, capsys):
     assert FlowMatchingAdapter.from_pretrained(second).transformer.config.num_layers == 1
 
 
+@pytest.mark.slow
 def test_committed_checkpoint_draws_what_the_prompt_asks_far_above_an_untrained_one():
     """world:t2i (vrl/world/weights/world-t2i) loads through the resolver and the adapter like any
     SD3 folder, and its held-out images get subjects (shape, colour, size) and the relation
@@ -202,6 +203,7 @@ def test_committed_checkpoint_draws_what_the_prompt_asks_far_above_an_untrained_
     assert two["relation"] >= two_base["relation"] + 0.125, figures
 
 
+@pytest.mark.slow
 def test_committed_shapes_checkpoint_draws_squares_and_triangles_where_world_t2i_draws_blobs():
     """world:t2i-shapes (vrl/world/weights/world-t2i-shapes, world:t2i continued with an
     edge-weighted loss) loads like world:t2i, and on held-out single squares and triangles it

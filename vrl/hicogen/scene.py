@@ -18,6 +18,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vrl.hicogen.phrasing import (
+    NUMBER_WORDS,
+    PREDICATE_CATEGORIES,
+    PREDICATE_PHRASES,
+    RelationCategory,
+    article,
+    join_list,
+    normalize_predicate,
+    plural,
+    predicate_category,
+    sub_attribute_phrase,
+)
+
 __all__ = [
     "PREDICATE_CATEGORIES",
     "Question",
@@ -31,77 +44,7 @@ __all__ = [
     "predicate_category",
 ]
 
-RelationCategory = Literal["spatial", "size", "support", "other"]
 QuestionLevel = Literal["exist", "attribute", "relation"]
-
-# Canonical predicates by category. Spatial ones are the GenEval/T2I-CompBench vocabulary, the
-# others are what the HiCoGen relation reward checks (scale, support: "no floating objects").
-PREDICATE_CATEGORIES: dict[str, RelationCategory] = {
-    "left of": "spatial",
-    "right of": "spatial",
-    "above": "spatial",
-    "below": "spatial",
-    "in front of": "spatial",
-    "behind": "spatial",
-    "next to": "spatial",
-    "larger than": "size",
-    "smaller than": "size",
-    "on": "support",
-    "under": "support",
-    "in": "support",
-}
-
-# Common phrasings folded onto the canonical predicate, so "to the left of" and "left of" compare equal.
-_PREDICATE_ALIASES: dict[str, str] = {
-    "to the left of": "left of",
-    "on the left of": "left of",
-    "to the right of": "right of",
-    "on the right of": "right of",
-    "over": "above",
-    "on top of": "on",
-    "on the top of": "on",
-    "atop": "on",
-    "beneath": "under",
-    "underneath": "under",
-    "below of": "below",
-    "inside": "in",
-    "inside of": "in",
-    "within": "in",
-    "beside": "next to",
-    "near": "next to",
-    "close to": "next to",
-    "adjacent to": "next to",
-    "bigger than": "larger than",
-    "in back of": "behind",
-}
-
-# How a canonical predicate reads inside a sentence ("A is <phrase> B").
-_PREDICATE_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to the right of"}
-
-_NUMBER_WORDS = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-]
-
-
-def normalize_predicate(predicate: str) -> str:
-    """Lower-case, collapse spaces and fold known aliases onto the canonical vocabulary."""
-    text = " ".join(predicate.lower().replace("_", " ").split())
-    return _PREDICATE_ALIASES.get(text, text)
-
-
-def predicate_category(predicate: str) -> RelationCategory:
-    """Category of a predicate; anything outside the vocabulary is kept but flagged as "other"."""
-    return PREDICATE_CATEGORIES.get(normalize_predicate(predicate), "other")
 
 
 class SceneValidationError(ValueError):
@@ -261,7 +204,7 @@ class Scene:
         subject = self.subject(subject_id)
         same_name = [s for s in self.subjects if s.name == subject.name]
         words = [*subject.attributes, subject.name] if len(same_name) > 1 else [subject.name]
-        return _plural(" ".join(words)) if (subject.count or 1) > 1 else " ".join(words)
+        return plural(" ".join(words)) if (subject.count or 1) > 1 else " ".join(words)
 
     def noun_phrase(self, subject_id: str) -> str:
         """Full indefinite phrase: "a small green square with a red outline", "three red circles"."""
@@ -269,11 +212,11 @@ class Scene:
         words = " ".join([*s.attributes, s.name])
         count = s.count or 1
         if count > 1:
-            number = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
-            head = f"{number} {_plural(words)}"
+            number = NUMBER_WORDS[count] if count < len(NUMBER_WORDS) else str(count)
+            head = f"{number} {plural(words)}"
         else:
-            head = f"{_article(words)} {words}"
-        parts = [_sub_attribute_phrase(a) for a in s.sub_attributes]
+            head = f"{article(words)} {words}"
+        parts = [sub_attribute_phrase(a) for a in s.sub_attributes]
         return head + (" with " + " and ".join(parts) if parts else "")
 
     def prompt(self) -> str:
@@ -326,17 +269,17 @@ class Scene:
                 continue
             for r in relations:
                 if min(order[r.subject], order[r.object]) == order[s.id]:
-                    phrase = _PREDICATE_PHRASES.get(r.predicate, r.predicate)
+                    phrase = PREDICATE_PHRASES.get(r.predicate, r.predicate)
                     clauses.append(f"{mention(r.subject)} {phrase} {mention(r.object)}")
             if s.id not in mentioned:
                 clauses.append(mention(s.id))
-        text = _join_list(clauses)
+        text = join_list(clauses)
         if with_globals and self.background:
             background = self.background.strip()
             text += (
-                f" on {_article(background)} {background}"
+                f" on {article(background)} {background}"
                 if "background" in background.lower()
-                else f" on {_article(background)} {background} background"
+                else f" on {article(background)} {background} background"
             )
         if with_globals and self.style:
             text += f", {self.style.strip()} style"
@@ -360,9 +303,9 @@ class Scene:
             exist_id[s.id] = qid
             count = s.count or 1
             text = (
-                f"Are there {_NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else count} {ref}?"
+                f"Are there {NUMBER_WORDS[count] if count < len(NUMBER_WORDS) else count} {ref}?"
                 if count > 1
-                else f"Is there {_article(ref)} {ref}?"
+                else f"Is there {article(ref)} {ref}?"
             )
             target = QuestionTarget(subjects=(s.id,), count=s.count)
             questions.append(Question(qid, text, "exist", (), target))
@@ -386,14 +329,14 @@ class Scene:
                 questions.append(
                     Question(
                         f"{s.id}/sub/{i}",
-                        f"{have} {ref} have {_sub_attribute_phrase(sub)}?",
+                        f"{have} {ref} have {sub_attribute_phrase(sub)}?",
                         "attribute",
                         (qid,),
                         QuestionTarget(subjects=(s.id,), attribute=sub),
                     )
                 )
         for i, r in enumerate(self.relations):
-            phrase = _PREDICATE_PHRASES.get(r.predicate, r.predicate)
+            phrase = PREDICATE_PHRASES.get(r.predicate, r.predicate)
             be = "Are" if (self.subject(r.subject).count or 1) > 1 else "Is"
             questions.append(
                 Question(
@@ -587,7 +530,7 @@ class _SceneParser:
         return self._list("units", unit)
 
 
-# ---------------------------------------------------------------------- small text helpers
+# ---------------------------------------------------------------------- parser helpers
 
 
 def _type(value: Any) -> str:
@@ -604,33 +547,3 @@ def _unique_slug(name: str, taken: list[str]) -> str:
     while candidate in taken:
         candidate, n = f"{slug}_{n}", n + 1
     return candidate
-
-
-def _article(words: str) -> str:
-    return "an" if words[:1].lower() in "aeiou" and words[:1] else "a"
-
-
-def _plural(words: str) -> str:
-    head, _, last = words.rpartition(" ")
-    if re.search(r"(s|x|z|ch|sh)$", last):
-        last += "es"
-    elif re.search(r"[^aeiou]y$", last):
-        last = last[:-1] + "ies"
-    else:
-        last += "s"
-    return f"{head} {last}" if head else last
-
-
-def _sub_attribute_phrase(sub_attribute: str) -> str:
-    """ "outline: red" -> "a red outline"; "stripes" -> "stripes" (plural parts take no article)."""
-    part, sep, value = sub_attribute.partition(":")
-    if sep:
-        words = f"{value.strip()} {part.strip()}"
-        return words if part.strip().endswith("s") else f"{_article(words)} {words}"
-    return sub_attribute.strip()
-
-
-def _join_list(items: list[str]) -> str:
-    if len(items) <= 2:
-        return " and ".join(items)
-    return ", ".join(items[:-1]) + ", and " + items[-1]

@@ -21,8 +21,7 @@ in [-1, 1], with the transformer's input channels.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,21 +29,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from vrl.models.diffusion_lora import ATTENTION_PROJECTIONS as ATTENTION_PROJECTIONS
+from vrl.models.diffusion_lora import TransformerLoRA
+from vrl.models.diffusion_lora import lora_layers as _lora_layers  # noqa: F401 (demo's import)
+
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-# Attention projections of the joint / single-stream blocks (diffusers' names): image-stream
-# q, k, v, out; text-stream (added) q, k, v, out. Flow-GRPO puts its LoRA on exactly these.
-ATTENTION_PROJECTIONS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-)
 
 
 @dataclass
@@ -113,8 +103,11 @@ def register_adapter(cls: type[FlowMatchingAdapter]) -> type[FlowMatchingAdapter
     return cls
 
 
-class FlowMatchingAdapter:
+class FlowMatchingAdapter(TransformerLoRA):
     """Shared logic of a flow-matching text-to-image family; subclasses fill in the `_` hooks.
+
+    LoRA on the transformer (`add_lora`, `disabled_adapter`, `lora_state_dict`) comes from
+    `vrl.models.diffusion_lora.TransformerLoRA`.
 
     Latents handled here are float32 whatever the model dtype: the transformer gets them cast to
     its dtype and its output comes back in the latents' dtype, so sampler math stays in float32.
@@ -360,63 +353,6 @@ class FlowMatchingAdapter:
         shift = vae.config.shift_factor or 0.0
         return self._pack(((z - shift) * vae.config.scaling_factor).float())
 
-    # ------------------------------------------------------------------ LoRA
-
-    def lora_target_modules(self) -> list[str]:
-        """Suffixes (peft matching) of the attention projections this transformer has."""
-        names = [n for n, m in self.transformer.named_modules() if isinstance(m, torch.nn.Linear)]
-        found = [s for s in ATTENTION_PROJECTIONS if any(n.endswith("." + s) for n in names)]
-        if not found:
-            raise ValueError(f"no attention projection found in {type(self.transformer).__name__}")
-        return found
-
-    def add_lora(
-        self,
-        r: int,
-        alpha: int,
-        target_modules: Sequence[str] | None = None,
-        init_lora_weights: bool | str = "gaussian",
-    ) -> None:
-        """Put a LoRA adapter on the transformer; afterwards only LoRA parameters are trainable.
-
-        The adapter is injected in place (the pipeline's transformer itself), so `pipeline(...)`
-        samples with the policy and `disabled_adapter()` gives the reference without a copy.
-        """
-        from peft import LoraConfig
-
-        if _lora_layers(self.transformer):
-            raise RuntimeError("the transformer already has a LoRA adapter")
-        targets = list(target_modules) if target_modules is not None else self.lora_target_modules()
-        config = LoraConfig(
-            r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=init_lora_weights
-        )
-        self.transformer.requires_grad_(False)
-        self.transformer.add_adapter(config)  # diffusers' PeftAdapterMixin
-        for name, param in self.transformer.named_parameters():
-            param.requires_grad_("lora_" in name)
-
-    @contextmanager
-    def disabled_adapter(self) -> Iterator[None]:
-        """Run the transformer without its LoRA (the reference policy), then restore it."""
-        lora_layers = _lora_layers(self.transformer)
-        if not lora_layers:
-            raise RuntimeError("no LoRA adapter to disable: call add_lora first")
-        # peft toggles requires_grad when disabling/enabling; give the caller's flags back as set.
-        flags = [(p, p.requires_grad) for layer in lora_layers for p in layer.parameters()]
-        self.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            self.transformer.enable_adapters()
-            for param, flag in flags:
-                param.requires_grad_(flag)
-
-    def lora_state_dict(self) -> dict[str, Tensor]:
-        """The LoRA weights (peft's key names), e.g. for a checkpoint."""
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.transformer)
-
     # ------------------------------------------------------------------ family hooks
 
     def _encode(self, prompts: list[str]) -> PromptEmbeds:
@@ -621,9 +557,3 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     from diffusers.utils import deprecation_utils
 
     return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
-
-
-def _lora_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
