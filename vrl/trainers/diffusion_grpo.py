@@ -666,22 +666,18 @@ class EvalRunner:
         return out
 
     def _chains(self, model):
-        """Deterministic chains (ODE, one seed per prompt) for the evaluation prompts."""
-        from vrl.hicogen.chain import plan_chain, synthesize_chain
+        """Deterministic chains (`eval_chain`: ODE, seed = run seed + prompt index) for the
+        evaluation prompts; each final image is scored with its unit images as references."""
+        from vrl.hicogen.chain import eval_chain
 
-        smp, ch, adapter = self.cfg.sampling, self.cfg.chain, self.adapter
+        smp, ch = self.cfg.sampling, self.cfg.chain
         images, rows, strips = [], [], []
         for i, row in enumerate(self.prompts):
-            plan = plan_chain(
-                row["scene"], row["prompt"], cumulative=ch.cumulative_prompts,
-                max_units=ch.max_units,
-            )  # fmt: skip
-            generator = torch.Generator(adapter.device).manual_seed(self.cfg.run.seed + i)
-            chain = synthesize_chain(
-                adapter, model, plan.unit_prompts, plan.final_prompt, batch_size=1,
+            plan, chain = eval_chain(
+                self.adapter, model, row["scene"], row["prompt"], seed=self.cfg.run.seed + i,
                 height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-                guidance_scale=smp.guidance_scale, strength=ch.strength, step="ode",
-                generator=generator,
+                guidance_scale=smp.guidance_scale, strength=ch.strength,
+                cumulative=ch.cumulative_prompts, max_units=ch.max_units,
             )  # fmt: skip
             images.append(chain.final)
             rows.append({**row, "references": plan.references(chain, 0)})
