@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vrl.data.t2i import ImageSample
 from vrl.demo.examples import example_scenes
 from vrl.demo.rewards import RewardReport, build_reward, score_images
 from vrl.demo.settings import DemoSettings, Limits
@@ -456,7 +457,7 @@ class DemoEngine:
         state.message = "done"
         yield state
 
-    def _reward_samples(self, state: DemoState, label: str) -> list[dict[str, Any]]:
+    def _reward_samples(self, state: DemoState, label: str) -> list[ImageSample]:
         """One sample per image: the scene, and each subject's unit image as its reference."""
         dec, passes = state.decomposition, state.passes[label]
         samples = []
@@ -468,7 +469,5 @@ class DemoEngine:
                     for k, unit in enumerate(dec.units)
                     for sid in unit.subjects
                 }
-            samples.append(
-                {"prompt": dec.final_prompt, "scene": dec.scene, "references": references}
-            )
+            samples.append(ImageSample(dec.final_prompt, dec.scene, references))
         return samples

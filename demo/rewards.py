@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vrl.data.t2i import ImageSample
 from vrl.demo.settings import DemoSettings
 from vrl.rewards.hierarchical import LEVELS, HierarchicalReward
 
@@ -42,7 +43,7 @@ class RewardReport:
 
 
 def score_images(
-    reward: HierarchicalReward, images: torch.Tensor, samples: Sequence[Mapping]
+    reward: HierarchicalReward, images: torch.Tensor, samples: Sequence[ImageSample]
 ) -> RewardReport:
     """Score (B, 3, H, W) images in [0, 1] and collect each level's per-row breakdown.
 
@@ -102,7 +103,7 @@ class WorldReward(HierarchicalReward):
         )
         self._world_checks = world.world_checks
 
-    def rows(self, images: torch.Tensor, samples: Sequence[Mapping]) -> tuple[list, list]:
+    def rows(self, images: torch.Tensor, samples: Sequence[ImageSample]) -> tuple[list, list]:
         """Per image: one row per subject (found, its questions right) and per relation."""
         from vrl.rewards.hierarchical_subject import scene_of
 

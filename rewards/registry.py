@@ -2,11 +2,13 @@
 
 A reward is a plain callable over a batch, ``fn(outputs, samples) -> list[float | None]``,
 where None means "not applicable to this sample" (a detection reward on a REC sample). For a
-vision-language model the outputs are parsed ``Completion`` objects; for a text-to-image model
-they are an image tensor (B, 3, H, W) in [0, 1]. ``samples`` are the dataset rows (the prompt and
-its metadata). Rewards
-are registered by name and looked up from the run's config, which also gives their weights: the
-reference VLM-R1 code read the weights but never applied them; ``WeightedReward`` does.
+vision-language model the outputs are parsed ``Completion`` objects and ``samples`` the dataset
+rows; for a text-to-image model the outputs are an image tensor (B, 3, H, W) in [0, 1] and
+``samples`` are ``vrl.data.t2i.ImageSample``s (the prompt, its scene, the chain's reference
+images and the prompt line's other fields, read as ``sample.scene`` or ``sample["scene"]``).
+Rewards are registered by name and looked up from the run's config, which also gives their
+weights: the reference VLM-R1 code read the weights but never applied them; ``WeightedReward``
+does.
 
 One faulty reward must not end a run that has been training for hours, so ``WeightedReward``
 catches a component's exception, warns, rescores the batch sample by sample, and gives 0.0 to
@@ -30,7 +32,7 @@ from .parsing import Completion
 logger = logging.getLogger(__name__)
 
 Sample = Mapping[str, Any]
-"""A dataset row: at least "solution" (str), optionally "accu_reward_method" and other columns."""
+"""A dataset row (VLM: at least "solution"), or an ``ImageSample``, which reads like one."""
 
 RewardFn = Callable[[Sequence[Completion], Sequence[Sample]], list[float | None]]
 

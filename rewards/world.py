@@ -1,7 +1,8 @@
 """The shapes world's exact checker as the three levels of the HiCoGen hierarchical reward.
 
-Each image is read by ``vrl.world.check`` against its sample's scene (``sample["scene"]``: a
-``Scene``, its dict or its JSON), with no model:
+Each image is read by ``vrl.world.check`` against its sample's scene (``sample.scene`` of an
+``ImageSample``, or ``sample["scene"]`` of a row: a ``Scene``, its dict or its JSON), with no
+model:
 
 - ``world_global``: 0.5 * [background colour right] + 0.5 * [no missing and no extra shapes],
   the latter as found / (subjects + extra detections), so the score is in [0, 1];

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vrl.config import load_config
-from vrl.data.t2i import load_prompts
+from vrl.data.t2i import ImageSample, load_prompts
 from vrl.data.vlm_r1 import DataError
 from vrl.hicogen.chain import plan_chain
 from vrl.hicogen.decompose import DecompositionResult, LLMDecomposer
@@ -181,7 +181,8 @@ def test_a_bad_scene_line_names_file_line_and_field(tmp_path):
     with pytest.raises(DataError, match=r'p\.jsonl:2: field "scene": relations\[0\]'):
         load_prompts(path)
     rows = load_prompts(path, skip_bad_lines=True)  # the good line survives, parsed
-    assert len(rows) == 1 and isinstance(rows[0]["scene"], Scene)
+    assert len(rows) == 1 and isinstance(rows[0].scene, Scene)
+    assert rows[0]["scene"] is rows[0].scene  # and reads like the row it was
 
 
 def test_llm_decompositions_are_cached_and_reused(tmp_path, monkeypatch):
@@ -198,13 +199,35 @@ def test_llm_decompositions_are_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(LLMDecomposer, "from_pretrained", staticmethod(fake_from_pretrained))
     chain = SimpleNamespace(decompose="llm", llm="some/folder")
     cache = tmp_path / "scenes.jsonl"
-    rows = [{"prompt": "a big dog"}, {"prompt": "one cat"}, {"prompt": "m", "scene": None}]
-    rows[2]["scene"] = Scene.from_json(SCENE)
-    assert attach_scenes(rows, chain, cache) == {"llm": 2, "metadata": 1}
-    assert [r["scene"].subjects[0].name for r in rows[:2]] == ["dog", "cat"]
-    again = [{"prompt": "a big dog"}, {"prompt": "one cat"}]
-    assert attach_scenes(again, chain, cache) == {"cache": 2}  # a resumed run: no LLM call
-    assert calls == ["a big dog", "one cat"] and again[0]["scene"] == rows[0]["scene"]
+    rows = [
+        ImageSample("a big dog"),
+        ImageSample("one cat"),
+        ImageSample("m", Scene.from_json(SCENE)),
+    ]
+    scened, sources = attach_scenes([*rows, rows[0]], chain, cache)
+    assert sources == {"llm": 2, "metadata": 1}  # a sample listed twice counts once
+    assert [r.scene.subjects[0].name for r in scened] == ["dog", "cat", "circle", "dog"]
+    again = [ImageSample("a big dog"), ImageSample("one cat")]
+    scened_again, sources = attach_scenes(again, chain, cache)
+    assert sources == {"cache": 2}  # a resumed run: no LLM call
+    assert calls == ["a big dog", "one cat"] and scened_again[0].scene == scened[0].scene
+
+
+def test_an_image_sample_reads_like_the_row_it_was():
+    row = {"prompt": "a red circle", "scene": SCENE, "tag": "position", "id": "p-1"}
+    sample = ImageSample.from_row(row)
+    assert isinstance(sample.scene, Scene) and sample.extra == {"tag": "position", "id": "p-1"}
+    assert sample["prompt"] == "a red circle" and sample["tag"] == "position"
+    assert sample["scene"] is sample.scene and sample.get("references") is None
+    assert "references" not in sample and "tag" in sample
+    with pytest.raises(KeyError):
+        ImageSample("x")["scene"]  # no scene reads as a missing key, as in a row
+    image = torch.zeros(3, 4, 4)
+    ref = sample.with_references({"c": image})
+    assert ref["references"]["c"] is image and not sample.references  # a new sample
+    assert {**ref}.keys() == {"prompt", "scene", "references", "tag", "id"}
+    unit = ref.with_scene(Scene.from_json({"subjects": [{"name": "circle"}]}), "a circle")
+    assert unit.prompt == "a circle" and unit.references is ref.references
 
 
 def test_level_models_are_built_once_and_missing_ones_are_named():
