@@ -54,8 +54,8 @@ def found_rate(adapter, scenes, cfg) -> tuple[float, float]:
     """(share of ODE images, fixed noise, in which the checker finds the scene's square and
     nothing else; share in which it finds the square at all). A policy that collapses into
     coloured noise passes the second (some blob of noise is square) and fails the first."""
-    from vrl.world import check
     from vrl.pretrain.t2i import generate
+    from vrl.world import check
 
     smp = cfg.sampling
     images = generate(adapter, [s.prompt() for s in scenes], smp.eval_num_steps,
@@ -73,9 +73,9 @@ def run(out: Path, reward: str, seed: int, overrides: list[str]) -> dict:
     from vrl.config import apply_overrides, build_config
     from vrl.models.diffusion import FlowMatchingAdapter
     from vrl.models.paths import resolve_pipeline_path
+    from vrl.quickstart import hicogen as hicogen_rl
     from vrl.trainers.diffusion_config import DiffusionTrainConfig
     from vrl.trainers.diffusion_grpo import train
-    from vrl.quickstart import hicogen as hicogen_rl
 
     recipe = json.loads(json.dumps(hicogen_rl.RECIPE))
     path = resolve_pipeline_path(recipe["model"]["path"])
@@ -88,6 +88,7 @@ def run(out: Path, reward: str, seed: int, overrides: list[str]) -> dict:
     recipe["prompts"].update(train=str(train_file), eval=str(eval_file))
     recipe["run"].update(output_dir=str(out / "run"), seed=seed, save_final=False)
     recipe["grpo"]["rewards"] = {reward: 1.0}
+    recipe["hierarchical"] = {}  # this reward alone, not the recipe's hierarchical reward
     recipe = apply_overrides(recipe, [*FIXED, *overrides])
     cfg = build_config(DiffusionTrainConfig, recipe, "square RL")
 

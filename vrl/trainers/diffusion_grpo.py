@@ -19,9 +19,9 @@ One step reads top to bottom:
 With `chain.enabled` (HiCoGen) a rollout is a chain of synthesis per prompt: its scene (JSONL
 metadata, the template parser or a local LLM) gives the units, each unit is drawn from the canvas so
 far, a final pass composes the full prompt, and every pass's trajectory is trained like any other
-(`chain.credit` picks whose advantage a unit pass gets). The hierarchical reward levels named among
-the rewards (hier_global / hier_subject / hier_relation) are built from `reward_models`. Prompts
-travel as `ImageSample`s (prompt, scene, references).
+(`chain.credit` picks whose advantage a unit pass gets). The hierarchical reward is built from the
+`hierarchical` section (its levels, weights and models) and summed with `grpo.rewards`, each of
+its levels logged on its own. Prompts travel as `ImageSample`s (prompt, scene, references).
 
 Simplifications, stated: all images of a micro-batch share the timesteps; the same steps are
 trained for every sample of a rollout; steps whose noise level is 0 (ODE) carry no log-prob and are
@@ -48,7 +48,6 @@ from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vrl.config import save_config
 from vrl.data.t2i import ImageSample, load_prompts
 from vrl.rewards import WeightedReward
-from vrl.rewards.hierarchical_models import register_level_rewards
 from vrl.samplers import from_config, gaussian_kl_mean, sample, score_step
 from vrl.samplers.loop import Trajectory
 from vrl.trainers.common import (
@@ -130,8 +129,12 @@ def train(cfg) -> dict[str, Any]:
         )
         prompts, eval_prompts = scened[: len(prompts)], scened[len(prompts) :]
     logger.info("scenes by source: %s", sources)
-    register_level_rewards(cfg.reward_models, grpo.rewards, device=device)
-    reward_fn = WeightedReward(grpo.rewards, modality="image")
+    hierarchical = cfg.hierarchical.build(device)  # its models loaded once; None if unweighted
+    reward_fn = WeightedReward(
+        grpo.rewards,
+        modality="image",
+        components=hierarchical.components() if hierarchical else None,
+    )
     schedule = from_config(smp.noise)
     with accelerator.main_process_first():
         adapter, ref_transformer = load_diffusion_policy(cfg, accelerator)
