@@ -279,7 +279,7 @@ RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 def test_every_recipe_loads_and_validates(recipe):
     from vrl.trainers.vlm_config import VLMTrainConfig
 
-    cls = VLMTrainConfig if recipe.stem.startswith("vlm") else DiffusionTrainConfig
+    cls = VLMTrainConfig if "vlm" in recipe.stem else DiffusionTrainConfig  # quickstart_vlm too
     load_config(cls, recipe)
 
 
