@@ -5,9 +5,9 @@ then one snapshot after every pass of the chain of synthesis (for every model sh
 the RL-tuned adapter alternate, on the same seed), then the rewards. The page renders each
 snapshot as it comes, so a person watches the scene being built unit by unit.
 
-A pass is exactly a pass of `vrl.hicogen.chain.synthesize_chain` (the same start sigma for
-image-to-image, the same noise draws in the same order; a test checks the images are equal), run
-here one at a time and without storing trajectories, which display does not need.
+The passes come from `vrl.hicogen.chain.iter_chain`, the chain the trainer and `synthesize_chain`
+run (a test checks the images are equal), one at a time as it yields them and without storing
+trajectories, which display does not need.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 
+from vrl.data.t2i import ImageSample
 from vrl.demo.examples import example_scenes
 from vrl.demo.rewards import RewardReport, build_reward, score_images
 from vrl.demo.settings import DemoSettings, Limits
-from vrl.hicogen.chain import img2img_start, plan_chain
+from vrl.hicogen.chain import img2img_start, iter_chain, plan_chain
 from vrl.hicogen.decompose import decompose_template, fallback_scene
 from vrl.hicogen.scene import Scene, SynthesisUnit
-from vrl.samplers import ConstantNoise, DecayingNoise, NoiseSchedule, WindowNoise, sample
+from vrl.samplers import ConstantNoise, DecayingNoise, NoiseSchedule, WindowNoise
 
 logger = logging.getLogger(__name__)
 
@@ -189,45 +190,6 @@ class DemoState:
         wanted = len(self.decomposition.units) + 1 if self.request.chain else 1
         passes = self.passes.get(label, [])
         return passes[-1].images if len(passes) == wanted else None
-
-
-def denoise_pass(
-    adapter,
-    transformer: torch.nn.Module,
-    embeds,
-    canvas: torch.Tensor | None,
-    sigmas: torch.Tensor,
-    start: int,
-    *,
-    batch_size: int,
-    size: int,
-    guidance: float,
-    step: str,
-    schedule: NoiseSchedule | None,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Final latents of one chain pass: from noise (canvas None) or from the canvas noised back to
-    sigmas[start] (image-to-image), as `synthesize_chain` does it."""
-    noise = adapter.initial_noise(batch_size, size, size, generator)
-    if canvas is None:
-        step_sigmas, x = sigmas, noise
-    else:  # flow matching: x_s = (1 - s) x_0 + s eps, from the canvas as x_0
-        step_sigmas = sigmas[start:]
-        s0 = step_sigmas[0].to(noise.dtype)
-        x = (1 - s0) * canvas + s0 * noise
-    levels = None
-    if schedule is not None and step != "ode":
-        levels = schedule.levels(len(step_sigmas) - 1).to(adapter.device)
-    traj = sample(
-        adapter.velocity_fn(transformer, embeds, guidance),
-        x,
-        step_sigmas,
-        step=step if levels is not None else "ode",
-        schedule=levels,
-        generator=generator,
-        store_trajectory=False,
-    )
-    return traj.final
 
 
 # ---------------------------------------------------------------------- loading
@@ -441,33 +403,36 @@ class DemoEngine:
             )
         yield state
 
-        sigmas = adapter.sigmas(request.steps, size, size).to(adapter.device)  # (T + 1,)
+        sigmas = adapter.sigmas(request.steps, size, size)  # (T + 1,)
         start = img2img_start(sigmas, request.strength)
         shortest = request.steps - start if len(prompts) > 1 else request.steps
         schedule = noise_schedule(request, shortest)
-        generators = {
-            label: torch.Generator(adapter.device).manual_seed(request.seed) for label in labels
+        units = dec.unit_prompts if request.chain else ()
+        # one chain per label, each from its own generator on the same seed; the passes are made
+        # one at a time, in turn, each with its label's adapter state (`iter_chain` works lazily)
+        chains = {
+            label: iter_chain(
+                adapter,
+                adapter.transformer,
+                units,
+                dec.final_prompt,
+                batch_size=batch,
+                height=size,
+                width=size,
+                num_steps=request.steps,
+                guidance_scale=request.guidance,
+                strength=request.strength,
+                step=request.sampler,
+                schedule=schedule,
+                generator=torch.Generator(adapter.device).manual_seed(request.seed),
+                store_trajectory=False,
+            )
+            for label in labels
         }
-        canvas: dict[str, torch.Tensor | None] = {label: None for label in labels}
         for k, prompt in enumerate(prompts):
             for label in labels:
                 with self._lock, torch.no_grad(), self._policy(label):
-                    embeds = adapter.encode_prompts([prompt] * batch)
-                    canvas[label] = denoise_pass(
-                        adapter,
-                        adapter.transformer,
-                        embeds,
-                        canvas[label],
-                        sigmas,
-                        start,
-                        batch_size=batch,
-                        size=size,
-                        guidance=request.guidance,
-                        step=request.sampler,
-                        schedule=schedule,
-                        generator=generators[label],
-                    )
-                    images = adapter.decode(canvas[label], (size, size)).float().cpu()
+                    images = next(chains[label]).image.float().cpu()
                 state.passes[label].append(PassResult(prompt, images))
                 state.done += 1
                 what = "final pass" if k == len(prompts) - 1 else f"unit {k + 1}"
@@ -492,7 +457,7 @@ class DemoEngine:
         state.message = "done"
         yield state
 
-    def _reward_samples(self, state: DemoState, label: str) -> list[dict[str, Any]]:
+    def _reward_samples(self, state: DemoState, label: str) -> list[ImageSample]:
         """One sample per image: the scene, and each subject's unit image as its reference."""
         dec, passes = state.decomposition, state.passes[label]
         samples = []
@@ -504,7 +469,5 @@ class DemoEngine:
                     for k, unit in enumerate(dec.units)
                     for sid in unit.subjects
                 }
-            samples.append(
-                {"prompt": dec.final_prompt, "scene": dec.scene, "references": references}
-            )
+            samples.append(ImageSample(dec.final_prompt, dec.scene, references))
         return samples

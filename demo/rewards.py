@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vrl.data.t2i import ImageSample
 from vrl.demo.settings import DemoSettings
 from vrl.rewards.hierarchical import LEVELS, HierarchicalReward
 
@@ -42,7 +43,7 @@ class RewardReport:
 
 
 def score_images(
-    reward: HierarchicalReward, images: torch.Tensor, samples: Sequence[Mapping]
+    reward: HierarchicalReward, images: torch.Tensor, samples: Sequence[ImageSample]
 ) -> RewardReport:
     """Score (B, 3, H, W) images in [0, 1] and collect each level's per-row breakdown.
 
@@ -99,10 +100,11 @@ class WorldReward(HierarchicalReward):
             summed.levels["subject"],
             summed.levels["relation"],
             summed.weights,
+            prefix=summed.prefix,
         )
         self._world_checks = world.world_checks
 
-    def rows(self, images: torch.Tensor, samples: Sequence[Mapping]) -> tuple[list, list]:
+    def rows(self, images: torch.Tensor, samples: Sequence[ImageSample]) -> tuple[list, list]:
         """Per image: one row per subject (found, its questions right) and per relation."""
         from vrl.rewards.hierarchical_subject import scene_of
 
@@ -156,13 +158,12 @@ def build_world_reward(settings: DemoSettings) -> HierarchicalReward:
 def build_tiny_random_reward(settings: DemoSettings) -> HierarchicalReward:
     """All three levels on tiny random models (CLIP, OWLv2, DINOv2, Qwen2.5-VL) built offline:
     the real code paths, meaningless scores. Seeded, so a page scores the same every launch."""
-    from vrl.rewards.hierarchical_models import TINY, build_level_rewards
+    from vrl.rewards.hierarchical_models import TINY, build_hierarchical_reward
 
-    spec = {name: {"path": TINY} for name in ("clip", "detector", "dino", "vlm")}
+    models = {name: {"path": TINY} for name in ("clip", "detector", "dino", "vlm")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        levels = build_level_rewards(spec, LEVELS)
-    return HierarchicalReward(levels["global"], levels["subject"], levels["relation"])
+        return build_hierarchical_reward(weights=dict.fromkeys(LEVELS, 1.0), models=models)
 
 
 REWARD_BUILDERS: dict[str, RewardBuilder] = {

@@ -57,9 +57,11 @@ def fit(out: Path, scene: int, objective: str, overrides: list[str]) -> dict:
     recipe["run"].update(output_dir=str(out / "run"), seed=0, save_final=False)
     recipe = apply_overrides(recipe, [*FIXED, f"grpo.objective={objective}", *overrides])
     cfg = build_config(DiffusionTrainConfig, recipe, "one-prompt fit")
-    row = load_prompts(prompts)[0]
-    row["scene"] = chosen
-    reward_fn = WeightedReward(cfg.grpo.rewards, modality="image")
+    row = load_prompts(prompts)[0].with_scene(chosen)
+    world = cfg.hierarchical.build()  # the recipe's world reward, as the trainer builds it
+    reward_fn = WeightedReward(
+        cfg.grpo.rewards, modality="image", components=world.components() if world else None
+    )
     base = FlowMatchingAdapter.from_pretrained(path)
     before = ode_reward(base, base.transformer, row, reward_fn, cfg)
     del base

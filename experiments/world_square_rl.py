@@ -88,6 +88,7 @@ def run(out: Path, reward: str, seed: int, overrides: list[str]) -> dict:
     recipe["prompts"].update(train=str(train_file), eval=str(eval_file))
     recipe["run"].update(output_dir=str(out / "run"), seed=seed, save_final=False)
     recipe["grpo"]["rewards"] = {reward: 1.0}
+    recipe["hierarchical"] = {}  # this reward alone, not the recipe's hierarchical reward
     recipe = apply_overrides(recipe, [*FIXED, *overrides])
     cfg = build_config(DiffusionTrainConfig, recipe, "square RL")
 

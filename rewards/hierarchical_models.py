@@ -1,29 +1,33 @@
-"""The hierarchical reward's levels built from a run's config, with each model loaded once.
+"""The hierarchical reward built from a run's config: its levels, their weights and their models.
 
-A recipe names the levels it trains on among its rewards and says where their models are::
+A recipe gives the whole reward in one section, ``hierarchical``, the one place for its weights::
 
-    grpo:
-      rewards: {hier_global: 1.0, hier_subject: 1.0, hier_relation: 1.0}
-    reward_models:
-      clip: {model: ViT-H-14, path: /ckpt/open_clip_vit_h14.bin}
-      preference: {model: ViT-H-14, path: /ckpt/HPS_v2_compressed.pt}
-      detector: {path: google/owlv2-base-patch16-ensemble}
-      dino: {path: facebook/dinov2-base}
-      vlm: {path: Qwen/Qwen2.5-VL-7B-Instruct}
-      weights: {global: {w_clip: 1.0, w_pref: 1.0}, subject: {w_dino: 1.0, w_vlm: 1.0}}
+    hierarchical:
+      weights: {global: 1.0, subject: 1.0, relation: 1.0}   # R = sum of weight * level
+      terms:                                                # weights inside a level (default 1)
+        global: {w_clip: 1.0, w_pref: 1.0}
+        subject: {w_dino: 1.0, w_vlm: 1.0}
+        relation: {w_vlm: 1.0, w_geometry: 1.0}
+      models:
+        clip: {model: ViT-H-14, path: /ckpt/open_clip_vit_h14.bin}
+        preference: {model: ViT-H-14, path: /ckpt/HPS_v2_compressed.pt}
+        detector: {path: google/owlv2-base-patch16-ensemble}
+        dino: {path: facebook/dinov2-base}
+        vlm: {path: Qwen/Qwen2.5-VL-7B-Instruct}
 
-``register_level_rewards`` builds only the levels that the rewards name and only the models
-those levels use (the VLM once, shared by the subject and relation levels), then registers them
-under ``hier_global`` / ``hier_subject`` / ``hier_relation`` so that ``WeightedReward`` weights
-them and the trainer logs each level on its own. A model whose entry is missing is left out and
-its term dropped (each level documents how); a level left with no model at all is an error that
-names the missing entries.
+``build_hierarchical_reward`` builds only the levels that ``weights`` names and only the models
+those levels use, each once (the VLM is shared by the subject and relation levels), and returns a
+``HierarchicalReward`` whose levels a trainer logs as ``hier_global`` / ``hier_subject`` /
+``hier_relation``. Nothing is registered: the registry holds the rewards that import defines. A
+model whose entry is missing is left out and its term dropped (each level documents how); a level
+left with no model at all is an error that names the missing entries. ``judge: world`` is the
+shapes world's exact checker instead (``rewards/world.py``: no model, levels ``world_global``,
+...).
 
 ``path: tiny-random`` builds a tiny random model of the same architecture offline (for the VLM
 also ``tiny-random:qwen2_vl``): the CPU recipes and tests use it to exercise the real code paths
 without any checkpoint. ``clip: {path: world:clip}`` is the shapes world's trained CLIP
-(``vrl pretrain world-clip``, committed; another folder it wrote: ``world:clip:<folder>``), the
-global level of the world's HiCoGen half.
+(``vrl pretrain world-clip``, committed; another folder it wrote: ``world:clip:<folder>``).
 """
 
 from __future__ import annotations
@@ -33,25 +37,26 @@ from typing import Any
 
 import torch
 
-from .hierarchical import LevelFn
-from .registry import register_reward, unregister_reward
+from .hierarchical import LEVELS, HierarchicalReward, LevelFn
 
-LEVEL_REWARDS = {"hier_global": "global", "hier_subject": "subject", "hier_relation": "relation"}
-"""Registry name -> level of the hierarchical reward."""
-
-# Models each level can use; it needs at least one of _REQUIRED (the detector alone cannot judge
-# a subject: it only finds the crop that DINOv2 and the VLM look at).
-_LEVEL_MODELS = {
-    "global": ("clip", "preference"),
-    "subject": ("detector", "dino", "vlm"),
-    "relation": ("vlm", "detector"),
-}
+SECTION = "hierarchical"
+"""The config section, named in error messages."""
+JUDGES = ("models", "world")
+# Models each level can use: global clip, preference; subject detector, dino, vlm; relation vlm,
+# detector. It needs at least one of _REQUIRED (the detector alone cannot judge a subject: it
+# only finds the crop that DINOv2 and the VLM look at).
 _REQUIRED = {
     "global": ("clip", "preference"),
     "subject": ("dino", "vlm"),
     "relation": ("vlm", "detector"),
 }
-_KNOWN_KEYS = {"clip", "preference", "detector", "dino", "vlm", "weights"}
+MODELS = ("clip", "preference", "detector", "dino", "vlm")
+TERMS = {
+    "global": ("w_clip", "w_pref"),
+    "subject": ("w_dino", "w_vlm"),
+    "relation": ("w_vlm", "w_geometry"),
+}
+"""The weights inside each level (keyword arguments of its reward; default 1 each)."""
 TINY = "tiny-random"
 WORLD_CLIP = "world:clip"
 
@@ -86,57 +91,113 @@ TINY_DINO = {
 }
 
 
-def levels_named(reward_names: Iterable[str]) -> list[str]:
-    """The hierarchical levels among a config's reward names, in level order."""
-    wanted = {LEVEL_REWARDS[n] for n in reward_names if n in LEVEL_REWARDS}
-    return [level for level in ("global", "subject", "relation") if level in wanted]
+def check_hierarchical(
+    judge: str = "models",
+    weights: Mapping[str, float] | None = None,
+    terms: Mapping[str, Mapping[str, float]] | None = None,
+    models: Mapping[str, Any] | None = None,
+) -> None:
+    """Validate the ``hierarchical`` section without loading anything; errors name the field."""
+    weights, terms, models = dict(weights or {}), dict(terms or {}), dict(models or {})
+    if judge not in JUDGES:
+        raise ValueError(f"{SECTION}.judge: {judge!r} is not one of {', '.join(JUDGES)}")
+    for level in weights:
+        if level not in LEVELS:
+            raise ValueError(
+                f"{SECTION}.weights.{level}: unknown level; valid: {', '.join(LEVELS)}"
+            )
+    if not weights and (terms or models):
+        given = f"{SECTION}.{'terms' if terms else 'models'}"
+        raise ValueError(f"{given} is given but {SECTION}.weights names no level to train on")
+    if judge == "world":
+        for name, value in (("terms", terms), ("models", models)):
+            if value:
+                raise ValueError(
+                    f"{SECTION}.{name}: judge=world reads the images with the shapes world's "
+                    "exact checker, which has no models and no terms; leave it out"
+                )
+        return
+    for level, level_terms in terms.items():
+        if level not in LEVELS:
+            raise ValueError(f"{SECTION}.terms.{level}: unknown level; valid: {', '.join(LEVELS)}")
+        if not isinstance(level_terms, Mapping):
+            raise ValueError(
+                f"{SECTION}.terms.{level}: give a mapping, e.g. {{{TERMS[level][0]}: 1.0}}"
+            )
+        for term in level_terms:
+            if term not in TERMS[level]:
+                raise ValueError(
+                    f"{SECTION}.terms.{level}.{term}: unknown term; valid: "
+                    + ", ".join(TERMS[level])
+                )
+    for name, entry in models.items():
+        if name not in MODELS:
+            raise ValueError(f"{SECTION}.models.{name}: unknown model; valid: {', '.join(MODELS)}")
+        if entry and not (isinstance(entry, Mapping) and entry.get("path")):
+            raise ValueError(
+                f"{SECTION}.models.{name}: give a mapping with a path (or 'tiny-random')"
+            )
+    for level in weights:
+        if not any(models.get(name) for name in _REQUIRED[level]):
+            needed = " or ".join(f"{SECTION}.models.{n}" for n in _REQUIRED[level])
+            raise ValueError(f"the {level} level ({SECTION}.weights.{level}) needs {needed}")
 
 
-def check_spec(spec: Mapping[str, Any] | None, levels: Iterable[str]) -> dict[str, Any]:
-    """Validate a ``reward_models`` mapping for the given levels without loading anything."""
-    spec = dict(spec or {})
-    unknown = set(spec) - _KNOWN_KEYS
-    if unknown:
-        raise ValueError(
-            f"reward_models: unknown entries {sorted(unknown)}; valid: {sorted(_KNOWN_KEYS)}"
-        )
-    bad = set(spec.get("weights") or {}) - set(_LEVEL_MODELS)
-    if bad:
-        raise ValueError(f"reward_models.weights: unknown levels {sorted(bad)}")
-    for level in levels:
-        if not any(spec.get(name) for name in _REQUIRED[level]):
-            needed = " or ".join(f"reward_models.{n}" for n in _REQUIRED[level])
-            raise ValueError(f"the {level} level (hier_{level}) needs {needed}")
-    for name, entry in spec.items():
-        if name != "weights" and entry and not (isinstance(entry, Mapping) and entry.get("path")):
-            raise ValueError(f"reward_models.{name}: give a mapping with a path (or 'tiny-random')")
-    return spec
+def build_hierarchical_reward(
+    *,
+    judge: str = "models",
+    weights: Mapping[str, float] | None = None,
+    terms: Mapping[str, Mapping[str, float]] | None = None,
+    models: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> HierarchicalReward | None:
+    """The hierarchical reward of a ``hierarchical`` section (None when ``weights`` names no
+    level): the levels ``weights`` names, weighted by it, on their models, each built once."""
+    check_hierarchical(judge, weights, terms, models)
+    if not weights:
+        return None
+    if judge == "world":
+        from .world import make_world_reward
+
+        return make_world_reward(weights)
+    built: dict[str, Any] = {}
+    levels = build_level_rewards(models or {}, weights, terms=terms, device=device, built=built)
+    reward = HierarchicalReward(
+        levels.get("global"), levels.get("subject"), levels.get("relation"), weights
+    )
+    reward.models = built
+    return reward
 
 
 def build_level_rewards(
-    spec: Mapping[str, Any], levels: Iterable[str], *, device: str | torch.device = "cpu"
+    models: Mapping[str, Any],
+    levels: Iterable[str],
+    *,
+    terms: Mapping[str, Mapping[str, float]] | None = None,
+    device: str | torch.device = "cpu",
+    built: dict[str, Any] | None = None,
 ) -> dict[str, LevelFn]:
-    """{level: reward fn} for the requested levels; each model is built once and shared."""
+    """{level: reward fn} for the requested levels on ``models`` (the ``hierarchical.models``
+    entries); each model is built once, shared by the levels and kept in ``built``."""
     from .hierarchical_global import build_global_reward
     from .hierarchical_relation import RelationReward
     from .hierarchical_subject import SubjectReward
 
     levels = list(levels)
-    spec = check_spec(spec, levels)
-    weights = dict(spec.get("weights") or {})
-
-    models: dict[str, Any] = {}
+    terms = dict(terms or {})
+    check_hierarchical("models", dict.fromkeys(levels, 1.0), terms, models)
+    built = {} if built is None else built
 
     def model(name: str):
-        if not spec.get(name):
+        if not models.get(name):
             return None
-        if name not in models:
-            models[name] = _build_model(name, dict(spec[name]), device)
-        return models[name]
+        if name not in built:
+            built[name] = _build_model(name, dict(models[name]), device)
+        return built[name]
 
     out: dict[str, LevelFn] = {}
     for level in levels:
-        w = dict(weights.get(level) or {})
+        w = dict(terms.get(level) or {})
         if level == "global":
             out[level] = build_global_reward(model("clip"), model("preference"), **w)
         elif level == "subject":
@@ -146,31 +207,11 @@ def build_level_rewards(
     return out
 
 
-def register_level_rewards(
-    spec: Mapping[str, Any], reward_names: Iterable[str], *, device: str | torch.device = "cpu"
-) -> dict[str, LevelFn]:
-    """Build the levels the config's rewards name and (re)register them as ``hier_<level>``.
-
-    A name registered by an earlier run in the same process is replaced: the registry holds the
-    current run's models. Returns {registry name: reward fn}.
-    """
-    from .registry import available_rewards
-
-    built = build_level_rewards(spec, levels_named(reward_names), device=device)
-    registered = {}
-    for level, fn in built.items():
-        name = f"hier_{level}"
-        if name in available_rewards():
-            unregister_reward(name)
-        registered[name] = register_reward(name, modality="image")(fn)
-    return registered
-
-
 def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
     """One backend from its config entry: {path: ..., model: ..., other options}."""
     path = entry.pop("path", None)
     if not path:
-        raise ValueError(f"reward_models.{name}: give a path (or 'tiny-random')")
+        raise ValueError(f"{SECTION}.models.{name}: give a path (or 'tiny-random')")
     tiny = path == TINY
     if name in ("clip", "preference"):
         from .hierarchical_global import CLIPScorer, PreferenceScorer
@@ -185,7 +226,7 @@ def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
         if tiny:
             return cls.from_config(TINY_CLIP, device=device, **entry)
         if not arch:
-            raise ValueError(f"reward_models.{name}: name the open_clip architecture in 'model'")
+            raise ValueError(f"{SECTION}.models.{name}: name the open_clip architecture in 'model'")
         return cls.from_pretrained(arch, path, device=device, **entry)
     if name == "detector":
         from .hierarchical_subject import OpenVocabDetector
@@ -219,4 +260,4 @@ def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
         )
         adapter.model.to(device)
         return VLMYesProbability(adapter, batch_size=batch_size)
-    raise ValueError(f"reward_models: unknown model {name!r}")
+    raise ValueError(f"{SECTION}.models: unknown model {name!r}")

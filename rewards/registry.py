@@ -2,11 +2,13 @@
 
 A reward is a plain callable over a batch, ``fn(outputs, samples) -> list[float | None]``,
 where None means "not applicable to this sample" (a detection reward on a REC sample). For a
-vision-language model the outputs are parsed ``Completion`` objects; for a text-to-image model
-they are an image tensor (B, 3, H, W) in [0, 1]. ``samples`` are the dataset rows (the prompt and
-its metadata). Rewards
-are registered by name and looked up from the run's config, which also gives their weights: the
-reference VLM-R1 code read the weights but never applied them; ``WeightedReward`` does.
+vision-language model the outputs are parsed ``Completion`` objects and ``samples`` the dataset
+rows; for a text-to-image model the outputs are an image tensor (B, 3, H, W) in [0, 1] and
+``samples`` are ``vrl.data.t2i.ImageSample``s (the prompt, its scene, the chain's reference
+images and the prompt line's other fields, read as ``sample.scene`` or ``sample["scene"]``).
+Rewards are registered by name, once, at import, and looked up from the run's config, which also
+gives their weights: the reference VLM-R1 code read the weights but never applied them;
+``WeightedReward`` does.
 
 One faulty reward must not end a run that has been training for hours, so ``WeightedReward``
 catches a component's exception, warns, rescores the batch sample by sample, and gives 0.0 to
@@ -30,7 +32,7 @@ from .parsing import Completion
 logger = logging.getLogger(__name__)
 
 Sample = Mapping[str, Any]
-"""A dataset row: at least "solution" (str), optionally "accu_reward_method" and other columns."""
+"""A dataset row (VLM: at least "solution"), or an ``ImageSample``, which reads like one."""
 
 RewardFn = Callable[[Sequence[Completion], Sequence[Sample]], list[float | None]]
 
@@ -116,29 +118,57 @@ class RewardResult:
     """Samples that a component failed to score even alone (they got 0.0)."""
 
 
-class WeightedReward:
-    """The config's ``{name: weight}`` turned into one callable scoring a batch."""
+def score_tensor(scores: Sequence[float | None]) -> torch.Tensor:
+    """(N,) float32 scores, NaN where a reward did not apply (None)."""
+    return torch.tensor([math.nan if s is None else s for s in scores], dtype=torch.float32)
 
-    def __init__(self, weights: Mapping[str, float], modality: str | None = None):
-        if not weights:
+
+def weighted_sum(
+    components: Mapping[str, torch.Tensor], weights: Mapping[str, float], n: int
+) -> torch.Tensor:
+    """(N,) float32 sum of weight * score over the components in order, a NaN score counting 0:
+    the one formula of a run's reward (`WeightedReward`) and of the hierarchical reward."""
+    total = torch.zeros(n, dtype=torch.float32)
+    for name, values in components.items():
+        total += weights[name] * torch.nan_to_num(values, nan=0.0)
+    return total
+
+
+class WeightedReward:
+    """The config's ``{name: weight}`` turned into one callable scoring a batch.
+
+    ``components`` adds rewards that are not looked up in the registry, name -> (reward, weight),
+    scored first: a ``HierarchicalReward``'s levels (``.components()``), each logged on its own.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        modality: str | None = None,
+        *,
+        components: Mapping[str, tuple[RewardFn, float]] | None = None,
+    ):
+        components = dict(components or {})
+        if not weights and not components:
             raise ValueError(
                 f"no rewards given; name at least one, e.g. {{'format': 1.0}}. "
                 f"Valid names: {', '.join(available_rewards())}"
             )
         self.weights: dict[str, float] = {}
         self.fns: dict[str, RewardFn] = {}
+        for name, (fn, weight) in components.items():
+            self.fns[name] = fn
+            self.weights[name] = _checked_weight(name, weight)
         for name, weight in weights.items():
+            if name in self.fns:
+                raise ValueError(f"reward {name!r} is given twice")
             self.fns[name] = get_reward(name)  # fail at config time, not mid-run
             if modality is not None and _MODALITY[name] != modality:
                 raise ValueError(
                     f"reward {name!r} scores {_MODALITY[name]} outputs, but this trainer produces "
                     f"{modality}; {modality} rewards: {', '.join(available_rewards(modality))}"
                 )
-            if not isinstance(weight, numbers.Real):
-                raise ValueError(f"weight of reward {name!r} must be a number, got {weight!r}")
-            if not math.isfinite(weight):
-                raise ValueError(f"weight of reward {name!r} must be finite, got {weight!r}")
-            self.weights[name] = float(weight)
+            self.weights[name] = _checked_weight(name, weight)
 
     def __repr__(self) -> str:
         return f"WeightedReward({self.weights!r})"
@@ -155,19 +185,22 @@ class WeightedReward:
                 "rewards take parsed Completion objects, not raw strings; "
                 "use vrl.rewards.parse_completion(text, box_transform) first"
             )
-        n = len(completions)
-        total = torch.zeros(n, dtype=torch.float32)
         components: dict[str, torch.Tensor] = {}
         num_errors = 0
         for name, fn in self.fns.items():
             scores, errors = _score_component(name, fn, completions, samples)
             num_errors += errors
-            values = torch.tensor(
-                [math.nan if s is None else s for s in scores], dtype=torch.float32
-            )  # (N,)
-            components[name] = values
-            total += self.weights[name] * torch.nan_to_num(values, nan=0.0)
+            components[name] = score_tensor(scores)  # (N,)
+        total = weighted_sum(components, self.weights, len(completions))
         return RewardResult(total=total, components=components, num_errors=num_errors)
+
+
+def _checked_weight(name: str, weight: Any) -> float:
+    if not isinstance(weight, numbers.Real):
+        raise ValueError(f"weight of reward {name!r} must be a number, got {weight!r}")
+    if not math.isfinite(weight):
+        raise ValueError(f"weight of reward {name!r} must be finite, got {weight!r}")
+    return float(weight)
 
 
 def _score_component(

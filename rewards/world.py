@@ -1,7 +1,8 @@
 """The shapes world's exact checker as the three levels of the HiCoGen hierarchical reward.
 
-Each image is read by ``vrl.world.check`` against its sample's scene (``sample["scene"]``: a
-``Scene``, its dict or its JSON), with no model:
+Each image is read by ``vrl.world.check`` against its sample's scene (``sample.scene`` of an
+``ImageSample``, or ``sample["scene"]`` of a row: a ``Scene``, its dict or its JSON), with no
+model:
 
 - ``world_global``: 0.5 * [background colour right] + 0.5 * [no missing and no extra shapes],
   the latter as found / (subjects + extra detections), so the score is in [0, 1];
@@ -15,9 +16,11 @@ of each subject's colour is, a soft version of the checker's shape rule. The exa
 a few edge pixels (a square is a square only from 88% box fill), so most images of a tiny model
 score the same there, and a group's advantages carry little; the soft score grades every blob.
 
-``make_world_reward`` sums the three exact levels as a ``HierarchicalReward``; "world" in the
-registry is that sum with unit weights. The checker is numpy on uint8 pixels (no autograd) and
-its last results are cached by image content, so the levels of one batch read each image once.
+``make_world_reward`` is the three exact levels as a ``HierarchicalReward`` (a recipe's
+``hierarchical: {judge: world, weights: ...}``), logged as ``world_global``, ``world_subject``,
+``world_relation``; "world" in the registry is its sum with unit weights. The checker is numpy on
+uint8 pixels (no autograd) and its last results are cached by image content, so the levels of one
+batch read each image once.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def world_shape(images: torch.Tensor, samples: Sequence[Mapping]) -> list[float]
 def make_world_reward(weights: Mapping[str, float] | None = None) -> HierarchicalReward:
     """R = w_g * world_global + w_s * world_subject + w_r * world_relation (weights default 1);
     ``.breakdown(images, samples)`` gives each level's scores."""
-    return HierarchicalReward(world_global, world_subject, world_relation, weights=weights)
+    return HierarchicalReward(
+        world_global, world_subject, world_relation, weights=weights, prefix="world"
+    )
 
 
 register_reward("world", modality="image")(make_world_reward())

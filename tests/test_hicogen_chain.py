@@ -1,16 +1,14 @@
-"""Chain of Synthesis on a tiny SD3: N units give N + 1 images; one RL step over the chain."""
+"""Chain of Synthesis on a tiny SD3: N units give N + 1 images, yielded pass by pass; the
+deterministic evaluation chain."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
-from vrl.hicogen.chain import chain_policy_loss, img2img_start, synthesize_chain
+from vrl.hicogen.chain import eval_chain, img2img_start, iter_chain, synthesize_chain
 from vrl.models.diffusion import FlowMatchingAdapter
 from vrl.models.paths import resolve_pipeline_path
-from vrl.rewards import get_reward
 
 UNITS = ["a red circle", "a blue square", "a green triangle"]
 FINAL = "a red circle left of a blue square above a green triangle"
@@ -50,38 +48,44 @@ def test_three_units_give_four_images_each_starting_from_the_last_canvas(adapter
     assert noise.std().item() == pytest.approx(1.0, rel=0.3)
 
 
-@pytest.mark.parametrize("credit", ["final", "unit"])
-def test_one_rl_step_over_the_chain_moves_lora_with_finite_loss(adapter, credit):
-    g = 4
+def test_the_chain_yields_each_pass_as_it_is_made_and_collects_the_same(adapter):
+    settings = dict(
+        batch_size=2, height=32, width=32, num_steps=4, strength=0.6,
+        schedule={"kind": "constant", "level": 0.5},
+    )  # fmt: skip
+    passes = iter_chain(
+        adapter, adapter.transformer, UNITS, FINAL, generator=torch.Generator().manual_seed(3),
+        store_trajectory=False, **settings,
+    )  # fmt: skip
+    first = next(passes)  # unit 1 is there before unit 2 is drawn
+    assert first.prompt == UNITS[0] and first.trajectory.latents.shape[1] == 1
+    streamed = [first, *passes]
     chain = synthesize_chain(
-        adapter, adapter.transformer, UNITS, FINAL, batch_size=g, height=32, width=32,
-        num_steps=5, strength=0.7, schedule={"kind": "constant", "level": 0.8},
-        generator=torch.Generator().manual_seed(1),
+        adapter, adapter.transformer, UNITS, FINAL, generator=torch.Generator().manual_seed(3),
+        **settings,
     )  # fmt: skip
-    redness = get_reward("redness")
-    rewards = [torch.tensor(redness(img, [{}] * g)) for img in chain.images]
-    lora = {n: p for n, p in adapter.transformer.named_parameters() if "lora_" in n}
-    before = {n: p.detach().clone() for n, p in lora.items()}
-    optimizer = torch.optim.AdamW(lora.values(), lr=1e-2)
-    stats = chain_policy_loss(
-        adapter, adapter.transformer, chain, rewards[-1], group_size=g,
-        unit_rewards=rewards[:-1], credit=credit,
-    )  # fmt: skip
-    optimizer.step()
-    assert math.isfinite(stats["loss"]) and stats["trained_steps"] >= 4
-    assert stats["ratio_mean"] == 1.0  # every stored step re-scored under the unchanged policy
-    moved = [n for n in lora if not torch.equal(lora[n].detach(), before[n])]
-    assert any("lora_B" in n for n in moved)
-    frozen = [p for n, p in adapter.transformer.named_parameters() if "lora_" not in n]
-    assert all(p.grad is None for p in frozen)
+    assert [p.prompt for p in streamed] == [*UNITS, FINAL]
+    for ours, theirs in zip(streamed, chain.steps, strict=True):
+        assert torch.equal(ours.image, theirs.image)
+    alone = list(iter_chain(adapter, adapter.transformer, (), FINAL, **settings))
+    assert len(alone) == 1 and alone[0].trajectory.num_steps == 4  # no unit: one pass from noise
 
 
-def test_unit_credit_needs_unit_rewards(adapter):
-    chain = synthesize_chain(
-        adapter, adapter.transformer, UNITS[:1], FINAL, batch_size=2, height=32, width=32,
-        num_steps=3, schedule={"kind": "constant", "level": 0.5},
+def test_the_evaluation_chain_is_an_ode_chain_seeded_per_prompt(adapter):
+    from vrl.hicogen.decompose import decompose_template
+
+    prompt = "a red circle to the left of a blue square"
+    scene = decompose_template(prompt)
+    settings = dict(height=32, width=32, num_steps=3, guidance_scale=1.0, strength=0.7)
+    plan, chain = eval_chain(
+        adapter, adapter.transformer, scene, prompt, seed=5, images=2, **settings
+    )
+    again = synthesize_chain(
+        adapter, adapter.transformer, plan.unit_prompts, prompt, batch_size=2, step="ode",
+        generator=torch.Generator().manual_seed(5), num_steps=3, height=32, width=32,
+        strength=0.7,
     )  # fmt: skip
-    with pytest.raises(ValueError, match="one reward tensor per unit"):
-        chain_policy_loss(
-            adapter, adapter.transformer, chain, torch.zeros(2), group_size=2, credit="unit"
-        )
+    assert len(chain.images) == 3 and plan.final_prompt == prompt
+    for ours, theirs in zip(chain.images, again.images, strict=True):
+        assert torch.equal(ours, theirs)
+    assert all((s.trajectory.noise_levels == 0).all() for s in chain.steps)

@@ -11,14 +11,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vrl.config import load_config
-from vrl.data.t2i import load_prompts
+from vrl.config import ConfigError, load_config
+from vrl.data.t2i import ImageSample, load_prompts
 from vrl.data.vlm_r1 import DataError
 from vrl.hicogen.chain import plan_chain
 from vrl.hicogen.decompose import DecompositionResult, LLMDecomposer
 from vrl.hicogen.scene import Scene
-from vrl.rewards import available_rewards, get_reward, unregister_reward
-from vrl.rewards.hierarchical_models import build_level_rewards, register_level_rewards
+from vrl.rewards import available_rewards
+from vrl.rewards.hierarchical_models import build_hierarchical_reward, build_level_rewards
 from vrl.trainers.common import read_metrics
 from vrl.trainers.diffusion_config import DiffusionTrainConfig
 from vrl.trainers.diffusion_grpo import attach_scenes, train, unit_advantages
@@ -34,9 +34,9 @@ SCENE = {
 # the global level on a tiny CLIP; subject: detector + DINO of the crop vs the unit image;
 # relation: detector geometry (the VLM term is exercised in tests/test_rewards_hierarchical.py)
 LEVELS = [
-    "grpo.rewards={hier_global: 1.0, hier_subject: 1.0, hier_relation: 1.0}",
-    "reward_models={clip: {path: tiny-random}, detector: {path: tiny-random}, "
-    "dino: {path: tiny-random}}",
+    "grpo.rewards={}",
+    "hierarchical={weights: {global: 1.0, subject: 1.0, relation: 1.0}, models: {clip: {path: "
+    "tiny-random}, detector: {path: tiny-random}, dino: {path: tiny-random}}}",
 ]
 
 
@@ -181,7 +181,8 @@ def test_a_bad_scene_line_names_file_line_and_field(tmp_path):
     with pytest.raises(DataError, match=r'p\.jsonl:2: field "scene": relations\[0\]'):
         load_prompts(path)
     rows = load_prompts(path, skip_bad_lines=True)  # the good line survives, parsed
-    assert len(rows) == 1 and isinstance(rows[0]["scene"], Scene)
+    assert len(rows) == 1 and isinstance(rows[0].scene, Scene)
+    assert rows[0]["scene"] is rows[0].scene  # and reads like the row it was
 
 
 def test_llm_decompositions_are_cached_and_reused(tmp_path, monkeypatch):
@@ -198,31 +199,77 @@ def test_llm_decompositions_are_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(LLMDecomposer, "from_pretrained", staticmethod(fake_from_pretrained))
     chain = SimpleNamespace(decompose="llm", llm="some/folder")
     cache = tmp_path / "scenes.jsonl"
-    rows = [{"prompt": "a big dog"}, {"prompt": "one cat"}, {"prompt": "m", "scene": None}]
-    rows[2]["scene"] = Scene.from_json(SCENE)
-    assert attach_scenes(rows, chain, cache) == {"llm": 2, "metadata": 1}
-    assert [r["scene"].subjects[0].name for r in rows[:2]] == ["dog", "cat"]
-    again = [{"prompt": "a big dog"}, {"prompt": "one cat"}]
-    assert attach_scenes(again, chain, cache) == {"cache": 2}  # a resumed run: no LLM call
-    assert calls == ["a big dog", "one cat"] and again[0]["scene"] == rows[0]["scene"]
+    rows = [
+        ImageSample("a big dog"),
+        ImageSample("one cat"),
+        ImageSample("m", Scene.from_json(SCENE)),
+    ]
+    scened, sources = attach_scenes([*rows, rows[0]], chain, cache)
+    assert sources == {"llm": 2, "metadata": 1}  # a sample listed twice counts once
+    assert [r.scene.subjects[0].name for r in scened] == ["dog", "cat", "circle", "dog"]
+    again = [ImageSample("a big dog"), ImageSample("one cat")]
+    scened_again, sources = attach_scenes(again, chain, cache)
+    assert sources == {"cache": 2}  # a resumed run: no LLM call
+    assert calls == ["a big dog", "one cat"] and scened_again[0].scene == scened[0].scene
+
+
+def test_an_image_sample_reads_like_the_row_it_was():
+    row = {"prompt": "a red circle", "scene": SCENE, "tag": "position", "id": "p-1"}
+    sample = ImageSample.from_row(row)
+    assert isinstance(sample.scene, Scene) and sample.extra == {"tag": "position", "id": "p-1"}
+    assert sample["prompt"] == "a red circle" and sample["tag"] == "position"
+    assert sample["scene"] is sample.scene and sample.get("references") is None
+    assert "references" not in sample and "tag" in sample
+    with pytest.raises(KeyError):
+        ImageSample("x")["scene"]  # no scene reads as a missing key, as in a row
+    image = torch.zeros(3, 4, 4)
+    ref = sample.with_references({"c": image})
+    assert ref["references"]["c"] is image and not sample.references  # a new sample
+    assert {**ref}.keys() == {"prompt", "scene", "references", "tag", "id"}
+    unit = ref.with_scene(Scene.from_json({"subjects": [{"name": "circle"}]}), "a circle")
+    assert unit.prompt == "a circle" and unit.references is ref.references
 
 
 def test_level_models_are_built_once_and_missing_ones_are_named():
-    with pytest.raises(ValueError, match=r"subject level .*reward_models\.dino or .*\.vlm$"):
+    with pytest.raises(ValueError, match=r"subject level .*models\.dino or .*models\.vlm$"):
         build_level_rewards({"detector": {"path": "tiny-random"}}, ["subject"])
-    with pytest.raises(ValueError, match=r"reward_models\.vlm: give a mapping with a path"):
+    with pytest.raises(ValueError, match=r"hierarchical\.models\.vlm: give a mapping with a path"):
         build_level_rewards({"vlm": "Qwen/Qwen2.5-VL-3B-Instruct"}, ["relation"])
-    with pytest.raises(ValueError, match="unknown entries"):
+    with pytest.raises(ValueError, match=r"hierarchical\.models\.clipp: unknown model"):
         build_level_rewards({"clipp": {"path": "tiny-random"}}, ["global"])
-    spec = {"detector": {"path": "tiny-random"}, "dino": {"path": "tiny-random"}}
-    levels = build_level_rewards(spec, ["subject", "relation"])
-    assert levels["subject"].detector is levels["relation"].detector  # one detector, shared
-    for name in {"hier_global", "hier_subject", "hier_relation"} & set(available_rewards()):
-        unregister_reward(name)  # left by the training tests above
-    first = register_level_rewards(spec, ["hier_relation", "redness"])
-    assert list(first) == ["hier_relation"] and "hier_subject" not in available_rewards("image")
-    second = register_level_rewards(spec, ["hier_relation"])  # a second run replaces the first
-    assert get_reward("hier_relation") is second["hier_relation"] is not first["hier_relation"]
+    registry = available_rewards()
+    models = {"detector": {"path": "tiny-random"}, "dino": {"path": "tiny-random"}}
+    reward = build_hierarchical_reward(
+        weights={"relation": 2.0, "subject": 1.0}, terms={"relation": {"w_geometry": 3.0}},
+        models=models,
+    )  # fmt: skip
+    subject, relation = reward.levels["subject"], reward.levels["relation"]
+    assert subject.detector is relation.detector is reward.models["detector"]  # built once
+    assert reward.levels["global"] is None and relation.weights["geometry"] == 3.0
+    assert {n: w for n, (_, w) in reward.components().items()} == {
+        "hier_relation": 2.0,
+        "hier_subject": 1.0,
+    }
+    assert available_rewards() == registry  # nothing registered, nothing replaced
+    assert build_hierarchical_reward(weights={}) is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("hierarchical.weights={glob: 1}", r"hierarchical\.weights\.glob: unknown level"),
+        ("hierarchical.terms={subject: {w_din: 1}}", r"hierarchical\.terms\.subject\.w_din"),
+        ("hierarchical.models.clipp={path: x}", r"hierarchical\.models\.clipp: unknown model"),
+        ("hierarchical.judge=world", r"hierarchical\.models: judge=world .* leave it out"),
+        ("grpo.rewards={hier_global: 1}", r"grpo\.rewards\.hier_global: .*hierarchical\.weights"),
+        ("reward_models={clip: {path: x}}", r"reward_models: unknown key"),
+        ("hierarchical={}", r"no reward: .*grpo\.rewards .*hierarchical\.weights"),
+    ],
+)
+def test_a_wrong_hierarchical_field_is_named(override, message):
+    recipe = ROOT / "configs" / "hicogen_tiny_cpu.yaml"
+    with pytest.raises(ConfigError, match=message):
+        load_config(DiffusionTrainConfig, recipe, [override])
 
 
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -232,7 +279,7 @@ RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 def test_every_recipe_loads_and_validates(recipe):
     from vrl.trainers.vlm_config import VLMTrainConfig
 
-    cls = VLMTrainConfig if recipe.stem.startswith("vlm") else DiffusionTrainConfig
+    cls = VLMTrainConfig if "vlm" in recipe.stem else DiffusionTrainConfig  # quickstart_vlm too
     load_config(cls, recipe)
 
 
@@ -242,5 +289,6 @@ def test_gpu_hicogen_recipes_carry_the_paper_settings(name):
     assert cfg.model.lora.enabled and cfg.grpo.group_size == 16 and cfg.optim.lr == 1e-4
     assert cfg.sampling.noise["kind"] == "decaying" and cfg.sampling.noise["eta_max"] == 1.0
     assert cfg.chain.enabled
-    assert set(cfg.grpo.rewards) == {"hier_global", "hier_subject", "hier_relation"}
-    assert {"clip", "preference", "detector", "dino", "vlm"} <= set(cfg.reward_models)
+    assert cfg.grpo.rewards == {}  # all the reward's weights are in one place:
+    assert cfg.hierarchical.weights == {"global": 1.0, "subject": 1.0, "relation": 1.0}
+    assert {"clip", "preference", "detector", "dino", "vlm"} <= set(cfg.hierarchical.models)

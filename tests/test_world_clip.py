@@ -77,8 +77,8 @@ def test_clipscore_prefers_the_true_caption_as_a_reward(scorer):
 
 
 def test_the_global_level_loads_it_by_name_and_grades_the_background():
-    """`reward_models.clip.path: world:clip` builds the hierarchical reward's global level on this
-    checkpoint; the asked background scores higher the more of it there is."""
+    """`hierarchical.models.clip.path: world:clip` builds the hierarchical reward's global level
+    on this checkpoint; the asked background scores higher the more of it there is."""
     from vrl.rewards.hierarchical_models import build_level_rewards
 
     level = build_level_rewards({"clip": {"path": "world:clip"}}, ["global"])["global"]

@@ -143,8 +143,28 @@ def test_make_world_reward_sums_the_levels_with_weights():
     parts = reward.breakdown(images, samples)
     assert parts["total"][0] == 1.0 + 1.0 + 2.0
     assert parts["relation"][1] == 0.0  # upside down: the circle is now right of the square
-    unit = parts["global"][1] + parts["subject"][1] + parts["relation"][1]
-    assert get_reward("world")(images, samples) == [3.0, unit]  # registered with unit weights
+    unit = torch.tensor(parts["global"][1]) + parts["subject"][1] + parts["relation"][1]
+    assert get_reward("world")(images, samples) == [
+        3.0,
+        unit.item(),
+    ]  # with unit weights, in float32
+    assert list(reward.components()) == ["world_relation", "world_global", "world_subject"]
+
+
+def test_the_world_reward_object_goes_into_a_run_reward_level_by_level():
+    images = _batch(render(SCENE, 64, 0), render(SCENE, 64, 0).rotate(180))
+    samples = [{"scene": SCENE}] * 2
+    reward = make_world_reward({"global": 0.5, "subject": 1.0, "relation": 1.0})
+    run = WeightedReward({"world_shape": 0.5}, modality="image", components=reward.components())
+    result = run(images, samples)
+    assert list(result.components) == [
+        "world_global", "world_subject", "world_relation", "world_shape",
+    ]  # fmt: skip
+    parts = reward.breakdown(images, samples)
+    shape = result.components["world_shape"]
+    assert torch.allclose(result.total, torch.tensor(parts["total"]) + 0.5 * shape)
+    with pytest.raises(ValueError, match="'world_global' is given twice"):
+        WeightedReward({"world_global": 1.0}, components=reward.components())
 
 
 def test_world_rewards_refuse_bad_input():

@@ -172,9 +172,10 @@ def generate_missing(
 
     `adapter_or_loader` is an adapter or a no-argument callable returning one, called only if
     something is missing, so a finished run never loads the model. With `chain=True` each
-    prompt goes through the chain of synthesis (one unit per subject, then the whole prompt,
-    image-to-image at `strength`), all images of a prompt in one batch; with `cumulative` each
-    unit's prompt names every subject introduced so far, not only its own.
+    prompt goes through the evaluation chain of synthesis (`vrl.hicogen.chain.eval_chain`: one
+    unit per subject, then the whole prompt, image-to-image at `strength`), all images of a
+    prompt in one batch from the seed of its image 0; with `cumulative` each unit's prompt names
+    every subject introduced so far, not only its own.
     """
     todo = missing_images(items, layout, images_per_prompt)
     if not todo:
@@ -226,16 +227,12 @@ def _sample(adapter, prompts, seeds, height, width, num_steps, guidance_scale):
 def _chain_one(
     adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, strength, cumulative
 ):
-    import torch
+    from vrl.hicogen.chain import eval_chain
 
-    from vrl.hicogen.chain import plan_chain, synthesize_chain
-
-    units = list(plan_chain(item.scene, item.prompt, cumulative=cumulative).unit_prompts)
-    generator = torch.Generator(adapter.device).manual_seed(image_seed(seed, item.id, 0))
-    result = synthesize_chain(
-        adapter, adapter.transformer, units, item.prompt, batch_size=n, height=height,
-        width=width, num_steps=num_steps, guidance_scale=guidance, strength=strength,
-        step="ode", generator=generator,
+    _, result = eval_chain(
+        adapter, adapter.transformer, item.scene, item.prompt,
+        seed=image_seed(seed, item.id, 0), images=n, height=height, width=width,
+        num_steps=num_steps, guidance_scale=guidance, strength=strength, cumulative=cumulative,
     )  # fmt: skip
     layout.prepare(item)
     for k in ks:  # the whole batch is drawn so that image k does not depend on what was missing

@@ -9,26 +9,23 @@ image would give back, minus the VAE's error); every chain in a batch shares its
 GRPO group: G samples of one scene); context is given by image-to-image, the stock-model form of
 the paper's in-context conditioning (docs/algorithms.md, section 5.3).
 
-For RL every step of the chain keeps its trajectory (latents and per-step log-probs), and
-`chain_policy_loss` trains them all with the shared policy-gradient core. The credit rule is a
-setting: "final" gives the final image's advantage to every step of the chain; "unit" gives each
-unit's trajectory the advantage of its own image's reward (the final pass keeps the final one).
+The chain is written once, in `iter_chain`, which yields each pass as it is made (the demo shows
+them as they come); `synthesize_chain` collects the passes (the trainer's rollouts keep every
+pass's trajectory and train it), and `eval_chain` is the deterministic chain that the trainer's
+evaluation, `vrl bench` and the quickstart draw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from vrl import core
 from vrl.hicogen.scene import Scene, SynthesisUnit
-from vrl.samplers import from_config, sample, score_step
+from vrl.samplers import from_config, sample
 from vrl.samplers.loop import Trajectory
-
-CreditRule = Literal["final", "unit"]
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ def img2img_start(sigmas: torch.Tensor, strength: float) -> int:
     return int(below[0]) if len(below) else len(sigmas) - 2
 
 
-def synthesize_chain(
+def iter_chain(
     adapter,
     transformer: torch.nn.Module,
     unit_prompts: Sequence[str | Sequence[str]],
@@ -136,23 +133,26 @@ def synthesize_chain(
     generator: torch.Generator | None = None,
     encode: Callable[[list[str]], object] | None = None,
     level_generator: torch.Generator | None = None,
-) -> ChainResult:
-    """Run the chain for `batch_size` samples of one scene; every step stores its trajectory.
+    store_trajectory: bool = True,
+) -> Iterator[ChainStep]:
+    """The chain's passes for `batch_size` samples of one scene, each yielded as soon as it is
+    made: unit 1 (from noise), unit 2, ..., then the final pass. Every pass keeps its trajectory
+    (only its final latent with `store_trajectory=False`, enough to look at the images).
 
-    A prompt may also be a list of `batch_size` prompts (one per sample): chains of different
-    scenes with the same number of units then run as one batch.
+    With no unit prompt the chain is one pass of the final prompt from noise. A prompt may also
+    be a list of `batch_size` prompts (one per sample): chains of different scenes with the same
+    number of units then run as one batch.
 
-    `generator` draws the initial and SDE noise; `level_generator` (CPU) draws a schedule's random
-    choices (a window's position), so that processes sharing it train the same kind of steps.
+    `generator` draws the initial and SDE noise, pass after pass; `level_generator` (CPU) draws
+    a schedule's random choices (a window's position), so that processes sharing it train the
+    same kind of steps. The work of a pass runs when it is asked for, so a caller may change the
+    model's state (an adapter on or off) between passes.
     """
-    if not unit_prompts:
-        raise ValueError("a chain needs at least one unit prompt")
     encode = encode or adapter.encode_prompts
     sigmas = adapter.sigmas(num_steps, height, width).to(adapter.device)  # (T + 1,)
     start = img2img_start(sigmas, strength)
     schedule = from_config(schedule) if isinstance(schedule, dict | str) else schedule
-    steps: list[ChainStep] = []
-    canvas: torch.Tensor | None = None  # latents of the previous step's image
+    canvas: torch.Tensor | None = None  # latents of the previous pass's image
     for prompt in [*unit_prompts, final_prompt]:
         noise = adapter.initial_noise(batch_size, height, width, generator)
         if canvas is None:
@@ -178,81 +178,57 @@ def synthesize_chain(
                 step=step if levels is not None else "ode",
                 schedule=levels,
                 generator=generator,
+                store_trajectory=store_trajectory,
             )
             image = adapter.decode(traj.final, (height, width))
-        steps.append(ChainStep(prompt, image, traj, embeds))
         canvas = traj.final
-    return ChainResult(steps)
+        yield ChainStep(prompt, image, traj, embeds)
 
 
-def chain_policy_loss(
+def synthesize_chain(
     adapter,
-    policy: torch.nn.Module,
-    chain: ChainResult,
-    final_rewards: torch.Tensor,
+    transformer: torch.nn.Module,
+    unit_prompts: Sequence[str | Sequence[str]],
+    final_prompt: str | Sequence[str],
+    **settings,
+) -> ChainResult:
+    """Every pass of `iter_chain` (same arguments), collected: N units give N + 1 images."""
+    return ChainResult(
+        list(iter_chain(adapter, transformer, unit_prompts, final_prompt, **settings))
+    )
+
+
+@torch.no_grad()
+def eval_chain(
+    adapter,
+    transformer: torch.nn.Module,
+    scene: Scene,
+    prompt: str,
     *,
-    group_size: int,
-    unit_rewards: Sequence[torch.Tensor] | None = None,
-    credit: CreditRule = "final",
-    guidance_scale: float = 1.0,
-    eps: float = 1e-4,
-    adv_clip_max: float = 5.0,
-    skip_last_step: bool = True,
-    backward: Callable[[torch.Tensor], None] | None = None,
-) -> dict[str, float]:
-    """Clipped GRPO loss over every stochastic step of every chain step; backpropagates per step.
+    seed: int,
+    images: int = 1,
+    height: int,
+    width: int,
+    num_steps: int,
+    guidance_scale: float,
+    strength: float,
+    cumulative: bool = False,
+    max_units: int | None = None,
+) -> tuple[ChainPlan, ChainResult]:
+    """The deterministic evaluation chain of a prompt and its scene: ODE passes, every noise
+    draw from one generator seeded with `seed` on the adapter's device, `images` chains in one
+    batch.
 
-    final_rewards: (B,) rewards of the final images, B = P * group_size. unit_rewards: one (B,)
-    tensor per unit image, needed for credit="unit". Returns the summed loss and diagnostics.
+    The trainer's evaluation, `vrl bench` and the quickstart all draw their chains here, each
+    with its own seed per prompt (the run seed plus the prompt's index; a CRC of the prompt id);
+    only the final latents are kept. Returns the chain's plan (units, prompts, references) and
+    its passes.
     """
-    if credit == "unit" and (unit_rewards is None or len(unit_rewards) != len(chain.steps) - 1):
-        raise ValueError("credit='unit' needs one reward tensor per unit image")
-    backward = backward or (lambda loss: loss.backward())
-
-    def advantages(rewards: torch.Tensor) -> torch.Tensor:
-        adv = core.group_advantages(rewards.float().cpu(), group_size).advantages
-        return adv.clamp(-adv_clip_max, adv_clip_max)
-
-    final_adv = advantages(final_rewards)
-    per_step_adv = [
-        advantages(unit_rewards[k]) if credit == "unit" and k < len(chain.steps) - 1 else final_adv
-        for k in range(len(chain.steps))
-    ]
-    trained = [
-        (k, j)
-        for k, s in enumerate(chain.steps)
-        for j in range(s.trajectory.num_steps)
-        if s.trajectory.noise_levels[j] > 0
-        and not (skip_last_step and j == s.trajectory.num_steps - 1)
-    ]
-    if not trained:
-        raise ValueError(
-            "no stochastic step in the chain to train: sample with an SDE/CPS schedule"
-        )
-    total, ratios, clipped = 0.0, [], []
-    for k, j in trained:
-        s = chain.steps[k]
-        v = adapter.velocity(
-            policy, s.trajectory.latents[:, j], s.trajectory.sigmas[j], s.embeds,
-            guidance_scale=guidance_scale,
-        )  # fmt: skip
-        out = score_step(s.trajectory, j, v)
-        pl = core.policy_loss(
-            out.log_prob[:, None],
-            s.trajectory.log_probs[:, j, None],
-            per_step_adv[k].to(out.log_prob.device),
-            torch.ones_like(out.log_prob[:, None]),
-            eps_low=eps,
-            eps_high=eps,
-            num_sequences=len(final_rewards) * len(trained),
-        )
-        backward(pl.loss)
-        total += pl.loss.item()
-        ratios.append(pl.ratio_mean.item())
-        clipped.append(pl.clip_fraction.item())
-    return {
-        "loss": total,
-        "trained_steps": len(trained),
-        "ratio_mean": sum(ratios) / len(ratios),
-        "clip_fraction": sum(clipped) / len(clipped),
-    }
+    plan = plan_chain(scene, prompt, cumulative=cumulative, max_units=max_units)
+    chain = synthesize_chain(
+        adapter, transformer, list(plan.unit_prompts), plan.final_prompt, batch_size=images,
+        height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,
+        strength=strength, step="ode", generator=torch.Generator(adapter.device).manual_seed(seed),
+        store_trajectory=False,
+    )  # fmt: skip
+    return plan, chain

@@ -35,8 +35,8 @@ from vrl.bench.evaluate import evaluate_items
 from vrl.bench.generate import FlatLayout, generate_missing
 from vrl.bench.judges import JudgeOptions, build_judge
 from vrl.config import apply_overrides, build_config, load_recipe
-from vrl.data.t2i import load_prompts
-from vrl.hicogen.chain import plan_chain, synthesize_chain
+from vrl.data.t2i import ImageSample, load_prompts
+from vrl.hicogen.chain import eval_chain
 from vrl.hicogen.scene import Scene
 from vrl.models.diffusion import FlowMatchingAdapter
 from vrl.models.paths import resolve_pipeline_path
@@ -96,23 +96,18 @@ def token_fit(path: str | Path) -> Callable[[str], bool] | None:
 
 
 @torch.no_grad()
-def chain_strips(adapter, transformer, rows: Sequence[dict[str, Any]], cfg) -> list[torch.Tensor]:
-    """One deterministic chain per row (ODE, noise fixed by the run seed, so before and after
-    see the same noise): (passes, 3, H, W) per row, unit images then the final image, for the
-    report's grids."""
+def chain_strips(adapter, transformer, samples: Sequence[ImageSample], cfg) -> list[torch.Tensor]:
+    """One deterministic chain per sample (`eval_chain`, noise fixed by the run seed, so before
+    and after see the same noise): (passes, 3, H, W) per sample, unit images then the final
+    image, for the report's grids."""
     smp, ch = cfg.sampling, cfg.chain
     strips = []
-    for k, row in enumerate(rows):
-        scene = row["scene"] if isinstance(row["scene"], Scene) else Scene.from_json(row["scene"])
-        plan = plan_chain(
-            scene, row["prompt"], cumulative=ch.cumulative_prompts, max_units=ch.max_units
-        )
-        generator = torch.Generator(adapter.device).manual_seed(cfg.run.seed * 7919 + k)
-        chain = synthesize_chain(
-            adapter, transformer, list(plan.unit_prompts), plan.final_prompt, batch_size=1,
+    for k, item in enumerate(samples):
+        _, chain = eval_chain(
+            adapter, transformer, item.scene, item.prompt, seed=cfg.run.seed * 7919 + k,
             height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-            guidance_scale=smp.guidance_scale, strength=ch.strength, step="ode",
-            generator=generator,
+            guidance_scale=smp.guidance_scale, strength=ch.strength,
+            cumulative=ch.cumulative_prompts, max_units=ch.max_units,
         )  # fmt: skip
         strips.append(torch.cat(chain.images))
     return strips
@@ -121,7 +116,7 @@ def chain_strips(adapter, transformer, rows: Sequence[dict[str, Any]], cfg) -> l
 @torch.no_grad()
 def chain_stages(
     adapter,
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any] | ImageSample],
     *,
     images_per_scene: int,
     num_steps: int,
@@ -133,7 +128,8 @@ def chain_stages(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Where a chain of synthesis keeps and loses its subjects, read by the exact checker on
-    deterministic (ODE) chains of prompt rows (`write_prompts`' rows: "prompt" and "scene").
+    deterministic chains (`eval_chain`) of prompt rows (`write_prompts`' rows: "prompt" and
+    "scene") or samples.
 
     - "first_unit_found": per chain image (unit 1, unit 2, ..., final), the share of the first
       unit's subjects found in it (by the checker, against the whole scene): whether a later
@@ -156,30 +152,30 @@ def chain_stages(
 
     sigmas = adapter.sigmas(num_steps, height, width)
     for k, row in enumerate(rows):
-        scene = row["scene"] if isinstance(row["scene"], Scene) else Scene.from_json(row["scene"])
-        plan = plan_chain(scene, row["prompt"], cumulative=cumulative)
-        if first and len(plan.units) + 1 != len(first[0]):
+        item = ImageSample.from_row(row)
+        units = len(item.scene.default_units())
+        if first and units + 1 != len(first[0]):
             raise ValueError(
-                f"row {k} ({row.get('id', 'no id')}) makes {len(plan.units)} units, the rows "
+                f"row {k} ({item.get('id', 'no id')}) makes {units} units, the rows "
                 f"before it {len(first[0]) - 1}: chain_stages compares chains of one length"
             )
-        chain = synthesize_chain(
-            adapter, adapter.transformer, list(plan.unit_prompts), plan.final_prompt,
-            batch_size=images_per_scene, height=height, width=width, num_steps=num_steps,
-            guidance_scale=guidance_scale, strength=strength, step="ode",
-            generator=torch.Generator(adapter.device).manual_seed(seed * 7919 + k),
+        plan, chain = eval_chain(
+            adapter, adapter.transformer, item.scene, item.prompt, seed=seed * 7919 + k,
+            images=images_per_scene, height=height, width=width, num_steps=num_steps,
+            guidance_scale=guidance_scale, strength=strength, cumulative=cumulative,
         )  # fmt: skip
         # the chain's first draw is unit 1's initial noise: the flat pass starts from it too
         noise = adapter.initial_noise(
             images_per_scene, height, width,
             torch.Generator(adapter.device).manual_seed(seed * 7919 + k),
         )  # fmt: skip
-        embeds = adapter.encode_prompts([row["prompt"]] * images_per_scene)
+        embeds = adapter.encode_prompts([item.prompt] * images_per_scene)
         flat = sample(
             adapter.velocity_fn(adapter.transformer, embeds, guidance_scale), noise, sigmas,
             step="ode", store_trajectory=False,
         )  # fmt: skip
         flat_images = adapter.decode(flat.final, (height, width))
+        scene = item.scene
         ids = plan.units[0].subjects
         for i in range(images_per_scene):
             # read against the whole scene, so that the checker tells the first unit's subjects
@@ -309,15 +305,15 @@ def run(
     held_out = load_prompts(held_file)
 
     t0 = time.perf_counter()
-    grid_rows = held_out[:GRID_SCENES]
+    grid_samples = held_out[:GRID_SCENES]
     base = FlowMatchingAdapter.from_pretrained(path)
     before = bench_accuracy(base, held_file, out / "bench" / "before", cfg)
-    before_strips = chain_strips(base, base.transformer, grid_rows, cfg)
+    before_strips = chain_strips(base, base.transformer, grid_samples, cfg)
     del base
     summary = train(cfg)
     tuned = summary["adapter"]
     after = bench_accuracy(tuned, held_file, out / "bench" / "after", cfg)
-    after_strips = chain_strips(tuned, tuned.transformer, grid_rows, cfg)
+    after_strips = chain_strips(tuned, tuned.transformer, grid_samples, cfg)
     final = Path(cfg.run.output_dir) / "final"
     return {
         "before": before,

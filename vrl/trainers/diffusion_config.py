@@ -127,7 +127,9 @@ class DiffusionGRPOSettings:
     )
     skip_last_step: bool = field(True, help="never train the last step (its Gaussian is too sharp)")
     rewards: dict[str, float] = field(
-        default_factory=lambda: {"redness": 1.0}, help="reward name -> weight (vrl.rewards)"
+        default_factory=lambda: {"redness": 1.0},
+        help="registry reward name -> weight (vrl.rewards), added to the hierarchical reward's "
+        "levels when `hierarchical` weights any; {} = the hierarchical reward alone",
     )
 
     def __post_init__(self):
@@ -148,8 +150,6 @@ class DiffusionGRPOSettings:
                 f"grpo.sampler_decay ({self.sampler_decay}) is for objective=nft, "
                 f"not {self.objective}"
             )
-        if not self.rewards:
-            raise ValueError("grpo.rewards is empty: name at least one reward")
 
 
 @config
@@ -192,6 +192,47 @@ class ChainSettings:
 
 
 @config
+class HierarchicalSettings:
+    judge: Literal["models", "world"] = field(
+        "models",
+        help="what reads the images: models = CLIP / HPS-style preference (global), OWLv2 + "
+        "DINOv2 + a VLM (subject), the VLM + box geometry (relation), logged as hier_global, "
+        "hier_subject, hier_relation; world = the shapes world's exact checker, no model, logged "
+        "as world_global, world_subject, world_relation",
+    )
+    weights: dict[str, float] = field(
+        default_factory=dict,
+        help="{global, subject, relation: weight}: R = sum of weight * level, each level named "
+        "built and logged on its own; {} = no hierarchical reward. Every weight of the "
+        "hierarchical reward is in this section (these and `terms`), none in grpo.rewards",
+    )
+    terms: dict[str, dict[str, float]] = field(
+        default_factory=dict,
+        help="judge=models: the weights inside a level, default 1 each: global {w_clip, w_pref}, "
+        "subject {w_dino, w_vlm}, relation {w_vlm, w_geometry}",
+    )
+    models: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        help="judge=models: {clip, preference, detector, dino, vlm: {path, ...}}, each loaded "
+        "once (vrl.rewards.hierarchical_models; path 'tiny-random' builds a tiny random model)",
+    )
+
+    def __post_init__(self):
+        from vrl.rewards.hierarchical_models import check_hierarchical
+
+        check_hierarchical(self.judge, self.weights, self.terms, self.models)
+
+    def build(self, device="cpu"):
+        """The configured `HierarchicalReward` with its models loaded (None when unweighted)."""
+        from vrl.rewards.hierarchical_models import build_hierarchical_reward
+
+        return build_hierarchical_reward(
+            judge=self.judge, weights=self.weights, terms=self.terms, models=self.models,
+            device=device,
+        )  # fmt: skip
+
+
+@config
 class EvalSettings:
     every: int = field(0, help="evaluate every N steps (0 = only before and after training)")
     ema: bool = field(True, help="evaluate with the EMA of the trainable weights")
@@ -208,11 +249,10 @@ class DiffusionTrainConfig:
         default_factory=lambda: OptimSettings(lr=1e-4, micro_batch_size=8), help="optimizer"
     )
     chain: ChainSettings = field(default_factory=ChainSettings, help="HiCoGen chain of synthesis")
-    reward_models: dict[str, Any] = field(
-        default_factory=dict,
-        help="models of the hierarchical reward levels hier_global / hier_subject / "
-        "hier_relation: {clip, preference, detector, dino, vlm: {path, ...}, weights} "
-        "(see vrl.rewards.hierarchical_models; path 'tiny-random' builds a tiny random model)",
+    hierarchical: HierarchicalSettings = field(
+        default_factory=HierarchicalSettings,
+        help="HiCoGen's hierarchical reward R = sum of weight * level: its judge, all its "
+        "weights and its models",
     )
     eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation and EMA")
     run: RunSettings = field(
@@ -220,6 +260,15 @@ class DiffusionTrainConfig:
     )
 
     def __post_init__(self):
-        from vrl.rewards.hierarchical_models import check_spec, levels_named
-
-        check_spec(self.reward_models, levels_named(self.grpo.rewards))
+        if not self.grpo.rewards and not self.hierarchical.weights:
+            raise ValueError(
+                "no reward: name one in grpo.rewards (registry rewards) or weight the levels of "
+                "the hierarchical reward in hierarchical.weights"
+            )
+        for name in self.grpo.rewards:
+            if name in ("hier_global", "hier_subject", "hier_relation"):
+                level = name.removeprefix("hier_")
+                raise ValueError(
+                    f"grpo.rewards.{name}: the hierarchical reward's levels are weighted in "
+                    f"hierarchical.weights (hierarchical.weights.{level}), beside its models"
+                )

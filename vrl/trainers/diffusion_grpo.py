@@ -16,8 +16,9 @@ The formulas are in docs/algorithms.md ("flow matching and samplers", "diffusion
 With `chain.enabled` (HiCoGen) a rollout is a chain of synthesis per prompt: its scene (JSONL
 metadata, the template parser or a local LLM) gives the units, each unit is drawn from the canvas so
 far, a final pass composes the full prompt, and every pass's trajectory is trained like any other
-(`chain.credit` picks whose advantage a unit pass gets). The hierarchical reward levels named among
-the rewards (hier_global / hier_subject / hier_relation) are built from `reward_models`.
+(`chain.credit` picks whose advantage a unit pass gets). The hierarchical reward is built from the
+`hierarchical` section (its levels, weights and models) and summed with `grpo.rewards`, each of
+its levels logged on its own. Prompts travel as `ImageSample`s (prompt, scene, references).
 
 Simplifications, stated: all images of a micro-batch share the timesteps; the same steps are
 trained for every sample of a rollout; steps whose noise level is 0 (ODE) carry no log-prob and are
@@ -42,9 +43,8 @@ from tqdm.auto import tqdm
 from vrl import core
 from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vrl.config import save_config
-from vrl.data.t2i import load_prompts
+from vrl.data.t2i import ImageSample, load_prompts
 from vrl.rewards import WeightedReward
-from vrl.rewards.hierarchical_models import register_level_rewards
 from vrl.samplers import from_config, sample
 from vrl.trainers.common import (
     EMA,
@@ -115,14 +115,19 @@ def train(cfg) -> dict[str, Any]:
         : cfg.prompts.num_eval
     ]
     with accelerator.main_process_first():  # the main process decomposes; the others read its cache
-        sources = attach_scenes(
-            _unique_rows(prompts + eval_prompts),
+        scened, sources = attach_scenes(
+            [*prompts, *eval_prompts],
             cfg.chain,
             run_dir / "scenes.jsonl" if cfg.chain.decompose == "llm" else None,
         )
+        prompts, eval_prompts = scened[: len(prompts)], scened[len(prompts) :]
     logger.info("scenes by source: %s", sources)
-    register_level_rewards(cfg.reward_models, grpo.rewards, device=device)
-    reward_fn = WeightedReward(grpo.rewards, modality="image")
+    hierarchical = cfg.hierarchical.build(device)  # its models loaded once; None if unweighted
+    reward_fn = WeightedReward(
+        grpo.rewards,
+        modality="image",
+        components=hierarchical.components() if hierarchical else None,
+    )
     schedule = from_config(smp.noise)
     with accelerator.main_process_first():
         adapter, ref_transformer = load_diffusion_policy(cfg, accelerator)
@@ -181,7 +186,7 @@ def train(cfg) -> dict[str, Any]:
         levels = schedule.levels(smp.num_steps, generator=step_gen).to(device)  # (T,)
         noise_gen = torch.Generator(device).manual_seed(step_seed(cfg.run.seed, step, rank))
         policy.eval()
-        local_rows = [prompts[i] for i in local_items]
+        local_samples = [prompts[i] for i in local_items]
         unit_table = torch.full((n_local, cfg.chain.max_units), math.nan)  # (n_local, U)
         # nft with sampler_decay: the rollouts are drawn with the sampling policy's weights
         with sampler.swapped_in(unwrapped) if sampler is not None else contextlib.nullcontext():
@@ -190,18 +195,18 @@ def train(cfg) -> dict[str, Any]:
                     adapter, unwrapped, local_items, prompts, cfg, schedule, encode, noise_gen,
                     step_gen,
                 )  # fmt: skip
-                chunks, images, rows = roll.chunks, roll.images, roll.rows
+                chunks, images, samples = roll.chunks, roll.images, roll.samples
                 if cfg.chain.credit == "unit":
-                    for k, lo, unit_images, unit_rows in roll.units:
-                        unit_table[lo : lo + len(unit_rows), k] = reward_fn(
-                            unit_images, unit_rows
+                    for k, lo, unit_images, unit_samples in roll.units:
+                        unit_table[lo : lo + len(unit_samples), k] = reward_fn(
+                            unit_images, unit_samples
                         ).total
             else:
-                chunks, images, rows = [], [], []
+                chunks, images, samples = [], [], []
                 for lo in range(0, n_local, optim.micro_batch_size):
-                    batch_rows = local_rows[lo : lo + optim.micro_batch_size]
-                    embeds = encode([r["prompt"] for r in batch_rows])
-                    noise = adapter.initial_noise(len(batch_rows), smp.height, smp.width, noise_gen)
+                    batch = local_samples[lo : lo + optim.micro_batch_size]
+                    embeds = encode([s.prompt for s in batch])
+                    noise = adapter.initial_noise(len(batch), smp.height, smp.width, noise_gen)
                     with torch.no_grad():
                         trajectory = sample(
                             adapter.velocity_fn(unwrapped, embeds, smp.guidance_scale),
@@ -213,10 +218,10 @@ def train(cfg) -> dict[str, Any]:
                         )
                         images.append(adapter.decode(trajectory.final, (smp.height, smp.width)))
                     chunks.append(RolloutChunk(embeds, trajectory, offset=lo))
-                    rows.extend(batch_rows)
+                    samples.extend(batch)
 
         #### REWARD ####
-        result = reward_fn(torch.cat(images), rows)
+        result = reward_fn(torch.cat(images), samples)
         names = list(result.components)
         local_table = torch.stack([result.total, *(result.components[n] for n in names)], dim=1)
         table = accelerator.gather(local_table.to(device)).cpu()  # (P*G, 1 + K)
@@ -318,9 +323,9 @@ def train(cfg) -> dict[str, Any]:
 class ChainRollout:
     chunks: list[RolloutChunk]  # one per pass of every chain
     images: list[torch.Tensor]  # final images, (b, 3, H, W) per chain
-    rows: list[dict[str, Any]]  # reward rows of the final images (with unit-image references)
-    # credit="unit": (unit k, first local sample, unit images (b, 3, H, W), rows graded for unit k)
-    units: list[tuple[int, int, torch.Tensor, list[dict[str, Any]]]]
+    samples: list[ImageSample]  # what the final images are scored against (unit references)
+    # credit="unit": (unit k, first local sample, unit images (b, 3, H, W), samples for unit k)
+    units: list[tuple[int, int, torch.Tensor, list[ImageSample]]]
 
 
 def chain_rollout(
@@ -341,9 +346,9 @@ def chain_rollout(
             runs.append([i, 1])
     lo = 0
     for index, count in runs:
-        row = prompts[index]
+        item = prompts[index]
         plan = plan_chain(
-            row["scene"], row["prompt"], cumulative=ch.cumulative_prompts, max_units=ch.max_units
+            item.scene, item.prompt, cumulative=ch.cumulative_prompts, max_units=ch.max_units
         )
         for start in range(0, count, micro):
             b = min(micro, count - start)
@@ -357,14 +362,13 @@ def chain_rollout(
                 unit = k if k < len(plan.units) else None
                 out.chunks.append(RolloutChunk(pass_.embeds, pass_.trajectory, lo, unit))
             out.images.append(chain.final)
-            out.rows.extend({**row, "references": plan.references(chain, i)} for i in range(b))
-            if ch.credit == "unit":
+            refs = [plan.references(chain, i) for i in range(b)]
+            out.samples.extend(item.with_references(r) for r in refs)
+            if ch.credit == "unit":  # unit k's image is graded against the scene drawn so far
                 for k in range(len(plan.units)):
-                    graded = {"prompt": plan.partial_prompt(k), "scene": plan.partial_scene(k)}
-                    unit_rows = [
-                        {**row, **graded, "references": plan.references(chain, i)} for i in range(b)
-                    ]
-                    out.units.append((k, lo, chain.steps[k].image, unit_rows))
+                    graded = item.with_scene(plan.partial_scene(k), plan.partial_prompt(k))
+                    unit_samples = [graded.with_references(r) for r in refs]
+                    out.units.append((k, lo, chain.steps[k].image, unit_samples))
             lo += b
     return out
 
@@ -399,8 +403,11 @@ def chain_metrics(cfg, chunks: list[RolloutChunk], unit_table: torch.Tensor, n_l
     return out
 
 
-def attach_scenes(rows: list[dict[str, Any]], chain, cache: Path | None) -> dict[str, int]:
-    """Give every prompt row a "scene" (metadata, LLM, template or fallback); count the sources.
+def attach_scenes(
+    samples: list[ImageSample], chain, cache: Path | None
+) -> tuple[list[ImageSample], dict[str, int]]:
+    """Every sample with its scene (metadata, LLM, template or fallback), in order, and how many
+    came from each source (a sample listed twice is decomposed and counted once).
 
     LLM decompositions are appended to `cache` (JSONL) and read back by a resumed run and by the
     other processes, so each prompt is decomposed once.
@@ -411,32 +418,34 @@ def attach_scenes(rows: list[dict[str, Any]], chain, cache: Path | None) -> dict
     from vrl.hicogen.decompose import LLMDecomposer, scene_for_row
     from vrl.hicogen.scene import Scene
 
+    unique = list({id(s): s for s in samples}.values())
     cached: dict[str, Scene] = {}
     if cache is not None and cache.is_file():
         for line in cache.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             cached[record["prompt"]] = Scene.from_json(record["scene"])
-    pending = [r for r in rows if r.get("scene") is None and r["prompt"] not in cached]
+    pending = [s for s in unique if s.scene is None and s.prompt not in cached]
     decomposer = None
     if chain.decompose == "llm" and pending:
         decomposer = LLMDecomposer.from_pretrained(chain.llm)
     counts: Counter[str] = Counter()
     fresh: dict[str, Scene] = {}
-    for row in rows:
-        if row.get("scene") is None and row["prompt"] in cached:
-            row["scene"] = cached[row["prompt"]]
+    scened: dict[int, ImageSample] = {}
+    for item in unique:
+        if item.scene is None and item.prompt in cached:
+            scened[id(item)] = item.with_scene(cached[item.prompt])
             counts["cache"] += 1
             continue
-        result = scene_for_row(row, decomposer)
-        row["scene"] = result.scene
+        result = scene_for_row(item, decomposer)
+        scened[id(item)] = item.with_scene(result.scene)
         counts[result.source] += 1
         if decomposer is not None and result.source != "metadata":
-            fresh[row["prompt"]] = result.scene
+            fresh[item.prompt] = result.scene
     if cache is not None and fresh:
         with cache.open("a", encoding="utf-8") as f:
             for prompt, scene in fresh.items():
                 f.write(json.dumps({"prompt": prompt, "scene": scene.to_dict()}) + "\n")
-    return dict(counts)
+    return [scened[id(s)] for s in samples], dict(counts)
 
 
 class EvalRunner:
@@ -454,16 +463,16 @@ class EvalRunner:
         chains: list[torch.Tensor] = []
         with context:
             if self.cfg.chain.enabled:
-                images, rows, chains = self._chains(model)
+                images, samples, chains = self._chains(model)
             else:
-                rows = self.prompts
+                samples = self.prompts
                 images = generate_images(
-                    self.adapter, model, [r["prompt"] for r in self.prompts],
+                    self.adapter, model, [s.prompt for s in self.prompts],
                     height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
                     guidance_scale=smp.guidance_scale, seed=self.cfg.run.seed,
                     batch_size=self.cfg.optim.micro_batch_size,
                 )  # fmt: skip
-        result = self.reward_fn(images, rows)
+        result = self.reward_fn(images, samples)
         out = {"reward": result.total.mean().item()}
         out.update({n: v.nanmean().item() for n, v in result.components.items()})
         if self.accelerator.is_main_process:
@@ -481,28 +490,24 @@ class EvalRunner:
         return out
 
     def _chains(self, model):
-        """Deterministic chains (ODE, one seed per prompt) for the evaluation prompts."""
-        from vrl.hicogen.chain import plan_chain, synthesize_chain
+        """Deterministic chains (`eval_chain`: ODE, seed = run seed + prompt index) for the
+        evaluation prompts; each final image is scored with its unit images as references."""
+        from vrl.hicogen.chain import eval_chain
 
-        smp, ch, adapter = self.cfg.sampling, self.cfg.chain, self.adapter
-        images, rows, strips = [], [], []
-        for i, row in enumerate(self.prompts):
-            plan = plan_chain(
-                row["scene"], row["prompt"], cumulative=ch.cumulative_prompts,
-                max_units=ch.max_units,
-            )  # fmt: skip
-            generator = torch.Generator(adapter.device).manual_seed(self.cfg.run.seed + i)
-            chain = synthesize_chain(
-                adapter, model, plan.unit_prompts, plan.final_prompt, batch_size=1,
+        smp, ch = self.cfg.sampling, self.cfg.chain
+        images, samples, strips = [], [], []
+        for i, item in enumerate(self.prompts):
+            plan, chain = eval_chain(
+                self.adapter, model, item.scene, item.prompt, seed=self.cfg.run.seed + i,
                 height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-                guidance_scale=smp.guidance_scale, strength=ch.strength, step="ode",
-                generator=generator,
+                guidance_scale=smp.guidance_scale, strength=ch.strength,
+                cumulative=ch.cumulative_prompts, max_units=ch.max_units,
             )  # fmt: skip
             images.append(chain.final)
-            rows.append({**row, "references": plan.references(chain, 0)})
+            samples.append(item.with_references(plan.references(chain, 0)))
             if i < 8:
                 strips.append(torch.cat(chain.images))  # (passes, 3, H, W)
-        return torch.cat(images), rows, strips
+        return torch.cat(images), samples, strips
 
 
 @torch.no_grad()
@@ -557,7 +562,3 @@ def save_final(adapter, transformer, ema, folder: Path, *, lora: bool) -> None:
                 )
             else:
                 transformer.save_pretrained(target / "transformer")
-
-
-def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return list({id(r): r for r in rows}.values())
