@@ -11,8 +11,8 @@ import torch
 
 from vrl.config import ConfigError, load_config
 from vrl.models.diffusion import FlowMatchingAdapter
+from vrl.models.paths import resolve_pipeline_path
 from vrl.samplers import from_config, sample
-from vrl.trainers.common import resolve_pipeline_path
 from vrl.trainers.diffusion_config import DiffusionGRPOSettings, DiffusionTrainConfig
 from vrl.trainers.objectives import (
     OBJECTIVES,
