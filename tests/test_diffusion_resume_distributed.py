@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _helpers import kill_after_checkpoint
 from safetensors.torch import load_file
@@ -28,6 +29,7 @@ def _overrides(run_dir: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights_and_ema(tmp_path):
     steps = 6
     subprocess.run(TRAIN + _overrides(tmp_path / "full", steps), check=True, capture_output=True)

@@ -62,7 +62,7 @@ about test-split scenes (every one holds a (colour, shape) pair never seen in tr
 Scenes: {scenes}. Every training scene is on the world's light-grey background; on other
 backgrounds accuracy drops (colour of a lone shape on dark grey: 67.5%), which is the gap the
 GRPO recipe `configs/vlm_world_grpo.yaml` closes with the rule reward
-(`python benchmarks/world_vlm_grpo.py`). Counting is not learned in this budget: the model
+(`python experiments/world_vlm_grpo.py`). Counting is not learned in this budget: the model
 gives the most frequent count, so its figure is the majority baseline.
 
 During training (step, mean training loss, held-out {header}):
