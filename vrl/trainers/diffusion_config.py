@@ -75,7 +75,7 @@ class DiffusionGRPOSettings:
         "implicit negative one, weighted by 1 - r, both anchored to the sampling policy (no "
         "likelihood, no ratio). On the shapes world awm gained and sde did not (docs/experiments, "
         "2026-11-24 and -25); nft is experimental: no gain there, "
-        "docs/experiments/2026-12-06-diffusion-nft.md",
+        "docs/experiments/2026-12-06-nft-and-guided-matching.md",
     )
     awm_times: int = field(
         2,
@@ -88,7 +88,7 @@ class DiffusionGRPOSettings:
         "v_u + g (v_c - v_u) with the unconditional half detached, instead of the conditional "
         "one (whose offset from the guided velocity is the same for every image of a prompt). "
         "Experimental: no gain on the shapes world (2 seeds; 8-10 points lost at lr 2e-3), "
-        "docs/experiments/2026-12-06-diffusion-nft.md",
+        "docs/experiments/2026-12-06-nft-and-guided-matching.md",
     )
     nft_beta: float = field(
         1.0,
@@ -101,7 +101,7 @@ class DiffusionGRPOSettings:
         help="objective=nft: rollouts and v_old come from an EMA of the trained weights with "
         "this decay (DiffusionNFT's soft-updated sampling policy); 0 = the trained weights. "
         "Experimental: 0.9 moved no level beyond a run's noise on the shapes world, "
-        "docs/experiments/2026-12-06-diffusion-nft.md",
+        "docs/experiments/2026-12-06-nft-and-guided-matching.md",
     )
     num_iterations: int = field(
         1,
@@ -119,7 +119,7 @@ class DiffusionGRPOSettings:
         5.0,
         help="advantages are clipped to +-this (nft: optimality r = (A + this) / (2 this); 1, "
         "r saturating at |A| = 1, moved no level beyond a run's noise on the shapes world, "
-        "docs/experiments/2026-12-06-diffusion-nft.md)",
+        "docs/experiments/2026-12-06-nft-and-guided-matching.md)",
     )
     advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
     timestep_fraction: float = field(
