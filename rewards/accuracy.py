@@ -5,8 +5,9 @@ its own notion of "the same answer". A sample names its method in ``accu_reward_
 data loader validates that name against ``ACCURACY_METHODS`` before training, so a typo fails
 early. At reward time an unknown name scores 0.0 with a warning rather than ending the run.
 
-The compared texts are the <answer> content if there is one, else the whole completion; the
-solution likewise.
+The compared text is the completion's ``scope``: its <answer> (even if cut off), never its
+reasoning, and the whole text only when it has no tags at all. The solution is its <answer>
+content if it has one, else the whole text.
 """
 
 from __future__ import annotations
@@ -308,8 +309,7 @@ def accuracy_score(completion: Completion, sample: Sample) -> float:
         return 0.0
     solution = sample["solution"]
     truth = extract_answer(solution) or solution
-    answer = completion.answer if completion.answer is not None else completion.text
-    return scorer(answer, truth)
+    return scorer(completion.scope, truth)
 
 
 @register_reward("accuracy")

@@ -95,6 +95,17 @@ def test_accuracy_compares_the_answer_or_the_whole_completion():
     assert reward([parse_completion("<think>blue</think><answer>red</answer>")], sample) == [0.0]
 
 
+def test_accuracy_never_reads_the_reasoning_as_the_answer():
+    def numeric(text: str) -> float | None:
+        return score("accuracy", text, "42", "numeric")
+
+    assert numeric("<think>so 42</think>") == 0.0  # no answer at all
+    assert numeric("<think>so 42</think><answer>") == 0.0  # cut right after the tag
+    assert numeric("<think>so 42</think><answer>4") == 0.0  # cut inside the answer
+    assert numeric("<think>so 4</think><answer>42") == 1.0  # cut after a whole answer
+    assert numeric("so 42") == 1.0  # no tags: the whole text
+
+
 # ---- detection ---------------------------------------------------------------------------------
 
 CAT = [0, 0, 10, 10]
