@@ -4,14 +4,18 @@ Datasets mix question types (counting, multiple choice, yes/no, math, free text)
 its own notion of "the same answer". A sample names its method in ``accu_reward_method``; the
 data loader validates that name against ``ACCURACY_METHODS`` before training, so a typo fails
 early. At reward time an unknown name scores 0.0 with a warning rather than ending the run.
+A sample without one gets "default", which scores VLM-R1 data as VLM-R1's own default does (and
+a little more): exact, then the choice letter, then math, then the fuzzy ratio.
 
-The compared texts are the <answer> content if there is one, else the whole completion; the
-solution likewise.
+The compared text is the completion's ``scope``: its <answer> (even if cut off), never its
+reasoning, and the whole text only when it has no tags at all. The solution is its <answer>
+content if it has one, else the whole text.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import math
 import re
@@ -51,38 +55,61 @@ def last_number(text: str) -> float | None:
     return _to_float(matches[-1]) if matches else None
 
 
-def as_number(text: str) -> float | None:
-    """``text`` as a number if the whole (normalised) text is one, else None."""
-    text = normalise_text(text)
-    return _to_float(text) if _NUMBER.fullmatch(text) else None
-
-
-_MC_PATTERNS = (
-    re.compile(r"\(?([A-Za-z])\)?[.:)]?"),  # the whole answer: "B", "(B)", "B.", "b"
-    re.compile(r"(?i:answer)(?:\s+(?i:is))?\s*[:：]?\s*\(?([A-Z])(?![A-Za-z])"),  # "Answer: B"
-    re.compile(r"\(?([A-Z])[).:](?:\s|$)"),  # leading "B) Paris", "(B) Paris", "B. Paris"
-    re.compile(r"\(([A-Z])\)"),  # "(B)" anywhere
-)
+# The spellings of a chosen option. Lower case counts where it cannot be a word: alone, in
+# brackets, as a leading "b)" / "b." label, or ending the sentence after "answer is".
+_LETTER_ALONE = re.compile(r"\(?([A-Za-z])\)?[.:)]?")  # the whole text: "B", "(B)", "B.", "b)"
+_LETTER_LABEL = re.compile(r"\(?([A-Za-z])(?:\)[.:]?|[.:])\s+(\S.*)", re.DOTALL)  # "B. Paris"
+_LETTER_AFTER_ANSWER = re.compile(
+    r"\b(?i:answer|option|choice)\b(?:\s+(?i:is|would be|should be)\b)?\s*[:：]?\s*"
+    r"(?:\(([A-Za-z])\)|([A-Z])(?![A-Za-z])|([a-z])(?=\s*(?:$|[.,;!?])))"
+)  # "The answer is B", "Answer: (b)", "the correct option is c."
+_BRACKETED_CAPITAL = re.compile(r"\(([A-Z])\)")
 _STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
+_WORD_FOLLOWS = re.compile(r"\s+[a-z]")  # "A cat", "I think": an article or a pronoun
 
 
 def multiple_choice_letter(text: str) -> str | None:
-    """The option letter (A-Z, uppercased) chosen in ``text``, or None if it is not clear."""
+    """The option letter (A-Z, uppercased) chosen in ``text``, or None if it is not clear.
+
+    Tried in order: the whole text is a letter ("B", "(b)", "B."); a leading label ("B. Paris",
+    "(B) Paris", "b) paris"); the last letter after "answer/option/choice (is)"; the one distinct
+    bracketed capital; the one distinct standalone capital. A capital inside a word never counts
+    ("Bus" is not B), nor "A"/"I" before a lower-case word ("A cat", "I think").
+    """
     text = text.strip()
-    whole, after_answer, leading, bracketed = _MC_PATTERNS
-    match = (
-        whole.fullmatch(text)
-        or after_answer.search(text)
-        or leading.match(text)
-        or bracketed.search(text)
-    )
+    match = _LETTER_ALONE.fullmatch(text) or _LETTER_LABEL.match(text)
     if match:
         return match.group(1).upper()
-    # Last resort: a single distinct standalone capital ("I" is a pronoun when others exist).
-    letters = set(_STANDALONE_CAPITAL.findall(text))
+    anchored = list(_LETTER_AFTER_ANSWER.finditer(text))
+    if anchored:
+        return next(g for g in anchored[-1].groups() if g).upper()
+    bracketed = set(_BRACKETED_CAPITAL.findall(text))
+    if len(bracketed) == 1:
+        return bracketed.pop()
+    letters = {
+        m.group(1)
+        for m in _STANDALONE_CAPITAL.finditer(text)
+        if not (m.group(1) in "AI" and _WORD_FOLLOWS.match(text, m.end()))
+    }
     if len(letters) > 1:
-        letters.discard("I")
+        letters.discard("I")  # "I" is a pronoun when another letter is there
     return letters.pop() if len(letters) == 1 else None
+
+
+def solution_option(solution: str) -> tuple[str, str] | None:
+    """(letter, option text) if the whole solution names an option, else None.
+
+    Strict, because it decides whether a sample is multiple choice at all: "B", "(B)", "B.",
+    "B)" (text "") or "B. Paris", "(B) Paris" (text "Paris"). "Vitamin C" or "A cat" is no option.
+    """
+    text = solution.strip()
+    alone = _LETTER_ALONE.fullmatch(text)
+    if alone:
+        return alone.group(1).upper(), ""
+    label = _LETTER_LABEL.fullmatch(text)
+    if label:
+        return label.group(1).upper(), label.group(2).strip()
+    return None
 
 
 _YES_NO = re.compile(r"\b(yes|no)\b")
@@ -183,31 +210,86 @@ def _check_power_size(base: Any, exponent: Any) -> None:
             raise ValueError("power too large to evaluate")
 
 
-def symbolic_equal(answer: str, solution: str) -> bool | None:
-    """Whether two arithmetic answers are equal as exact numbers; None if either is unreadable."""
-    answer_expr, solution_expr = latex_to_arithmetic(answer), latex_to_arithmetic(solution)
-    if answer_expr is None or solution_expr is None:
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def arithmetic_value(text: str) -> Any | None:
+    """``text`` as an exact, finite sympy number, or None if it is not plain arithmetic.
+
+    Reads "42", "0.5", "1,000", "1/2", "-3.", "\\frac{1}{2}", "2\\sqrt{3}", "x = 2^{10}".
+    """
+    text = _THOUSANDS_COMMA.sub("", text.strip().rstrip(_TRAILING_PUNCTUATION))
+    expr = latex_to_arithmetic(text)
+    if expr is None:
         return None
+    try:
+        value = _to_sympy(ast.parse(expr, mode="eval"))
+    except Exception:  # noqa: BLE001 - any surprise from an arbitrary string means "unreadable"
+        return None
+    return value if value.is_finite else None  # division by zero gives zoo, 0/0 nan
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    """Exact equality, or a difference below 1e-12 relative (sqrt(8) against 2 sqrt(2))."""
     try:
         import sympy
 
-        a = _to_sympy(ast.parse(answer_expr, mode="eval"))
-        b = _to_sympy(ast.parse(solution_expr, mode="eval"))
-        if not (a.is_finite and b.is_finite):  # division by zero gives zoo
-            return None
         if a == b:
             return True
         difference = abs(sympy.N(a - b, 30))
         return bool(difference <= 1e-12 * max(1, abs(sympy.N(b, 30))))
-    except Exception:  # noqa: BLE001 - any surprise from an arbitrary string means "unreadable"
+    except Exception:  # noqa: BLE001 - sympy may refuse an odd comparison: not equal
+        return False
+
+
+def symbolic_equal(answer: str, solution: str) -> bool | None:
+    """Whether two arithmetic answers are equal as exact numbers; None if either is unreadable."""
+    a, b = arithmetic_value(answer), arithmetic_value(solution)
+    if a is None or b is None:
         return None
+    return _same_number(a, b)
 
 
-def _math_verify_equal(answer: str, solution: str) -> bool:
-    """The optional math_verify package (extra "math"); False when it is absent or fails."""
+# A quantity as written in a sentence: 42, -3.5, 1,000, .5, or a fraction 1/2. Digits glued to a
+# word ("H2O", "COVID-19") or part of a date ("12/25/2024") are not one.
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_QUANTITY = rf"-?(?:{_DIGITS})(?:\s*/\s*(?:{_DIGITS}))?"
+_QUANTITY_END = r"(?![.,/]?\d)"
+_QUANTITY_IN_TEXT = re.compile(rf"(?<![\w.,/])(?<![A-Za-z]-)({_QUANTITY}){_QUANTITY_END}")
+_QUANTITY_AFTER_ANSWER = re.compile(
+    rf"\b(?i:answer)\b\s*(?:(?i:is)\b)?\s*[:=]?\s*({_QUANTITY}){_QUANTITY_END}"
+)
+_PLAIN_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{\s*(-?[\d.]+)\s*\}\{\s*(-?[\d.]+)\s*\}")
+
+
+def stated_number(text: str) -> str | None:
+    """The number a sentence gives as its answer: the last one after "answer (is)", else the last.
+
+    The last, like math-verify's extraction in VLM-R1: "3 cats and 42 dogs" states 42, "42 cats
+    and 3 dogs" states 3. LaTeX is unwrapped first (the last \\boxed{}, $, \\frac{1}{2} -> 1/2).
+    """
+    text = _PLAIN_LATEX_FRACTION.sub(r"\1/\2", _LATEX_NOISE.sub("", _last_boxed(text)))
+    after_answer = _QUANTITY_AFTER_ANSWER.findall(text)
+    if after_answer:
+        return after_answer[-1]
+    numbers = _QUANTITY_IN_TEXT.findall(text)
+    return numbers[-1] if numbers else None
+
+
+@functools.cache
+def _load_math_verify() -> Any | None:
+    """The optional math_verify module (extra "math"), or None; looked up once."""
     try:
         import math_verify
     except ImportError:
+        return None
+    return math_verify
+
+
+def _math_verify_equal(answer: str, solution: str) -> bool:
+    """math_verify's verdict; False when it is absent or fails."""
+    math_verify = _load_math_verify()
+    if math_verify is None:
         return False
     try:
         return bool(math_verify.verify(math_verify.parse(solution), math_verify.parse(answer)))
@@ -261,13 +343,46 @@ def fuzzy_score(answer: str, solution: str) -> float:
     return fuzz.ratio(a, b) / 100.0
 
 
+def _choice_score(answer: str, letter: str, option_text: str) -> float:
+    """1.0 iff the answer picks ``letter``, or picks none and repeats the option's text."""
+    chosen = multiple_choice_letter(answer)
+    if chosen is not None:
+        return float(chosen == letter)
+    return float(bool(option_text) and normalise_text(answer) == normalise_text(option_text))
+
+
+def _equals_number(answer: str, value: Any) -> bool:
+    """The whole answer, or else the number it states, equals ``value``."""
+    whole = arithmetic_value(answer)
+    if whole is not None:
+        return _same_number(whole, value)
+    stated = stated_number(answer)
+    number = arithmetic_value(stated) if stated is not None else None
+    return number is not None and _same_number(number, value)
+
+
 def default_score(answer: str, solution: str) -> float:
-    """Exact match; else numeric equality if both are numbers; else the fuzzy ratio."""
+    """VLM-R1's default and more, as an ordered cascade: the first step that applies decides.
+
+    1. exact: equal after ``normalise_text``: 1.0.
+    2. choice: the solution names an option ("B", "(B)", "B. Paris"): 1.0 iff the answer picks
+       the same letter (``multiple_choice_letter``), or picks none and repeats the option's text;
+       else 0.0, since partial credit between options means nothing.
+    3. math: 1.0 if math-verify (when installed) finds them equal. If the solution is a number
+       or plain arithmetic ("42", "0.5", "1/2", "\\frac{1}{2}"): 1.0 iff the whole answer, or
+       else the number it states (``stated_number``), equals it exactly; else 0.0.
+    4. fuzzy: the Levenshtein ratio, partial credit for free text.
+    """
     if exact_score(answer, solution) == 1.0:
         return 1.0
-    a, b = as_number(answer), as_number(solution)
-    if a is not None and b is not None:
-        return float(math.isclose(a, b, rel_tol=NUMERIC_REL_TOL, abs_tol=1e-12))
+    option = solution_option(solution)
+    if option is not None:
+        return _choice_score(answer, *option)
+    if _math_verify_equal(answer, solution):
+        return 1.0
+    value = arithmetic_value(solution)
+    if value is not None:
+        return float(_equals_number(answer, value))
     return fuzzy_score(answer, solution)
 
 
@@ -308,8 +423,7 @@ def accuracy_score(completion: Completion, sample: Sample) -> float:
         return 0.0
     solution = sample["solution"]
     truth = extract_answer(solution) or solution
-    answer = completion.answer if completion.answer is not None else completion.text
-    return scorer(answer, truth)
+    return scorer(completion.scope, truth)
 
 
 @register_reward("accuracy")

@@ -57,6 +57,8 @@ class Completion:
     """Inner text of the first <think>...</think>, stripped; None if absent."""
     answer: str | None
     """Inner text of the first <answer>...</answer>, stripped; None if absent."""
+    scope: str
+    """The text the answer is read from (boxes, "None", accuracy); see ``answer_scope``."""
     boxes: tuple[Box, ...]
     """Boxes in original-image pixels, in the order they were written."""
     labels: tuple[str | None, ...]
@@ -87,6 +89,29 @@ def extract_answer(text: str) -> str | None:
 
 def _extract_think(text: str) -> str | None:
     return _first_block(text, "think")
+
+
+_TAGS = ("<answer>", "</answer>", "<think>", "</think>")
+
+
+def answer_scope(text: str) -> str:
+    """The part of a completion that counts as its answer, stripped.
+
+    - A closed <answer>: its content.
+    - An <answer> that is never closed (a rollout cut at the length limit): everything after it.
+      What the answer already holds in full still counts; a cut box such as "[50, 6" is no box.
+    - Think/answer tags but no <answer>: "" (a box or number in the reasoning is not the answer).
+    - No tags at all: the whole text, so that answer-only tiny models can still be scored.
+    """
+    answer = extract_answer(text)
+    if answer is not None:
+        return answer
+    start = text.find("<answer>")
+    if start >= 0:
+        return text[start + len("<answer>") :].strip()
+    if any(tag in text for tag in _TAGS):
+        return ""
+    return text.strip()
 
 
 def _valid_box(box: Box) -> Box | None:
@@ -161,11 +186,10 @@ def says_no_object(text: str) -> bool:
 def parse_completion(text: str, box_transform: BoxTransform | None = None) -> Completion:
     """Parse a model completion; ``box_transform`` maps its boxes to original-image pixels.
 
-    Boxes come from the <answer> if there is one (a box in the reasoning is not the answer), else
-    from the whole text, so that answer-only tiny models can still be scored.
+    Boxes and "None" are read from ``answer_scope(text)`` only: the <answer> (even if cut off),
+    never the reasoning; the whole text only when the completion has no tags at all.
     """
-    answer = extract_answer(text)
-    scope = answer if answer is not None else text
+    scope = answer_scope(text)
     raw_boxes, raw_labels = parse_boxes(scope)
     boxes: list[Box] = []
     labels: list[str | None] = []
@@ -177,7 +201,8 @@ def parse_completion(text: str, box_transform: BoxTransform | None = None) -> Co
     return Completion(
         text=text,
         think=_extract_think(text),
-        answer=answer,
+        answer=extract_answer(text),
+        scope=scope,
         boxes=tuple(boxes),
         labels=tuple(labels),
         is_none=not boxes and says_no_object(scope),

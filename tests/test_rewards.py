@@ -23,6 +23,7 @@ from vrl.rewards import (
     resized_to_original,
     unregister_reward,
 )
+from vrl.rewards.parsing import answer_scope
 
 
 def score(name: str, text: str, solution: str = "", **sample) -> float | None:
@@ -105,6 +106,48 @@ def test_completion_boxes_come_from_the_answer_not_the_reasoning():
     assert completion.boxes == ((10, 10, 20, 20),)
     # Without an answer tag the whole text is searched (answer-only tiny models).
     assert parse_completion("the box is [1, 2, 3, 4]").boxes == ((1, 2, 3, 4),)
+
+
+# Issue 20, item 10: a box stated only in the reasoning of a cut-off rollout is not the answer.
+BOX_IN_THINK_ANSWER_CUT = "<think>the box is [50, 60, 200, 220]</think><answer>[50, 6"
+BOX = "[50, 60, 200, 220]"
+
+
+@pytest.mark.parametrize(
+    "text, scope",
+    [
+        (BOX_IN_THINK_ANSWER_CUT, "[50, 6"),  # cut answer: its own content only
+        ("<think>t</think><answer> [1, 2, 3, 4] </answer> [5, 6, 7, 8]", "[1, 2, 3, 4]"),
+        ("<think>t</think><answer>[1, 2, 3, 4]", "[1, 2, 3, 4]"),  # cut after a whole box
+        ("<think>the box is [1, 2, 3, 4]</think> [5, 6, 7, 8]", ""),  # tags, no answer
+        ("<think>the box is [1, 2, 3, 4]", ""),  # cut inside the reasoning
+        ("the box is [1, 2, 3, 4]</think>", ""),  # reasoning opened by the prompt
+        ("[1, 2, 3, 4]</answer>", ""),
+        ("  the box is [1, 2, 3, 4]\n", "the box is [1, 2, 3, 4]"),  # no tags: the whole text
+    ],
+)
+def test_answer_scope(text, scope):
+    assert answer_scope(text) == scope
+    assert parse_completion(text).scope == scope
+    assert parse_completion(text).boxes == tuple(parse_boxes(scope)[0])
+
+
+def test_a_box_only_in_the_reasoning_of_a_cut_rollout_scores_zero():
+    assert parse_completion(BOX_IN_THINK_ANSWER_CUT).boxes == ()
+    assert score("rec_iou", BOX_IN_THINK_ANSWER_CUT, BOX) == 0.0
+    assert score("rec_iou_50", BOX_IN_THINK_ANSWER_CUT, BOX) == 0.0
+    for name in ("det_ap", "det_ap50", "det_od_length", "det_weighted_sum"):
+        assert score(name, BOX_IN_THINK_ANSWER_CUT, BOX) == 0.0, name  # unlabelled: one class
+    # Guards: the same box scores 1.0 when it is the answer, tagged, cut or untagged.
+    for answered in (BOX, f"<answer>{BOX}</answer>", f"<think>t</think><answer>{BOX}"):
+        assert score("rec_iou", answered, BOX) == 1.0, answered
+        assert score("det_ap", answered, BOX) == 1.0, answered
+
+
+def test_none_in_the_reasoning_is_not_a_no_object_answer():
+    assert not parse_completion("<think>None here?</think><answer>").is_none
+    assert parse_completion("<think>t</think><answer>None").is_none  # cut after the answer
+    assert score("rec_iou", "<think>None of them</think>", "None") == 0.0
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,9 @@ def test_parse_boxes_returns_only_valid_boxes(text):
 def test_parse_completion_is_consistent(text, transform):
     completion = parse_completion(text, transform)
     assert completion.text == text
+    assert completion.scope in text
+    if completion.answer is not None:
+        assert completion.scope == completion.answer
     assert len(completion.boxes) == len(completion.labels)
     assert_valid_boxes(completion.boxes)
     assert not (completion.is_none and completion.boxes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 
 import pytest
 
@@ -14,6 +15,7 @@ from vrl.rewards import (
     get_reward,
     parse_completion,
 )
+from vrl.rewards import accuracy as accuracy_module
 
 
 def score(name: str, text: str, solution: str, method: str | None = None) -> float | None:
@@ -60,6 +62,8 @@ def test_unknown_method_at_reward_time_scores_zero_with_a_warning(caplog):
         ("mc", "The answer is (A).", "A", 1.0),
         ("mc", "C) red", "B", 0.0),
         ("mc", "nothing", "B", 0.0),
+        ("mc", "Bus", "B", 0.0),
+        ("mc", "the answer is b.", "B", 1.0),
         ("yes_no", "Yes, it is.", "yes", 1.0),
         ("yes_no", "No. There is no dog.", "<answer>no</answer>", 1.0),
         ("yes_no", "Not sure, yes", "yes", 1.0),  # "not" is not "no"
@@ -93,6 +97,113 @@ def test_accuracy_compares_the_answer_or_the_whole_completion():
     assert reward([parse_completion("<think>red</think><answer>blue</answer>")], sample) == [1.0]
     assert reward([parse_completion("blue")], sample) == [1.0]
     assert reward([parse_completion("<think>blue</think><answer>red</answer>")], sample) == [0.0]
+
+
+def test_accuracy_never_reads_the_reasoning_as_the_answer():
+    def numeric(text: str) -> float | None:
+        return score("accuracy", text, "42", "numeric")
+
+    assert numeric("<think>so 42</think>") == 0.0  # no answer at all
+    assert numeric("<think>so 42</think><answer>") == 0.0  # cut right after the tag
+    assert numeric("<think>so 42</think><answer>4") == 0.0  # cut inside the answer
+    assert numeric("<think>so 4</think><answer>42") == 1.0  # cut after a whole answer
+    assert numeric("so 42") == 1.0  # no tags: the whole text
+
+
+# ---- the default method: VLM-R1's cascade (issue 20, item 11) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, solution",
+    [
+        ("There are 42", "42"),  # vrl scored 0.29, VLM-R1 1.0
+        ("B. Paris", "B"),  # 0.22
+        ("1/2", "0.5"),  # 0.0
+        ("(B)", "B"),  # 0.5
+    ],
+)
+def test_default_scores_the_issue_cases_like_vlm_r1(answer, solution):
+    assert accuracy(answer, solution, None) == 1.0
+    assert accuracy(answer, solution, "default") == 1.0
+
+
+CHOICE_ANSWERS = ["B", "(B)", "B.", "B)", "B. Paris", "(B) Paris", "The answer is B", "Answer: (B)"]
+CHOICE_ANSWERS_LOWER = ["b", "(b)", "b)", "b) paris", "the answer is b.", "My choice is b"]
+
+
+@pytest.mark.parametrize("solution", ["B", "(B)", "B.", "B. Paris", "<answer> B </answer>"])
+@pytest.mark.parametrize("answer", CHOICE_ANSWERS + CHOICE_ANSWERS_LOWER + ["I think it is B."])
+def test_default_reads_the_choice_letter_in_its_usual_spellings(answer, solution):
+    assert accuracy(answer, solution, None) == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer, solution, expected",
+    [
+        ("A", "B", 0.0),
+        ("(C)", "B. Paris", 0.0),
+        ("C. Paris", "B. Paris", 0.0),  # same text, other letter: fuzzy would say 0.88
+        ("Bus", "B", 0.0),  # a capital inside a word is no letter
+        ("A cat", "A", 0.0),  # an article
+        ("the answer is a dog", "A", 0.0),
+        ("I think so", "I", 0.0),  # a pronoun
+        ("A or B", "A", 0.0),  # undecided
+        ("(A) is wrong, (B) is right", "B", 0.0),
+        ("Paris", "B", 0.0),
+        ("Paris", "B. Paris", 1.0),  # no letter, but the option's own text
+        ("London", "B. Paris", 0.0),
+    ],
+)
+def test_default_choice_letter_negatives(answer, solution, expected):
+    assert accuracy(answer, solution, None) == expected
+
+
+@pytest.mark.parametrize(
+    "answer, solution, expected",
+    [
+        ("0.5", "1/2", 1.0),
+        ("\\frac{1}{2}", "0.5", 1.0),
+        ("It is 0.5.", "\\frac{1}{2}", 1.0),
+        ("The answer is $\\frac{1}{2}$", "0.5", 1.0),
+        ("\\boxed{42}", "42", 1.0),
+        ("1,000 people", "1000", 1.0),
+        ("-3 degrees", "-3", 1.0),
+        ("The answer is 42, not 3", "42", 1.0),  # "answer is" names the number
+        ("3 cats and 42 dogs", "42", 1.0),  # else the last number, as math-verify reads it
+        ("42 cats and 3 dogs", "42", 0.0),  # not any number that happens to match
+        ("There are 41", "42", 0.0),  # a wrong number earns no partial credit
+        ("43", "42", 0.0),
+        ("0.333", "\\frac{1}{3}", 0.0),  # exact, not rounded
+        ("1.41421356", "\\sqrt{2}", 0.0),
+        ("H2O", "2", 0.0),  # digits inside a word
+        ("COVID-19", "19", 0.0),
+        ("12/25/2024", "2024", 0.0),  # a date
+        ("no number here", "42", 0.0),
+    ],
+)
+def test_default_numbers_fractions_and_a_number_in_a_sentence(answer, solution, expected):
+    assert accuracy(answer, solution, None) == expected
+
+
+def test_default_uses_math_verify_when_installed(monkeypatch):
+    calls = []
+
+    def verify(gold, target):
+        calls.append((gold, target))
+        return True
+
+    fake = types.SimpleNamespace(parse=lambda text: text, verify=verify)
+    monkeypatch.setattr(accuracy_module, "_load_math_verify", lambda: fake)
+    assert accuracy("pi", "\\pi", None) == 1.0  # the sympy path cannot read \\pi
+    assert calls == [("\\pi", "pi")]
+    assert accuracy("A", "B", None) == 0.0  # a choice is decided before math
+    assert calls == [("\\pi", "pi")]
+
+
+def test_default_without_math_verify_falls_back_to_sympy_then_fuzzy(monkeypatch):
+    monkeypatch.setattr(accuracy_module, "_load_math_verify", lambda: None)
+    assert accuracy("pi", "\\pi", None) == pytest.approx(2 * 2 / 5)  # fuzzy "pi" vs "\\pi"
+    assert accuracy("1/2", "0.5", None) == 1.0
 
 
 # ---- detection ---------------------------------------------------------------------------------
