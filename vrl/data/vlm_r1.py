@@ -9,14 +9,14 @@ One JSON object per line (docs/algorithms.md, section 2.9):
 
 A bad line found after an hour of rollouts wastes the hour, and a loader that stops at the first
 bad line makes the user fix a file one line per run. So every line of every file is validated up
-front and all problems are reported together, each as ``file:line: what is wrong``, naming the
-field. Nothing is silently repaired: either the line is rejected, or (``skip_bad_lines=True``) it is
-dropped with a warning that says why.
+front and all problems are reported together, each as ``file:line: what is wrong`` on one line,
+naming the field. Nothing is silently
+repaired: either the line is rejected, or (``skip_bad_lines=True``) it is dropped with a warning
+that says why.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,16 +25,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vrl.data.lines import (
+    DataError,
+    PathLike,
+    json_type,
+    one_line,
+    parse_json_line,
+    read_lines,
+)
+
 if TYPE_CHECKING:
     from PIL import Image
+
+__all__ = [
+    "IMAGE_MARKER",
+    "KNOWN_FIELDS",
+    "DataError",
+    "VLMSample",
+    "load_image",
+    "load_vlm_r1_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_MARKER = "<image>"
 # Fields with a meaning in the format; every other field of a line is kept in VLMSample.extra.
 KNOWN_FIELDS = frozenset({"id", "image", "conversations", "accu_reward_method"})
-
-PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -57,21 +73,6 @@ class VLMSample:
     """1-based line number in ``source``, so that a surprising reward can be traced to its line."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Fields the format does not define (e.g. "problem", "normal_caption"), kept as they were."""
-
-
-class DataError(ValueError):
-    """Data that cannot be trained on; the message lists every problem, one per line."""
-
-    def __init__(self, problems: str | Sequence[str], header: str | None = None):
-        # A str is accepted so that the exception survives pickling (args holds the message).
-        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
-        lines = ([header] if header else []) + self.problems
-        super().__init__("\n".join(lines))
-
-
-def _json_type(value: Any) -> str:
-    """A short type name for messages ("null" rather than "NoneType")."""
-    return "null" if value is None else type(value).__name__
 
 
 def _split_paths(paths: PathLike | Sequence[PathLike] | None) -> list[Path]:
@@ -118,8 +119,8 @@ def _parse_image_field(record: dict[str, Any], problems: list[str]) -> list[str]
     ):
         return list(value)
     problems.append(
-        f'field "image": expected a path or a non-empty list of paths, got {_json_type(value)}'
-        + (f" {value!r}" if isinstance(value, (str, list)) else "")
+        f'field "image": expected a path or a non-empty list of paths, got {json_type(value)}'
+        + (f" {value!r:.80}" if isinstance(value, (str, list)) else "")
         + " (leave the field out for a text-only sample)"
     )
     return None
@@ -135,16 +136,16 @@ def _parse_conversations(
     turns = record["conversations"]
     expected = 'field "conversations": expected a list of {"from", "value"} turns'
     if not isinstance(turns, list):
-        problems.append(f"{expected}, got {_json_type(turns)}")
+        problems.append(f"{expected}, got {json_type(turns)}")
         return None, None
     for index, turn in enumerate(turns):
         if not (isinstance(turn, dict) and isinstance(turn.get("from"), str)):
-            problems.append(f"{expected}; turn {index} is {_json_type(turn)} {turn!r:.60}")
+            problems.append(f"{expected}; turn {index} is {json_type(turn)} {turn!r:.60}")
             return None, None
         if not isinstance(turn.get("value"), str):
             problems.append(
                 f'field "conversations": turn {index} ({turn["from"]!r}) needs a string "value", '
-                f"got {_json_type(turn.get('value'))}"
+                f"got {json_type(turn.get('value'))}"
             )
             return None, None
     roles = [turn["from"] for turn in turns]
@@ -177,7 +178,11 @@ def _parse_conversations(
 
 def _resolve_image(relative: str, folder: Path, check: bool, problems: list[str]) -> Path:
     """Absolute path of one image; records a problem when ``check`` and the file is missing."""
-    candidate = Path(relative).expanduser()
+    try:
+        candidate = Path(relative).expanduser()
+    except RuntimeError:  # "~user/..." for a user that does not exist
+        problems.append(f'image "{relative}": cannot expand "~" (no such user)')
+        return Path(relative)
     # abspath, not resolve(): keep the user's symlinked layout visible in paths and messages.
     path = Path(os.path.abspath(candidate if candidate.is_absolute() else folder / candidate))
     if check and not path.is_file():
@@ -197,23 +202,22 @@ def _check_line(
 ) -> _LineCheck:
     """Validate one non-blank line; collect every problem rather than stopping at the first."""
     problems: list[str] = []
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        return _LineCheck([f"invalid JSON: {error.msg} (column {error.colno})"])
+    record, invalid = parse_json_line(text)
+    if invalid:
+        return _LineCheck([invalid])
     if not isinstance(record, dict):
-        return _LineCheck([f"expected a JSON object, got {_json_type(record)}"])
+        return _LineCheck([f"expected a JSON object, got {json_type(record)}"])
 
     sample_id = record.get("id", f"{Path(source).name}:{line}")
     if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool):
-        problems.append(f'field "id": expected a string or an integer, got {_json_type(sample_id)}')
+        problems.append(f'field "id": expected a string or an integer, got {json_type(sample_id)}')
 
     image_names = _parse_image_field(record, problems)
     human, gpt = _parse_conversations(record, problems)
 
     method = record.get("accu_reward_method")
     if method is not None and not isinstance(method, str):
-        problems.append(f'field "accu_reward_method": expected a string, got {_json_type(method)}')
+        problems.append(f'field "accu_reward_method": expected a string, got {json_type(method)}')
     elif method is not None and allowed_reward_methods is not None:
         if method not in allowed_reward_methods:
             valid = ", ".join(sorted(allowed_reward_methods))
@@ -285,7 +289,8 @@ def load_vlm_r1_jsonl(
         check_images: check that every image file exists (turn off for remote or lazy storage).
 
     Returns the samples of all files, in file order then line order.
-    Raises DataError listing every problem as ``file:line: what is wrong``. Blank lines are skipped.
+    Raises DataError listing every problem as ``file:line: what is wrong``, one line each.
+    Blank lines are skipped, and so is a UTF-8 byte order mark at the start of a line.
     """
     files = _split_paths(paths)
     if not files:
@@ -301,35 +306,35 @@ def load_vlm_r1_jsonl(
     if file_problems:
         raise DataError(file_problems)
 
-    samples: list[VLMSample] = []
-    bad_lines: list[str] = []  # one entry per bad line, its problems joined
-    problems: list[str] = []  # one entry per problem
+    # Every line that is not blank, in order: its sample, or the problems that stop it being one.
+    checked: list[tuple[str, int, _LineCheck]] = []
     for file, folder in zip(files, folders, strict=True):
         source = str(file)
         absolute_folder = Path(os.path.abspath(folder))
-        with open(file, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError as error:
-                    found = [f"not valid UTF-8 (byte {error.start + 1})"]
-                else:
-                    if not text.strip():
-                        continue
-                    check = _check_line(
-                        text,
-                        source=source,
-                        line=number,
-                        image_folder=absolute_folder,
-                        allowed_reward_methods=allowed_reward_methods,
-                        check_images=check_images,
-                    )
-                    if check.sample is not None:
-                        samples.append(check.sample)
-                        continue
-                    found = check.problems
-                problems.extend(f"{source}:{number}: {problem}" for problem in found)
-                bad_lines.append(f"{source}:{number}: " + "; ".join(found))
+        for number, text, undecodable in read_lines(file):
+            if text is None:
+                checked.append((source, number, _LineCheck([undecodable or "not valid UTF-8"])))
+            elif text.strip():
+                check = _check_line(
+                    text,
+                    source=source,
+                    line=number,
+                    image_folder=absolute_folder,
+                    allowed_reward_methods=allowed_reward_methods,
+                    check_images=check_images,
+                )
+                checked.append((source, number, check))
+
+    samples: list[VLMSample] = []
+    bad_lines: list[str] = []  # one entry per bad line, its problems joined
+    problems: list[str] = []  # one entry per problem
+    for source, number, check in checked:
+        if check.sample is not None:
+            samples.append(check.sample)
+            continue
+        found = [one_line(problem) for problem in check.problems]
+        problems.extend(f"{source}:{number}: {problem}" for problem in found)
+        bad_lines.append(f"{source}:{number}: " + "; ".join(found))
 
     names = ", ".join(str(file) for file in files)
     if bad_lines and not skip_bad_lines:
@@ -339,7 +344,7 @@ def load_vlm_r1_jsonl(
             "(fix them, or pass skip_bad_lines=True to drop them):",
         )
     for message in bad_lines:
-        logger.warning("%s", message)
+        logger.warning("skipping %s", message)
     if not samples:
         raise DataError(
             problems or [f"{names}: no samples (every line is blank)"],
