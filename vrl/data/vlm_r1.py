@@ -9,8 +9,8 @@ One JSON object per line (docs/algorithms.md, section 2.9):
 
 A bad line found after an hour of rollouts wastes the hour, and a loader that stops at the first
 bad line makes the user fix a file one line per run. So every line of every file is validated up
-front and all problems are reported together, each as ``file:line: what is wrong`` on one line,
-naming the field. Nothing is silently
+front (and every image opened, `vrl.data.images`) and all problems are reported together, each
+as ``file:line: what is wrong`` on one line, naming the field or the image. Nothing is silently
 repaired: either the line is rejected, or (``skip_bad_lines=True``) it is dropped with a warning
 that says why.
 """
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vrl.data.images import LARGE_IMAGE_PIXELS, check_image_files, describe_size, load_image
 from vrl.data.lines import (
     DataError,
     PathLike,
@@ -43,6 +44,8 @@ __all__ = [
     "DataError",
     "VLMSample",
     "load_image",
+    "load_images_skipping_bad",
+    "load_sample_images",
     "load_vlm_r1_jsonl",
 ]
 
@@ -286,7 +289,10 @@ def load_vlm_r1_jsonl(
             Problems with the files themselves (missing file or image folder) always raise.
         allowed_reward_methods: when given, an "accu_reward_method" outside it is an error
             (a typo would otherwise fall back to some default reward without a word).
-        check_images: check that every image file exists (turn off for remote or lazy storage).
+        check_images: open every image once (header, size, PIL's ``verify()``; see
+            `vrl.data.images`): a missing, unreadable, broken or decompression-bomb image makes its
+            line bad, and an image above `LARGE_IMAGE_PIXELS` is logged. Turn off for remote or
+            lazy storage.
 
     Returns the samples of all files, in file order then line order.
     Raises DataError listing every problem as ``file:line: what is wrong``, one line each.
@@ -324,6 +330,8 @@ def load_vlm_r1_jsonl(
                     check_images=check_images,
                 )
                 checked.append((source, number, check))
+    if check_images:
+        _check_image_contents([check for _, _, check in checked])
 
     samples: list[VLMSample] = []
     bad_lines: list[str] = []  # one entry per bad line, its problems joined
@@ -355,24 +363,91 @@ def load_vlm_r1_jsonl(
     return samples
 
 
-def load_image(path: PathLike) -> Image.Image:
-    """Open an image as RGB, fully decoded now, so a broken file fails here with its name.
+def _check_image_contents(checks: list[_LineCheck]) -> None:
+    """Open each image of the good lines once; a line with a bad image becomes a bad line.
 
-    PIL decodes lazily; without ``load()`` a truncated file would only fail later, deep inside
-    the processor, with no file name. Transparent images are laid over white rather than having
-    their alpha dropped, which would show the (often black) hidden colour.
+    Large images are logged (a few by name, then a count), once per image whatever the number
+    of lines that use it.
     """
-    from PIL import Image, UnidentifiedImageError
+    results = check_image_files(path for c in checks if c.sample for path in c.sample.images)
+    large: dict[Path, tuple[VLMSample, int]] = {}
+    for check in checks:
+        sample = check.sample
+        if sample is None:
+            continue
+        for path in sample.images:
+            result = results[path]
+            if result.problem:
+                check.problems.append(f'image "{path}": {result.problem}')
+            elif result.large:
+                first, uses = large.get(path, (sample, 0))
+                large[path] = (first, uses + 1)
+        if check.problems:
+            check.sample = None
+    for shown, (path, (first, uses)) in enumerate(large.items()):
+        if shown == _LARGE_IMAGES_NAMED:
+            logger.warning(
+                "... and %d more images above %s pixels", len(large) - shown, LARGE_IMAGE_PIXELS
+            )
+            break
+        more = f" (and {_plural(uses - 1, 'more line')})" if uses > 1 else ""
+        logger.warning(
+            '%s:%d%s: image "%s" is %s, above %.1f million: it costs memory and time to decode '
+            "and resize (the processor downscales it anyway); consider shrinking the file",
+            first.source,
+            first.line,
+            more,
+            path,
+            describe_size(results[path].size or (0, 0)),
+            LARGE_IMAGE_PIXELS / 1e6,
+        )
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot decode image: {error}") from error
+
+_LARGE_IMAGES_NAMED = 10
+"""How many large images are named one by one before the rest are only counted."""
+
+
+def load_sample_images(sample: VLMSample) -> list[Image.Image]:
+    """The images of ``sample``, decoded as RGB (`load_image`), in order.
+
+    Raises `DataError` with a one-line message naming the sample's ``file:line`` and the image
+    when one fails to decode: validation opened every image, but a file can still be broken
+    past what ``verify()`` reads (a truncated JPEG scan) or change on disk during a run. A
+    trainer catches it to skip the sample under ``skip_bad_lines`` instead of ending the run.
+    """
+    images = []
+    for path in sample.images:
+        try:
+            images.append(load_image(path))
+        except DataError as error:
+            raise DataError(f"{sample.source}:{sample.line}: {error}") from error
+    return images
+
+
+def load_images_skipping_bad(
+    dataset: Sequence[VLMSample], index: int, *, skip_bad_lines: bool, skipped: set[int]
+) -> tuple[int, list[Image.Image]]:
+    """(index used, its images): ``dataset[index]``'s, or under ``skip_bad_lines`` the next
+    sample's whose images decode when one of its own does not.
+
+    For a trainer that draws samples by index. A sample that fails is logged once and added to
+    ``skipped`` (the caller keeps that set for the run), so it is never decoded again; the one
+    used instead is the next index, wrapping around, that is not in ``skipped``. Every process
+    picks the same one for the same index, so a GRPO group split over processes stays one prompt.
+    Without ``skip_bad_lines``, or when no sample is left, raises the `DataError` of
+    `load_sample_images` (one line: ``file:line: image: what is wrong``).
+    """
+    first_error: DataError | None = None
+    for offset in range(len(dataset)):
+        current = (index + offset) % len(dataset)
+        if current in skipped:
+            continue
+        try:
+            return current, load_sample_images(dataset[current])
+        except DataError as error:
+            if not skip_bad_lines:
+                raise
+            first_error = first_error or error
+            skipped.add(current)
+            logger.warning("skipping %s (skip_bad_lines)", error)
+    raise first_error or DataError("every sample was skipped: no image could be decoded")
