@@ -15,14 +15,13 @@ images, from the trainer, the demo and the quickstart alike.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vrl.data.vlm_r1 import DataError
+from vrl.data.lines import DataError, json_type, one_line, parse_json_line, read_lines
 from vrl.hicogen.scene import Scene, SceneValidationError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +31,9 @@ COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 FIELDS = ("prompt", "scene", "references")
 """The fields an `ImageSample` types; every other field of a line goes to its `extra`."""
+MAX_SCENE_COUNT = 100
+"""The most copies of one subject a scene may ask for ("count"). A model cannot draw, nor a
+detector count, more than a few dozen of one thing: a count of 10**12 is a bad line."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,13 @@ def synthetic_prompts(name: str) -> list[ImageSample]:
 
 
 def load_prompts(path: str | Path, *, skip_bad_lines: bool = False) -> list[ImageSample]:
-    """The samples of a .txt or .jsonl prompt file, or of a synthetic:<name> set."""
+    """The samples of a .txt or .jsonl prompt file, or of a synthetic:<name> set.
+
+    Lines are read as `vrl.data.lines.read_lines` reads them (a BOM at the start is dropped,
+    undecodable bytes are a problem of their line). Raises `DataError` listing every bad line as
+    ``file:line: what is wrong`` (one line each); with ``skip_bad_lines`` they are dropped with a
+    logged warning each instead, and only a file left with no prompt raises.
+    """
     text = str(path)
     if text.startswith(SYNTHETIC_PREFIX):
         return synthetic_prompts(text[len(SYNTHETIC_PREFIX) :])
@@ -127,38 +135,70 @@ def load_prompts(path: str | Path, *, skip_bad_lines: bool = False) -> list[Imag
         raise DataError(f"prompt file {path} does not exist")
     rows: list[ImageSample] = []
     problems: list[str] = []
-    is_jsonl = path.suffix in (".jsonl", ".json")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    is_jsonl = path.suffix.lower() in (".jsonl", ".json")
+    for number, line, undecodable in read_lines(path):
+        if line is None:
+            problems.append(f"{path}:{number}: {undecodable}")
+        elif not line.strip():
             continue
-        if not is_jsonl:
+        elif not is_jsonl:
             rows.append(ImageSample(line.strip()))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{number}: invalid JSON: {err.msg} (column {err.colno})")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        elif not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            problems.append(f'{path}:{number}: field "prompt": expected a non-empty string')
-        elif "scene" in row:
-            try:
-                row["scene"] = Scene.from_json(row["scene"])
-            except SceneValidationError as err:
-                problems.append(f'{path}:{number}: field "scene": ' + "; ".join(err.errors))
-            else:
-                rows.append(ImageSample.from_row(row))
         else:
-            rows.append(ImageSample.from_row(row))
+            row, problem = _parse_jsonl_line(line)
+            if row is not None:
+                rows.append(row)
+            else:
+                problems.append(f"{path}:{number}: {one_line(problem or 'bad line')}")
     if problems and not skip_bad_lines:
-        raise DataError("\n".join(problems))
+        lines = "bad line" if len(problems) == 1 else "bad lines"
+        raise DataError(
+            problems,
+            header=f"{len(problems)} {lines} in {path} "
+            "(fix them, or pass skip_bad_lines=True to drop them):",
+        )
     for problem in problems:
         logger.warning("skipping %s", problem)
     if not rows:
-        raise DataError(f"{path}: no usable prompts")
+        raise DataError(
+            problems or [f"{path}: no prompts (every line is blank)"],
+            header=f"no usable prompts in {path}:",
+        )
+    if problems:
+        logger.info("kept %d prompts, skipped %d bad lines", len(rows), len(problems))
     return rows
+
+
+def _parse_jsonl_line(line: str) -> tuple[ImageSample | None, str | None]:
+    """(sample, None) for a good JSONL line, (None, what is wrong) for a bad one."""
+    row, invalid = parse_json_line(line)
+    if invalid:
+        return None, invalid
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object, got {json_type(row)}"
+    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        return (
+            None,
+            f'field "prompt": expected a non-empty string, got {json_type(row.get("prompt"))}',
+        )
+    if "references" in row:
+        return None, (
+            'field "references": set by the chain of synthesis (unit images), not by a prompt '
+            "file; rename the field to keep it as metadata"
+        )
+    if "scene" in row:
+        try:
+            scene = Scene.from_json(row["scene"])
+        except SceneValidationError as err:
+            return None, 'field "scene": ' + "; ".join(err.errors)
+        too_many = [
+            f"subjects[{i}].count: {s.count} is above the limit of {MAX_SCENE_COUNT}"
+            for i, s in enumerate(scene.subjects)
+            if s.count is not None and s.count > MAX_SCENE_COUNT
+        ]
+        if too_many:
+            return None, 'field "scene": ' + "; ".join(too_many)
+        row["scene"] = scene
+    return ImageSample.from_row(row), None
 
 
 def prompt_texts(samples: Sequence[ImageSample]) -> list[str]:

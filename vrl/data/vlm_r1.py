@@ -9,14 +9,14 @@ One JSON object per line (docs/algorithms.md, section 2.9):
 
 A bad line found after an hour of rollouts wastes the hour, and a loader that stops at the first
 bad line makes the user fix a file one line per run. So every line of every file is validated up
-front and all problems are reported together, each as ``file:line: what is wrong``, naming the
-field. Nothing is silently repaired: either the line is rejected, or (``skip_bad_lines=True``) it is
-dropped with a warning that says why.
+front (and every image opened, `vrl.data.images`) and all problems are reported together, each
+as ``file:line: what is wrong`` on one line, naming the field or the image. Nothing is silently
+repaired: either the line is rejected, or (``skip_bad_lines=True``) it is dropped with a warning
+that says why.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,16 +25,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vrl.data.images import LARGE_IMAGE_PIXELS, check_image_files, describe_size, load_image
+from vrl.data.lines import (
+    DataError,
+    PathLike,
+    json_type,
+    one_line,
+    parse_json_line,
+    read_lines,
+)
+
 if TYPE_CHECKING:
     from PIL import Image
+
+__all__ = [
+    "IMAGE_MARKER",
+    "KNOWN_FIELDS",
+    "DataError",
+    "VLMSample",
+    "load_image",
+    "load_images_skipping_bad",
+    "load_sample_images",
+    "load_vlm_r1_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_MARKER = "<image>"
 # Fields with a meaning in the format; every other field of a line is kept in VLMSample.extra.
 KNOWN_FIELDS = frozenset({"id", "image", "conversations", "accu_reward_method"})
-
-PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -57,21 +76,6 @@ class VLMSample:
     """1-based line number in ``source``, so that a surprising reward can be traced to its line."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Fields the format does not define (e.g. "problem", "normal_caption"), kept as they were."""
-
-
-class DataError(ValueError):
-    """Data that cannot be trained on; the message lists every problem, one per line."""
-
-    def __init__(self, problems: str | Sequence[str], header: str | None = None):
-        # A str is accepted so that the exception survives pickling (args holds the message).
-        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
-        lines = ([header] if header else []) + self.problems
-        super().__init__("\n".join(lines))
-
-
-def _json_type(value: Any) -> str:
-    """A short type name for messages ("null" rather than "NoneType")."""
-    return "null" if value is None else type(value).__name__
 
 
 def _split_paths(paths: PathLike | Sequence[PathLike] | None) -> list[Path]:
@@ -118,8 +122,8 @@ def _parse_image_field(record: dict[str, Any], problems: list[str]) -> list[str]
     ):
         return list(value)
     problems.append(
-        f'field "image": expected a path or a non-empty list of paths, got {_json_type(value)}'
-        + (f" {value!r}" if isinstance(value, (str, list)) else "")
+        f'field "image": expected a path or a non-empty list of paths, got {json_type(value)}'
+        + (f" {value!r:.80}" if isinstance(value, (str, list)) else "")
         + " (leave the field out for a text-only sample)"
     )
     return None
@@ -135,16 +139,16 @@ def _parse_conversations(
     turns = record["conversations"]
     expected = 'field "conversations": expected a list of {"from", "value"} turns'
     if not isinstance(turns, list):
-        problems.append(f"{expected}, got {_json_type(turns)}")
+        problems.append(f"{expected}, got {json_type(turns)}")
         return None, None
     for index, turn in enumerate(turns):
         if not (isinstance(turn, dict) and isinstance(turn.get("from"), str)):
-            problems.append(f"{expected}; turn {index} is {_json_type(turn)} {turn!r:.60}")
+            problems.append(f"{expected}; turn {index} is {json_type(turn)} {turn!r:.60}")
             return None, None
         if not isinstance(turn.get("value"), str):
             problems.append(
                 f'field "conversations": turn {index} ({turn["from"]!r}) needs a string "value", '
-                f"got {_json_type(turn.get('value'))}"
+                f"got {json_type(turn.get('value'))}"
             )
             return None, None
     roles = [turn["from"] for turn in turns]
@@ -177,7 +181,11 @@ def _parse_conversations(
 
 def _resolve_image(relative: str, folder: Path, check: bool, problems: list[str]) -> Path:
     """Absolute path of one image; records a problem when ``check`` and the file is missing."""
-    candidate = Path(relative).expanduser()
+    try:
+        candidate = Path(relative).expanduser()
+    except RuntimeError:  # "~user/..." for a user that does not exist
+        problems.append(f'image "{relative}": cannot expand "~" (no such user)')
+        return Path(relative)
     # abspath, not resolve(): keep the user's symlinked layout visible in paths and messages.
     path = Path(os.path.abspath(candidate if candidate.is_absolute() else folder / candidate))
     if check and not path.is_file():
@@ -197,23 +205,22 @@ def _check_line(
 ) -> _LineCheck:
     """Validate one non-blank line; collect every problem rather than stopping at the first."""
     problems: list[str] = []
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        return _LineCheck([f"invalid JSON: {error.msg} (column {error.colno})"])
+    record, invalid = parse_json_line(text)
+    if invalid:
+        return _LineCheck([invalid])
     if not isinstance(record, dict):
-        return _LineCheck([f"expected a JSON object, got {_json_type(record)}"])
+        return _LineCheck([f"expected a JSON object, got {json_type(record)}"])
 
     sample_id = record.get("id", f"{Path(source).name}:{line}")
     if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool):
-        problems.append(f'field "id": expected a string or an integer, got {_json_type(sample_id)}')
+        problems.append(f'field "id": expected a string or an integer, got {json_type(sample_id)}')
 
     image_names = _parse_image_field(record, problems)
     human, gpt = _parse_conversations(record, problems)
 
     method = record.get("accu_reward_method")
     if method is not None and not isinstance(method, str):
-        problems.append(f'field "accu_reward_method": expected a string, got {_json_type(method)}')
+        problems.append(f'field "accu_reward_method": expected a string, got {json_type(method)}')
     elif method is not None and allowed_reward_methods is not None:
         if method not in allowed_reward_methods:
             valid = ", ".join(sorted(allowed_reward_methods))
@@ -282,10 +289,14 @@ def load_vlm_r1_jsonl(
             Problems with the files themselves (missing file or image folder) always raise.
         allowed_reward_methods: when given, an "accu_reward_method" outside it is an error
             (a typo would otherwise fall back to some default reward without a word).
-        check_images: check that every image file exists (turn off for remote or lazy storage).
+        check_images: open every image once (header, size, PIL's ``verify()``; see
+            `vrl.data.images`): a missing, unreadable, broken or decompression-bomb image makes its
+            line bad, and an image above `LARGE_IMAGE_PIXELS` is logged. Turn off for remote or
+            lazy storage.
 
     Returns the samples of all files, in file order then line order.
-    Raises DataError listing every problem as ``file:line: what is wrong``. Blank lines are skipped.
+    Raises DataError listing every problem as ``file:line: what is wrong``, one line each.
+    Blank lines are skipped, and so is a UTF-8 byte order mark at the start of a line.
     """
     files = _split_paths(paths)
     if not files:
@@ -301,35 +312,37 @@ def load_vlm_r1_jsonl(
     if file_problems:
         raise DataError(file_problems)
 
-    samples: list[VLMSample] = []
-    bad_lines: list[str] = []  # one entry per bad line, its problems joined
-    problems: list[str] = []  # one entry per problem
+    # Every line that is not blank, in order: its sample, or the problems that stop it being one.
+    checked: list[tuple[str, int, _LineCheck]] = []
     for file, folder in zip(files, folders, strict=True):
         source = str(file)
         absolute_folder = Path(os.path.abspath(folder))
-        with open(file, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError as error:
-                    found = [f"not valid UTF-8 (byte {error.start + 1})"]
-                else:
-                    if not text.strip():
-                        continue
-                    check = _check_line(
-                        text,
-                        source=source,
-                        line=number,
-                        image_folder=absolute_folder,
-                        allowed_reward_methods=allowed_reward_methods,
-                        check_images=check_images,
-                    )
-                    if check.sample is not None:
-                        samples.append(check.sample)
-                        continue
-                    found = check.problems
-                problems.extend(f"{source}:{number}: {problem}" for problem in found)
-                bad_lines.append(f"{source}:{number}: " + "; ".join(found))
+        for number, text, undecodable in read_lines(file):
+            if text is None:
+                checked.append((source, number, _LineCheck([undecodable or "not valid UTF-8"])))
+            elif text.strip():
+                check = _check_line(
+                    text,
+                    source=source,
+                    line=number,
+                    image_folder=absolute_folder,
+                    allowed_reward_methods=allowed_reward_methods,
+                    check_images=check_images,
+                )
+                checked.append((source, number, check))
+    if check_images:
+        _check_image_contents([check for _, _, check in checked])
+
+    samples: list[VLMSample] = []
+    bad_lines: list[str] = []  # one entry per bad line, its problems joined
+    problems: list[str] = []  # one entry per problem
+    for source, number, check in checked:
+        if check.sample is not None:
+            samples.append(check.sample)
+            continue
+        found = [one_line(problem) for problem in check.problems]
+        problems.extend(f"{source}:{number}: {problem}" for problem in found)
+        bad_lines.append(f"{source}:{number}: " + "; ".join(found))
 
     names = ", ".join(str(file) for file in files)
     if bad_lines and not skip_bad_lines:
@@ -339,7 +352,7 @@ def load_vlm_r1_jsonl(
             "(fix them, or pass skip_bad_lines=True to drop them):",
         )
     for message in bad_lines:
-        logger.warning("%s", message)
+        logger.warning("skipping %s", message)
     if not samples:
         raise DataError(
             problems or [f"{names}: no samples (every line is blank)"],
@@ -350,24 +363,91 @@ def load_vlm_r1_jsonl(
     return samples
 
 
-def load_image(path: PathLike) -> Image.Image:
-    """Open an image as RGB, fully decoded now, so a broken file fails here with its name.
+def _check_image_contents(checks: list[_LineCheck]) -> None:
+    """Open each image of the good lines once; a line with a bad image becomes a bad line.
 
-    PIL decodes lazily; without ``load()`` a truncated file would only fail later, deep inside
-    the processor, with no file name. Transparent images are laid over white rather than having
-    their alpha dropped, which would show the (often black) hidden colour.
+    Large images are logged (a few by name, then a count), once per image whatever the number
+    of lines that use it.
     """
-    from PIL import Image, UnidentifiedImageError
+    results = check_image_files(path for c in checks if c.sample for path in c.sample.images)
+    large: dict[Path, tuple[VLMSample, int]] = {}
+    for check in checks:
+        sample = check.sample
+        if sample is None:
+            continue
+        for path in sample.images:
+            result = results[path]
+            if result.problem:
+                check.problems.append(f'image "{path}": {result.problem}')
+            elif result.large:
+                first, uses = large.get(path, (sample, 0))
+                large[path] = (first, uses + 1)
+        if check.problems:
+            check.sample = None
+    for shown, (path, (first, uses)) in enumerate(large.items()):
+        if shown == _LARGE_IMAGES_NAMED:
+            logger.warning(
+                "... and %d more images above %s pixels", len(large) - shown, LARGE_IMAGE_PIXELS
+            )
+            break
+        more = f" (and {_plural(uses - 1, 'more line')})" if uses > 1 else ""
+        logger.warning(
+            '%s:%d%s: image "%s" is %s, above %.1f million: it costs memory and time to decode '
+            "and resize (the processor downscales it anyway); consider shrinking the file",
+            first.source,
+            first.line,
+            more,
+            path,
+            describe_size(results[path].size or (0, 0)),
+            LARGE_IMAGE_PIXELS / 1e6,
+        )
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot decode image: {error}") from error
+
+_LARGE_IMAGES_NAMED = 10
+"""How many large images are named one by one before the rest are only counted."""
+
+
+def load_sample_images(sample: VLMSample) -> list[Image.Image]:
+    """The images of ``sample``, decoded as RGB (`load_image`), in order.
+
+    Raises `DataError` with a one-line message naming the sample's ``file:line`` and the image
+    when one fails to decode: validation opened every image, but a file can still be broken
+    past what ``verify()`` reads (a truncated JPEG scan) or change on disk during a run. A
+    trainer catches it to skip the sample under ``skip_bad_lines`` instead of ending the run.
+    """
+    images = []
+    for path in sample.images:
+        try:
+            images.append(load_image(path))
+        except DataError as error:
+            raise DataError(f"{sample.source}:{sample.line}: {error}") from error
+    return images
+
+
+def load_images_skipping_bad(
+    dataset: Sequence[VLMSample], index: int, *, skip_bad_lines: bool, skipped: set[int]
+) -> tuple[int, list[Image.Image]]:
+    """(index used, its images): ``dataset[index]``'s, or under ``skip_bad_lines`` the next
+    sample's whose images decode when one of its own does not.
+
+    For a trainer that draws samples by index. A sample that fails is logged once and added to
+    ``skipped`` (the caller keeps that set for the run), so it is never decoded again; the one
+    used instead is the next index, wrapping around, that is not in ``skipped``. Every process
+    picks the same one for the same index, so a GRPO group split over processes stays one prompt.
+    Without ``skip_bad_lines``, or when no sample is left, raises the `DataError` of
+    `load_sample_images` (one line: ``file:line: image: what is wrong``).
+    """
+    first_error: DataError | None = None
+    for offset in range(len(dataset)):
+        current = (index + offset) % len(dataset)
+        if current in skipped:
+            continue
+        try:
+            return current, load_sample_images(dataset[current])
+        except DataError as error:
+            if not skip_bad_lines:
+                raise
+            first_error = first_error or error
+            skipped.add(current)
+            logger.warning("skipping %s (skip_bad_lines)", error)
+    raise first_error or DataError("every sample was skipped: no image could be decoded")
