@@ -31,8 +31,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,10 @@ class ImageFiles:
         # Gradio serves files under the system temp directory, so that is the default home
         self.root = Path(tempfile.mkdtemp(prefix="vrl-demo-", dir=root))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        """Remove the folder and its images now (also done at interpreter exit)."""
+        self._cleanup()
 
     def save(self, images: torch.Tensor) -> str:
         buffer = io.BytesIO()
@@ -416,8 +422,14 @@ def launch(
     block: bool = True,
 ):
     """Build and serve the page; with `block=False` it serves from a background thread and the
-    caller closes it (`app.close()`). Returns (app, local url)."""
-    app = build_app(settings, engine=engine)
+    caller closes it (`app.close()`). Returns (app, local url).
+
+    With `block=True` (`vrl demo`) the process is the server's: SIGTERM then removes the image
+    folder and exits (`remove_on_sigterm`)."""
+    files = ImageFiles()
+    if block and threading.current_thread() is threading.main_thread():  # signals go there
+        remove_on_sigterm(files)
+    app = build_app(settings, engine=engine, files=files)
     _, url, _ = app.launch(
         server_name=host,
         server_port=port,
@@ -428,6 +440,19 @@ def launch(
         quiet=not block,
     )
     return app, url
+
+
+def remove_on_sigterm(files: ImageFiles) -> None:
+    """On SIGTERM (kill, systemd, docker stop), remove the image folder, then exit with status
+    143 (128 + SIGTERM) as the signal would have. Without a handler SIGTERM ends the process at
+    once, skipping the exit-time cleanup that Ctrl-C gets, and the folder stays behind."""
+
+    def handler(signum, frame):
+        files.cleanup()
+        print(f"vrl demo: terminated; removed {files.root}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)  # the server's thread is a daemon: nothing waits on it
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -1,12 +1,18 @@
 """The demo's API as any HTTP client sees it (issue 20, item 8): every refused call is answered
-with a message naming the argument, and is one line on the server's console (no traceback)."""
+with a message naming the argument, is one line on the server's console (no traceback), and
+SIGTERM removes the demo's image folder."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
@@ -95,3 +101,60 @@ def test_a_good_call_still_generates(url):
     assert status.startswith("**done**") and "seed 3," in status
     assert [row[0] for row in units["data"]] == ["unit 1", "unit 2", "final"]
     assert answer[5]["path"].endswith(".png")  # the final image
+
+
+SERVE = """
+import sys, types
+from vrl.demo.app import launch
+from vrl.demo.engine import DemoEngine
+from vrl.demo.settings import DemoSettings
+
+settings = DemoSettings(reward="none", size=32)
+model = types.SimpleNamespace(sigmas=lambda steps, height, width: None)  # loading one takes long
+engine = DemoEngine(settings, adapter=model, reward=("none", None))
+launch(settings, engine=engine, port=int(sys.argv[1]))  # serves as `vrl demo` does, blocking
+"""
+
+
+def test_sigterm_removes_the_image_folder(tmp_path):
+    """The demo's server killed with SIGTERM (kill, systemd, docker stop) removes its image
+    folder and exits with 128 + 15, as it would have without a handler."""
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until the page answers
+            assert server.poll() is None, server.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.1)
+        folders = list(tmp_path.glob("vrl-demo-*"))
+        assert len(folders) == 1 and folders[0].is_dir()
+        (folders[0] / "made-earlier.png").write_bytes(b"an image")  # not empty: as after use
+        # and on the server's own console a refused call is one line
+        assert call(f"http://127.0.0.1:{port}/", [PROMPT, 0])[0] == "error"
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 128 + signal.SIGTERM, err
+    assert not folders[0].exists()
+    assert "Traceback" not in err and f"removed {folders[0]}" in err
+    refused = [line for line in err.splitlines() if "steps, guidance" in line]
+    assert refused == ["refused a request: steps, guidance, chain, sampler, schedule, noise_level, "
+                       "strength, num_images: missing; this call takes 10 values (prompt, seed, "
+                       "steps, guidance, chain, sampler, schedule, noise_level, strength, "
+                       "num_images), got 2"]  # fmt: skip
