@@ -11,19 +11,30 @@ adapter run side by side on the same prompt and seed.
 Safety: model and adapter paths are fixed at launch (the page has only text, number and choice
 inputs), weights load from safetensors only, every request is checked against `Limits` and refused
 with a message when outside them, and one queue with a concurrency limit feeds the model.
+
+The API (``/generate``, what the page calls) takes the page's values as JSON, in the order of
+`make_generate`'s arguments. They reach `check_request` as sent (Gradio's own per-component
+preprocessing is off: it crashed on a string or a NaN, answering ``{"error": null}``), so one
+check decides, and a refused call is answered with a message that names the argument
+(``seed: must be a whole number from 0 to 2147483647, got 'abc'``; too few values: the missing
+ones) and logged as one line on the console, without a traceback. SIGTERM removes the demo's
+image folder before the process exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import io
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -93,6 +104,10 @@ class ImageFiles:
         # Gradio serves files under the system temp directory, so that is the default home
         self.root = Path(tempfile.mkdtemp(prefix="vrl-demo-", dir=root))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        """Remove the folder and its images now (also done at interpreter exit)."""
+        self._cleanup()
 
     def save(self, images: torch.Tensor) -> str:
         buffer = io.BytesIO()
@@ -181,8 +196,50 @@ def header_text(engine: DemoEngine) -> str:
     return "\n\n".join(lines)
 
 
+def refuse(message: str) -> gr.Error:
+    """The error that refuses an API call: its message for the client, one line on the console
+    (Gradio would print the traceback of any error raised with print_exception)."""
+    logger.warning("refused a request: %s", message)
+    try:
+        return gr.Error(message, title="Request refused", print_exception=False)
+    except TypeError:  # Gradio before 5.9 has no print_exception (and prints the traceback)
+        return gr.Error(message, title="Request refused")
+
+
+class DemoBlocks(gr.Blocks):
+    """gr.Blocks whose API refuses a call with too few values by naming the missing arguments.
+
+    Gradio checks the count itself, before any handler runs, with a ValueError: the client gets
+    ``{"error": null}`` and the console a traceback. Extra values are ignored, as Gradio does."""
+
+    def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
+        wanted = len(block_fn.inputs)
+        if len(inputs) < wanted:
+            names = _argument_names(block_fn.fn, wanted)
+            raise refuse(
+                f"{', '.join(names[len(inputs) :])}: missing; this call takes {wanted} values "
+                f"({', '.join(names)}), got {len(inputs)}"
+            )
+        super().validate_inputs(block_fn, inputs)
+
+
+def _argument_names(fn, n: int) -> list[str]:
+    """The names of a handler's first `n` arguments (the API's), or "value k" where unknown."""
+    try:
+        names = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        names = []
+    return [names[k] if k < len(names) else f"value {k + 1}" for k in range(n)]
+
+
 def make_generate(engine: DemoEngine, files: ImageFiles):
-    """The "Generate" handler: checks the request, then yields the page's outputs pass by pass."""
+    """The "Generate" handler: checks the request, then yields the page's outputs pass by pass.
+
+    Its argument names are the API's (refusals name them)."""
     limits = engine.settings.limits
 
     def generate(
@@ -204,7 +261,7 @@ def make_generate(engine: DemoEngine, files: ImageFiles):
                 noise_level, strength, num_images,
             )  # fmt: skip
         except LimitError as err:
-            raise gr.Error(str(err), title="Request refused") from None
+            raise refuse(str(err)) from None
         try:
             for state in engine.generate(request):
                 progress((state.done, state.total), desc=state.message)
@@ -237,15 +294,19 @@ def render(state: DemoState, labels: tuple[str, ...], files: ImageFiles) -> tupl
 
 
 def build_app(
-    settings: DemoSettings | None = None, *, engine: DemoEngine | None = None
+    settings: DemoSettings | None = None,
+    *,
+    engine: DemoEngine | None = None,
+    files: ImageFiles | None = None,
 ) -> gr.Blocks:
-    """The demo page for `settings` (the model loads here unless a built `engine` is given)."""
+    """The demo page for `settings` (the model loads here unless a built `engine` is given);
+    its images go to `files` (default: a new folder under the system temp directory)."""
     settings = settings or DemoSettings()
     engine = engine or DemoEngine(settings)
     limits = settings.limits
     first, second = (LABELS[label] for label in (*engine.labels, "base")[:2])
 
-    with gr.Blocks(title="vrl demo: chain of synthesis", analytics_enabled=False) as app:
+    with DemoBlocks(title="vrl demo: chain of synthesis", analytics_enabled=False) as app:
         gr.Markdown(header_text(engine), elem_id="header")
         with gr.Row():
             prompt = gr.Textbox(
@@ -336,7 +397,7 @@ def build_app(
         inputs.append(num_images)
         outputs = [status, units, scene_json, chain_a, chain_b, final_a, final_b]
         outputs += [levels, subjects, relations]
-        generate = make_generate(engine, ImageFiles())
+        generate = make_generate(engine, files or ImageFiles())
         for trigger, api_name in ((button.click, "generate"), (prompt.submit, False)):
             trigger(
                 generate,
@@ -345,6 +406,7 @@ def build_app(
                 api_name=api_name,
                 concurrency_limit=limits.concurrency,
                 concurrency_id="generate",  # the button and Enter share one limit
+                preprocess=False,  # the values as sent: check_request checks them all
             )
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.max_queue)
     return app
@@ -360,8 +422,14 @@ def launch(
     block: bool = True,
 ):
     """Build and serve the page; with `block=False` it serves from a background thread and the
-    caller closes it (`app.close()`). Returns (app, local url)."""
-    app = build_app(settings, engine=engine)
+    caller closes it (`app.close()`). Returns (app, local url).
+
+    With `block=True` (`vrl demo`) the process is the server's: SIGTERM then removes the image
+    folder and exits (`remove_on_sigterm`)."""
+    files = ImageFiles()
+    if block and threading.current_thread() is threading.main_thread():  # signals go there
+        remove_on_sigterm(files)
+    app = build_app(settings, engine=engine, files=files)
     _, url, _ = app.launch(
         server_name=host,
         server_port=port,
@@ -372,6 +440,19 @@ def launch(
         quiet=not block,
     )
     return app, url
+
+
+def remove_on_sigterm(files: ImageFiles) -> None:
+    """On SIGTERM (kill, systemd, docker stop), remove the image folder, then exit with status
+    143 (128 + SIGTERM) as the signal would have. Without a handler SIGTERM ends the process at
+    once, skipping the exit-time cleanup that Ctrl-C gets, and the folder stays behind."""
+
+    def handler(signum, frame):
+        files.cleanup()
+        print(f"vrl demo: terminated; removed {files.root}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)  # the server's thread is a daemon: nothing waits on it
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

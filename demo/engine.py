@@ -73,18 +73,38 @@ class GenerationRequest:
     num_images: int = 1
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value`'s repr, cut short: a refusal must not echo a megabyte back (or into the log)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def _whole_number(name: str, value: Any, low: int, high: int) -> int:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or int(value) != value or not low <= value <= high:
-        raise LimitError(f"{name} must be a whole number from {low} to {high}; got {value!r}.")
+        raise LimitError(
+            f"{name}: must be a whole number from {low} to {high}, got {_shown(value)}"
+        )
     return int(value)
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not low <= value <= high:
-        raise LimitError(f"{name} must be a number from {low:g} to {high:g}; got {value!r}.")
+        raise LimitError(f"{name}: must be a number from {low:g} to {high:g}, got {_shown(value)}")
     return float(value)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):  # "no", "false", 0: ambiguous or a mistake, never guessed
+        raise LimitError(f"{name}: must be true or false (a JSON boolean), got {_shown(value)}")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise LimitError(f"{name}: must be one of {', '.join(choices)}, got {_shown(value)}")
+    return value
 
 
 def check_request(
@@ -100,36 +120,35 @@ def check_request(
     strength: Any = 0.7,
     num_images: Any = 1,
 ) -> GenerationRequest:
-    """The page's raw values as a request, or `LimitError` saying what is wrong and the limit.
+    """The page's raw values as a request, or `LimitError` naming the argument that is wrong.
 
     Everything from the page is untrusted (a client can post any JSON to the API), so types are
-    checked as well as ranges.
+    checked as well as ranges: numbers must be JSON numbers (not strings, not NaN or infinite,
+    not booleans), whole where a count is meant; `chain` a JSON boolean; `sampler` and
+    `schedule` one of their choices. Messages start with the argument's API name
+    (``seed: must be a whole number from 0 to 2147483647, got 'abc'``).
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise LimitError("Type a prompt first.")
+    if not isinstance(prompt, str):
+        raise LimitError(f"prompt: must be text, got {_shown(prompt)}")
+    if not prompt.strip():
+        raise LimitError("prompt: is empty. Type a prompt first.")
     prompt = prompt.strip()
     if len(prompt) > limits.max_prompt_chars:
         raise LimitError(
-            f"The prompt has {len(prompt)} characters; this demo takes at most "
+            f"prompt: has {len(prompt)} characters; this demo takes at most "
             f"{limits.max_prompt_chars}. Shorten it and try again."
-        )
-    if sampler not in SAMPLERS:
-        raise LimitError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}.")
-    if schedule not in SCHEDULE_KINDS:
-        raise LimitError(
-            f"noise schedule must be one of {', '.join(SCHEDULE_KINDS)}; got {schedule!r}."
         )
     return GenerationRequest(
         prompt=prompt,
-        seed=_whole_number("Seed", seed, 0, MAX_SEED),
-        steps=_whole_number("Steps", steps, 1, limits.max_steps),
-        guidance=_number("Guidance", guidance, 0.0, limits.max_guidance),
-        chain=bool(chain),
-        sampler=sampler,
-        schedule=schedule,
-        noise_level=_number("Noise level", noise_level, 0.0, 1.0),
-        strength=_number("Context strength", strength, 0.05, 1.0),
-        num_images=_whole_number("Number of images", num_images, 1, limits.max_images),
+        seed=_whole_number("seed", seed, 0, MAX_SEED),
+        steps=_whole_number("steps", steps, 1, limits.max_steps),
+        guidance=_number("guidance", guidance, 0.0, limits.max_guidance),
+        chain=_boolean("chain", chain),
+        sampler=_choice("sampler", sampler, SAMPLERS),
+        schedule=_choice("schedule", schedule, SCHEDULE_KINDS),
+        noise_level=_number("noise_level", noise_level, 0.0, 1.0),
+        strength=_number("strength", strength, 0.05, 1.0),
+        num_images=_whole_number("num_images", num_images, 1, limits.max_images),
     )
 
 

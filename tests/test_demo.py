@@ -46,25 +46,42 @@ PAGE_DEFAULTS |= dict(schedule="decaying", noise_level=0.7, strength=0.7, num_im
     [
         (
             {"prompt": "a red circle " * 40},
-            "The prompt has 519 characters; this demo takes at most 300",
+            "prompt: has 519 characters; this demo takes at most 300",
         ),
-        ({"prompt": "   "}, "Type a prompt first"),
-        ({"steps": 51}, "Steps must be a whole number from 1 to 50; got 51"),
-        ({"steps": 2.5}, "Steps must be a whole number"),
-        ({"num_images": 5}, "Number of images must be a whole number from 1 to 4; got 5"),
-        ({"num_images": "4"}, "Number of images must be a whole number"),
-        ({"guidance": 100.0}, "Guidance must be a number from 0 to 15; got 100.0"),
-        ({"seed": -1}, "Seed must be a whole number from 0"),
-        ({"seed": None}, "Seed must be a whole number"),
-        ({"sampler": "../../etc/passwd"}, "sampler must be one of ode, sde"),
-        ({"schedule": "cosine"}, "noise schedule must be one of constant, decaying, window"),
-        ({"noise_level": float("nan")}, "Noise level must be a number from 0 to 1"),
+        ({"prompt": "   "}, "prompt: is empty. Type a prompt first"),
+        ({"prompt": None}, "prompt: must be text, got None"),
+        ({"steps": 51}, "steps: must be a whole number from 1 to 50, got 51"),
+        ({"steps": 2.5}, "steps: must be a whole number"),
+        ({"steps": "2"}, "steps: must be a whole number from 1 to 50, got '2'"),
+        ({"num_images": 5}, "num_images: must be a whole number from 1 to 4, got 5"),
+        ({"num_images": "4"}, "num_images: must be a whole number"),
+        ({"guidance": 100.0}, "guidance: must be a number from 0 to 15, got 100.0"),
+        ({"guidance": True}, "guidance: must be a number from 0 to 15, got True"),
+        ({"seed": -1}, "seed: must be a whole number from 0"),
+        ({"seed": None}, "seed: must be a whole number"),
+        ({"seed": float("nan")}, "seed: must be a whole number from 0 to 2147483647, got nan"),
+        ({"seed": "abc"}, "seed: must be a whole number from 0 to 2147483647, got 'abc'"),
+        ({"chain": "no"}, "chain: must be true or false (a JSON boolean), got 'no'"),
+        ({"chain": "true"}, "chain: must be true or false (a JSON boolean), got 'true'"),
+        ({"chain": 1}, "chain: must be true or false (a JSON boolean), got 1"),
+        ({"sampler": "../../etc/passwd"}, "sampler: must be one of ode, sde"),
+        ({"schedule": "cosine"}, "schedule: must be one of constant, decaying, window"),
+        ({"noise_level": float("nan")}, "noise_level: must be a number from 0 to 1"),
+        ({"strength": float("inf")}, "strength: must be a number from 0.05 to 1, got inf"),
     ],
 )
 def test_a_request_outside_the_limits_is_refused_with_the_limit(change, message):
     values = {"prompt": PROMPT, **PAGE_DEFAULTS, **change}
     with pytest.raises(LimitError, match=re.escape(message)):
         check_request(LIMITS, **values)
+
+
+def test_a_refusal_does_not_echo_a_huge_value():
+    with pytest.raises(LimitError) as refused:
+        check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "seed": "9" * 100_000})
+    message = str(refused.value)
+    assert message.startswith("seed: must be a whole number from 0 to 2147483647, got '999")
+    assert message.endswith("(100002 characters)") and len(message) < 150
 
 
 def test_a_request_within_the_limits_is_kept_as_typed():
@@ -77,7 +94,7 @@ def test_the_page_handler_refuses_oversize_input_then_still_generates(tmp_path):
     generate = make_generate(shared_engine(), ImageFiles(tmp_path))
     for change in ({"steps": 500}, {"num_images": 64}):
         values = {**PAGE_DEFAULTS, **change}
-        with pytest.raises(gr.Error, match="must be a whole number from 1 to"):
+        with pytest.raises(gr.Error, match=r"(steps|num_images): must be a whole number from 1"):
             next(generate(PROMPT, *values.values()))
     with pytest.raises(gr.Error, match="at most 300"):
         next(generate("x" * 301, *PAGE_DEFAULTS.values()))

@@ -193,13 +193,38 @@ def _eval(args: argparse.Namespace) -> int:
     }
     settings["judge_options"]["colour_clip_weights"] = args.colour_clip_weights
     images = layout.find(items)
+    made = settings.get("generation") or _generation_settings(image_dir)
+    width, height, per_prompt = (_count(made, k) for k in ("width", "height", "images_per_prompt"))
+    size = (width, height) if width and height else None
     summary = evaluate_items(
         items, images, lambda: build_judge(args.judge, options), out / args.judge, clip=clip, hps=hps, threshold=args.threshold,
         batch_size=args.batch_size, settings=settings, plots=not args.no_plots,
+        image_size=size, images_per_prompt=per_prompt,
     )  # fmt: skip
     print((out / args.judge / "summary.md").read_text())
     print(f"results in {out / args.judge}")
-    return 0 if summary["prompts"] else 1
+    return 0 if summary["images"] else 1  # 1: not one image could be judged
+
+
+def _generation_settings(image_dir: Path) -> dict:
+    """What generated the images (generation.json, written by a run with --model), or {}: the
+    expected image size and count then come from the images themselves."""
+    path = image_dir / "generation.json"
+    if not path.is_file():
+        return {}
+    try:
+        made = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        logger.warning(
+            "%s is unreadable (%s): image sizes are checked against most images", path, err
+        )
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def _count(settings: dict, key: str) -> int | None:
+    value = settings.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _load_items(args):
