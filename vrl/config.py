@@ -54,7 +54,7 @@ def field(
 
 def field_range(f: dataclasses.Field) -> str:
     """A field's bounds as text, e.g. '>= 1', '> 0, <= 1', or '' when unbounded."""
-    return ", ".join(f"{op} {f.metadata[k]}" for k, op in _BOUNDS.items() if k in f.metadata)
+    return ", ".join(f"{op} {f.metadata[k]:g}" for k, op in _BOUNDS.items() if k in f.metadata)
 
 
 def config(cls: type[T]) -> type[T]:
@@ -126,10 +126,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 _MESSAGES = {
     "extra_forbidden": "unknown key (check the spelling; `--help-config` lists the valid keys)",
     "unexpected_keyword_argument": "unknown key (check the spelling; `--help-config` lists the valid keys)",
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
+    "greater_than": "must be > {gt:g}",
+    "greater_than_equal": "must be >= {ge:g}",
+    "less_than": "must be < {lt:g}",
+    "less_than_equal": "must be <= {le:g}",
     "finite_number": "must be a finite number",
 }
 

@@ -3,7 +3,7 @@
 `open_run_folder` is the first thing both trainers do, before data or models are read, so that a
 mistake costs nothing:
 
-- a folder that already holds a run (config.yaml, metrics.jsonl, checkpoints/, final/) is refused
+- a folder that already holds a run (metrics.jsonl, checkpoints/, final/) is refused
   unless the run is resumed: two runs never mix metric lines or checkpoints;
 - a resumed run compares its settings with those its checkpoint was trained with. Settings that
   only steer what happens from now on (the LR and its schedule, steps, logging, checkpointing, micro
@@ -28,8 +28,9 @@ from vrl.errors import RunError
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final")
-"""What a run writes into its folder; any of them means the folder is in use."""
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final")
+"""What a run writes once it has trained a step; any of them means the folder is in use. A
+config.yaml alone is a run that stopped before its first step (bad data, say): nothing to lose."""
 
 APPLIED_ON_RESUME = (
     "optim.lr",
