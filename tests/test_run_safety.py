@@ -142,9 +142,7 @@ def test_a_run_that_keeps_failing_stops_with_its_last_checkpoint_good(tmp_path, 
 # ------------------------------------------------------------------------ 2. one run per folder
 
 
-@pytest.mark.parametrize(
-    "leftover", ["metrics.jsonl", "checkpoints/step-2", "final"]
-)
+@pytest.mark.parametrize("leftover", ["metrics.jsonl", "checkpoints/step-2", "final"])
 def test_a_used_folder_is_refused_without_resume(tmp_path, leftover):
     run = tmp_path / "run"
     (run / leftover).parent.mkdir(parents=True, exist_ok=True)
