@@ -101,6 +101,25 @@ def get_reward(name: str) -> RewardFn:
     return _REGISTRY[name]
 
 
+def check_reward_weights(weights: Mapping[str, Any], modality: str, where: str) -> None:
+    """Refuse a ``{name: weight}`` table that names an unknown reward or one scoring another
+    modality, or gives a weight that is not a finite number; ``where`` names the table in the
+    message (e.g. ``grpo.rewards``). Configs call it so that a typo fails before any model loads."""
+    for name, weight in weights.items():
+        if name not in _REGISTRY:
+            valid = ", ".join(available_rewards(modality)) or "(none registered)"
+            raise ValueError(f"{where}.{name}: no such reward; {modality} rewards: {valid}")
+        if _MODALITY[name] != modality:
+            raise ValueError(
+                f"{where}.{name} scores {_MODALITY[name]} outputs, but this trainer produces "
+                f"{modality}; {modality} rewards: {', '.join(available_rewards(modality))}"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise ValueError(f"{where}.{name}: the weight must be a number, got {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"{where}.{name}: the weight must be finite, got {weight!r}")
+
+
 def _unknown(name: str) -> UnknownRewardError:
     valid = ", ".join(available_rewards()) or "(none registered)"
     return UnknownRewardError(f"unknown reward {name!r}; valid names: {valid}")
@@ -116,6 +135,9 @@ class RewardResult:
     """name -> (N,) float32 unweighted scores, NaN where the reward did not apply (log nan-mean)."""
     num_errors: int = 0
     """Samples that a component failed to score even alone (they got 0.0)."""
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def score_tensor(scores: Sequence[float | None]) -> torch.Tensor:
@@ -159,15 +181,12 @@ class WeightedReward:
         for name, (fn, weight) in components.items():
             self.fns[name] = fn
             self.weights[name] = _checked_weight(name, weight)
+        if modality is not None:
+            check_reward_weights(weights, modality, "rewards")
         for name, weight in weights.items():
             if name in self.fns:
                 raise ValueError(f"reward {name!r} is given twice")
             self.fns[name] = get_reward(name)  # fail at config time, not mid-run
-            if modality is not None and _MODALITY[name] != modality:
-                raise ValueError(
-                    f"reward {name!r} scores {_MODALITY[name]} outputs, but this trainer produces "
-                    f"{modality}; {modality} rewards: {', '.join(available_rewards(modality))}"
-                )
             self.weights[name] = _checked_weight(name, weight)
 
     def __repr__(self) -> str:
@@ -192,6 +211,14 @@ class WeightedReward:
             num_errors += errors
             components[name] = score_tensor(scores)  # (N,)
         total = weighted_sum(components, self.weights, len(completions))
+        overflowed = ~total.isfinite()  # finite scores whose weighted sum passes float32's range
+        if overflowed.any():
+            logger.warning(
+                "the weighted reward overflowed float32 on %d samples, scored 0.0",
+                int(overflowed.sum()),
+            )
+            total[overflowed] = 0.0
+            num_errors += int(overflowed.sum())
         return RewardResult(total=total, components=components, num_errors=num_errors)
 
 
@@ -246,7 +273,8 @@ def _score_one_by_one(
 
 
 def _checked_scores(name: str, raw: Any, expected: int) -> tuple[list[float | None], int]:
-    """Validate a reward's output: one float-or-None per sample. Non-finite scores become 0.0."""
+    """Validate a reward's output: one float-or-None per sample. Scores that are not finite in
+    float32, the dtype rewards are trained in (1e39 is a finite Python float), become 0.0."""
     try:
         scores = list(raw)
     except TypeError:
@@ -261,7 +289,7 @@ def _checked_scores(name: str, raw: Any, expected: int) -> tuple[list[float | No
             continue
         if not isinstance(score, numbers.Real):
             raise TypeError(f"reward {name!r} returned a {type(score).__name__} score: {score!r}")
-        if not math.isfinite(float(score)):
+        if not abs(float(score)) <= FLOAT32_MAX:  # inf once stored as float32 (NaN fails too)
             non_finite += 1
             checked.append(0.0)
         else:

@@ -19,6 +19,7 @@ from vrl import core  # noqa: E402
 from vrl.config import load_config  # noqa: E402
 from vrl.rewards import register_reward  # noqa: E402
 from vrl.trainers import vlm_grpo  # noqa: E402
+from vrl.trainers.common import read_metrics  # noqa: E402
 from vrl.trainers.vlm_config import VLMTrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ def main(out: Path) -> None:
             "grpo.prompts_per_step=1",
             "grpo.group_size=4",
             "grpo.rewards={test_completion_length: 1.0}",
+            "optim.schedule=linear",  # to 0 over the 2 steps, stepped once per step on each rank
         ],
     )
     summary = vlm_grpo.train(cfg)
@@ -76,6 +78,7 @@ def main(out: Path) -> None:
                 "completions": completions,
                 "initial_digest": initial["digest"],
                 "param_digest": param_digest(summary["model"]),
+                "lrs": [r["lr"] for r in read_metrics(out / "run" / "metrics.jsonl")],
             }
         )
     )

@@ -165,7 +165,7 @@ def test_config_errors_name_the_field(tmp_path, capsys):
     assert "grpo.loss_aggregation" in capsys.readouterr().err
     code = main(["train", "vlm", "--config", str(RECIPE), "grpo.group_size=1"])
     assert code == 2
-    assert "group_size must be >= 2" in capsys.readouterr().err
+    assert "grpo.group_size: must be >= 2 (got 1)" in capsys.readouterr().err
 
 
 def test_gradient_checkpointing_under_lora_gives_the_same_update(tmp_path, length_reward):

@@ -81,3 +81,5 @@ def test_two_processes_identical_weights_and_whole_group_statistics(tmp_path):
     # ... and DDP averaged them: the weights are identical after training, and they moved
     assert ranks[0]["param_digest"] == ranks[1]["param_digest"]
     assert ranks[0]["param_digest"] != ranks[0]["initial_digest"]
+    # the LR schedule moved once per step, not once per process (1e-3 linear to 0 over 2 steps)
+    assert ranks[0]["lrs"] == pytest.approx([5e-4, 0.0])

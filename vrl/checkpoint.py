@@ -59,6 +59,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def read_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
+    """The settings a checkpoint was trained with (saved in its state as "config"), or None for a
+    checkpoint written before they were saved."""
+    state = json.loads((Path(path) / "state.json").read_text())
+    return state.get("config")
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,

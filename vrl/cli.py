@@ -15,9 +15,12 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
-from vrl.config import ConfigError, config_help, load_config
+from vrl.config import config_help, load_config
+from vrl.errors import VRLError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -168,16 +171,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"vrl: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - the user gets one line, never a traceback
+        print(f"vrl: {error_line(err)}", file=sys.stderr)
         return 2
-    except Exception as err:  # data errors etc.: say what is wrong without a traceback wall
-        from vrl.data.vlm_r1 import DataError
+    except KeyboardInterrupt:
+        print("vrl: interrupted", file=sys.stderr)
+        return 130
 
-        if isinstance(err, DataError):
-            print(f"vrl: {err}", file=sys.stderr)
-            return 2
-        raise
+
+def error_line(err: BaseException) -> str:
+    """The one line `vrl` prints for an error.
+
+    The user's mistakes (`VRLError`: config, data, run folder) and files that cannot be read are
+    their message alone. Anything else also gets its type, and its traceback goes to a file named
+    in the line, so that a failed run loses nothing and the console stays readable."""
+    from vrl.data.vlm_r1 import DataError
+
+    if isinstance(err, VRLError | DataError):
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="vrl-traceback-", suffix=".txt", delete=False
+    ) as f:
+        traceback.print_exception(err, file=f)
+    return f"{type(err).__name__}: {err} (traceback in {f.name})"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 A trainer's config is a tree of dataclasses. `load_config` reads a YAML recipe, applies
 command-line overrides (`optim.lr=1e-5 grpo.group_size=8`), and validates the result with pydantic,
-which checks every type (including Literal choices) and names the failing field. Each dataclass may
-add cross-field checks in `__post_init__`, raising `ValueError` with an actionable message.
+which checks every type (including Literal choices), every field's range (`field(ge=1)`), refuses
+NaN and infinities, and names the failing field. Each dataclass may add cross-field checks in
+`__post_init__`, raising `ValueError` with a message that names its fields in full.
 """
 
 from __future__ import annotations
@@ -19,16 +20,31 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
+from vrl.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the config; the message names file and field."""
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = None) -> Any:
-    """A dataclass field carrying its help text (shown by `vrl ... --help-config`)."""
-    kw: dict[str, Any] = {"metadata": {"help": help}}
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    default_factory: Any = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field carrying its help text (shown by `vrl ... --help-config`) and its range.
+
+    The bounds (``ge``: >=, ``gt``: >, ``le``: <=, ``lt``: <) are checked by pydantic when a recipe
+    is validated, which reads them from the field's metadata; for an optional field they bound the
+    value when it is not None."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    kw: dict[str, Any] = {"metadata": {"help": help, **bounds}}
     if default_factory is not None:
         kw["default_factory"] = default_factory
     elif default is not dataclasses.MISSING:
@@ -36,10 +52,17 @@ def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any
     return dataclasses.field(**kw)
 
 
+def field_range(f: dataclasses.Field) -> str:
+    """A field's bounds as text, e.g. '>= 1', '> 0, <= 1', or '' when unbounded."""
+    return ", ".join(f"{op} {f.metadata[k]:g}" for k, op in _BOUNDS.items() if k in f.metadata)
+
+
 def config(cls: type[T]) -> type[T]:
-    """Decorator: a dataclass that refuses unknown keys when validated."""
+    """Decorator: a dataclass that refuses unknown keys, NaN and infinities when validated."""
     cls = dataclasses.dataclass(cls)
-    cls.__pydantic_config__ = pydantic.ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    cls.__pydantic_config__ = pydantic.ConfigDict(  # type: ignore[attr-defined]
+        extra="forbid", allow_inf_nan=False
+    )
     return cls
 
 
@@ -55,9 +78,17 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+            raise ConfigError(f"override {item!r}: not valid YAML ({_yaml_problem(err)})") from None
         parsed.append((key.strip().split("."), value))
     return parsed
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(problem.split())
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -92,19 +123,31 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+_MESSAGES = {
+    "extra_forbidden": "unknown key (check the spelling; `--help-config` lists the valid keys)",
+    "unexpected_keyword_argument": "unknown key (check the spelling; `--help-config` lists the valid keys)",
+    "greater_than": "must be > {gt:g}",
+    "greater_than_equal": "must be >= {ge:g}",
+    "less_than": "must be < {lt:g}",
+    "less_than_equal": "must be <= {le:g}",
+    "finite_number": "must be a finite number",
+}
+
+
 def _format_validation_error(err: pydantic.ValidationError, origin: str) -> str:
-    lines = [f"invalid config ({origin}):"]
+    """One line: `origin: field: what is wrong (got value); field: ...`."""
+    problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            msg = "unknown key (check the spelling; `--help-config` lists the valid keys)"
-        if e["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
+        # a Literal's or a union's branch adds its own name to the location; the field is enough
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("literal[", "function-")))
+        msg = _MESSAGES.get(e["type"], e["msg"]).format(**e.get("ctx", {}))
+        if e["type"] == "value_error":  # a section's own check names its fields in full
+            problems.append(msg.removeprefix("Value error, "))
+            continue
         got = e.get("input")
         shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{loc or '<root>'}: {msg}{shown}")
+    return f"invalid config ({origin}): " + "; ".join(dict.fromkeys(problems))
 
 
 def build_config(cls: type[T], data: dict[str, Any], origin: str = "config") -> T:
@@ -124,9 +167,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_bytes())  # bytes: YAML reads UTF-8/16 and a BOM
         except yaml.YAMLError as err:
-            raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"recipe {path} is not valid YAML: {_yaml_problem(err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"recipe {path}: the top level must be a mapping of sections")
         data = loaded or {}
@@ -192,5 +235,7 @@ def config_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
             type_name = " | ".join(repr(a) for a in typing.get_args(ftype))
         else:
             type_name = str(ftype).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        if bounds := field_range(f):
+            type_name += f" {bounds}"
         lines.append(f"  {name} ({type_name}, default {default}): {f.metadata.get('help', '')}")
     return lines

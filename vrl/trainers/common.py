@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
+from vrl.errors import ConfigError, RunError
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +56,17 @@ def make_accelerator(run) -> Any:
             "train copies that would not share gradients. Check the launcher and run.device."
         )
     return accelerator
+
+
+def check_process_split(prompts_per_step: int, group_size: int, world: int) -> int:
+    """Samples per process at each step; every process must hold the same number."""
+    samples = prompts_per_step * group_size
+    if samples % world:
+        raise ConfigError(
+            f"grpo.prompts_per_step * grpo.group_size = {samples} does not split over the {world} "
+            "processes: make it a multiple of the process count"
+        )
+    return samples // world
 
 
 def sample_order(n: int, seed: int, epochs: int = 64) -> list[int]:
@@ -101,6 +114,44 @@ def build_optimizer(model: torch.nn.Module, optim, total_steps: int):
         num_training_steps=max(total_steps, 1),
     )
     return optimizer, scheduler
+
+
+class UpdateGuard:
+    """Skips an optimizer update whose gradient is not finite, and stops a run that keeps making them.
+
+    The decision reads the gradient norm after the processes have averaged their gradients, so
+    every process decides alike. A skipped update leaves the weights as they were (its gradients
+    are dropped); `max_in_a_row` skips in a row end the run with a RunError, the last checkpoint
+    being the last good state, since no non-finite update was ever applied."""
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.total = 0
+
+    def allows(self, grad_norm: torch.Tensor | float, loss: float, step: int) -> bool:
+        """True when the update may be applied; otherwise log, count, and maybe stop the run."""
+        if math.isfinite(float(grad_norm)):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.total += 1
+        logger.warning(
+            "step %d: the gradient is not finite (norm %s, loss %s); update skipped (%d in a row)",
+            step, float(grad_norm), loss, self.in_a_row,
+        )  # fmt: skip
+        if self.in_a_row >= self.max_in_a_row:
+            raise RunError(
+                f"step {step}: {self.in_a_row} updates in a row had a non-finite gradient (last "
+                f"loss {loss}), so the run stopped; its last checkpoint holds the last good "
+                "weights. Lower optim.lr or check the rewards (metrics.jsonl: reward_errors)"
+            )
+        return False
+
+
+def gradient_norm(accelerator: Any, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """The total gradient norm, clipped to `max_norm` when it is > 0 (measured only, otherwise)."""
+    return accelerator.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
 
 
 class EMA:
@@ -164,7 +215,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
         }
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")

@@ -32,17 +32,19 @@ class PromptSettings:
         help="prompt file (.txt one per line, or .jsonl with 'prompt' + metadata)",
     )
     eval: str | None = field(None, help="evaluation prompt file (None = the first train prompts)")
-    num_eval: int = field(8, help="evaluation prompts (one image each, fixed noise)")
+    num_eval: int = field(8, ge=1, help="evaluation prompts (one image each, fixed noise)")
     skip_bad_lines: bool = field(False, help="skip malformed lines (logged) instead of stopping")
 
 
 @config
 class SamplingSettings:
-    height: int = field(32, help="image height in pixels")
-    width: int = field(32, help="image width in pixels")
-    num_steps: int = field(10, help="denoising steps of training rollouts (fewer than evaluation)")
-    eval_num_steps: int = field(40, help="denoising steps at evaluation (deterministic ODE)")
-    guidance_scale: float = field(4.5, help="classifier-free guidance (FLUX.1-dev: embedded)")
+    height: int = field(32, ge=8, help="image height in pixels")
+    width: int = field(32, ge=8, help="image width in pixels")
+    num_steps: int = field(
+        10, ge=2, help="denoising steps of training rollouts (fewer than evaluation)"
+    )
+    eval_num_steps: int = field(40, ge=1, help="denoising steps at evaluation (deterministic ODE)")
+    guidance_scale: float = field(4.5, ge=0, help="classifier-free guidance (FLUX.1-dev: embedded)")
     step: Literal["sde", "cps"] = field("sde", help="stochastic step: Flow-GRPO SDE or CPS")
     noise: dict[str, Any] = field(
         default_factory=lambda: {"kind": "constant", "level": 0.7},
@@ -57,14 +59,12 @@ class SamplingSettings:
             from_config(self.noise)
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(f"sampling.noise: {err}") from None
-        if self.num_steps < 2:
-            raise ValueError(f"sampling.num_steps must be >= 2, got {self.num_steps}")
 
 
 @config
 class DiffusionGRPOSettings:
-    group_size: int = field(16, help="images per prompt (G)")
-    prompts_per_step: int = field(2, help="distinct prompts per rollout, over all processes")
+    group_size: int = field(16, ge=2, help="images per prompt (G)")
+    prompts_per_step: int = field(2, ge=1, help="distinct prompts per rollout, over all processes")
     objective: Literal["sde", "awm", "nft"] = field(
         "sde",
         help="sde = Flow-GRPO: the clipped surrogate on the stored SDE transitions' Gaussian "
@@ -79,6 +79,7 @@ class DiffusionGRPOSettings:
     )
     awm_times: int = field(
         2,
+        ge=1,
         help="objective=awm or nft: noised copies (times t) per image per update (4 measured no "
         "gain over 2 on the shapes world, docs/experiments, 2026-12-06)",
     )
@@ -92,12 +93,15 @@ class DiffusionGRPOSettings:
     )
     nft_beta: float = field(
         1.0,
+        gt=0,
         help="objective=nft: the implicit policies' step, (1 - b) v_old + b v (positive) and "
         "(1 + b) v_old - b v (negative); the loss is least at v_old moved (2r - 1) / b of the "
         "way to the image's flow-matching target",
     )
     sampler_decay: float = field(
         0.0,
+        ge=0,
+        lt=1,
         help="objective=nft: rollouts and v_old come from an EMA of the trained weights with "
         "this decay (DiffusionNFT's soft-updated sampling policy); 0 = the trained weights. "
         "Experimental: 0.9 moved no level beyond a run's noise on the shapes world, "
@@ -105,25 +109,31 @@ class DiffusionGRPOSettings:
     )
     num_iterations: int = field(
         1,
+        ge=1,
         help="policy updates per rollout (>1: ratios against the rollout policy's log-probs, "
         "stored while sampling for sde, taken in the first update for awm); 2 measured no gain "
         "over 1 on the shapes world, docs/experiments, 2026-11-25",
     )
     beta: float = field(
         0.0,
+        ge=0,
         help="weight of the KL to the reference (sde: Gaussian-mean KL per step; awm, nft: "
         "squared velocity difference); 0 = no reference held",
     )
-    eps: float = field(1e-4, help="clip range of the per-step ratio (published: 1e-4)")
+    eps: float = field(1e-4, gt=0, help="clip range of the per-step ratio (published: 1e-4)")
     adv_clip_max: float = field(
         5.0,
+        gt=0,
         help="advantages are clipped to +-this (nft: optimality r = (A + this) / (2 this); 1, "
         "r saturating at |A| = 1, moved no level beyond a run's noise on the shapes world, "
         "docs/experiments/2026-12-06-nft-and-guided-matching.md)",
     )
     advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
     timestep_fraction: float = field(
-        1.0, help="fraction of the stochastic steps trained per rollout (drawn at random)"
+        1.0,
+        gt=0,
+        le=1,
+        help="fraction of the stochastic steps trained per rollout (drawn at random)",
     )
     skip_last_step: bool = field(True, help="never train the last step (its Gaussian is too sharp)")
     rewards: dict[str, float] = field(
@@ -133,18 +143,9 @@ class DiffusionGRPOSettings:
     )
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ValueError(f"grpo.group_size must be >= 2, got {self.group_size}")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ValueError(
-                f"grpo.timestep_fraction must be in (0, 1], got {self.timestep_fraction}"
-            )
-        if self.awm_times < 1:
-            raise ValueError(f"grpo.awm_times must be >= 1, got {self.awm_times}")
-        if self.nft_beta <= 0:
-            raise ValueError(f"grpo.nft_beta must be > 0, got {self.nft_beta}")
-        if not 0 <= self.sampler_decay < 1:
-            raise ValueError(f"grpo.sampler_decay must be in [0, 1), got {self.sampler_decay}")
+        from vrl.rewards.registry import check_reward_weights
+
+        check_reward_weights(self.rewards, "image", "grpo.rewards")
         if self.sampler_decay and self.objective != "nft":
             raise ValueError(
                 f"grpo.sampler_decay ({self.sampler_decay}) is for objective=nft, "
@@ -169,13 +170,15 @@ class ChainSettings:
     llm: str | None = field(
         None, help="local causal LM folder for decompose=llm (e.g. a Qwen2.5-Instruct checkpoint)"
     )
-    strength: float = field(0.7, help="image-to-image strength: sigma a later pass starts from")
+    strength: float = field(
+        0.7, gt=0, le=1, help="image-to-image strength: sigma a later pass starts from"
+    )
     credit: Literal["final", "unit"] = field(
         "final",
         help="final = every pass gets the final image's advantage; unit = a unit pass gets the "
         "advantage of its own image, graded against the scene drawn so far",
     )
-    max_units: int = field(4, help="units past this are merged into the last one")
+    max_units: int = field(4, ge=1, help="units past this are merged into the last one")
     cumulative_prompts: bool = field(
         False,
         help="unit prompts name every subject so far (default: only the new ones; told only its "
@@ -183,10 +186,6 @@ class ChainSettings:
     )
 
     def __post_init__(self):
-        if not 0 < self.strength <= 1:
-            raise ValueError(f"chain.strength must be in (0, 1], got {self.strength}")
-        if self.max_units < 1:
-            raise ValueError(f"chain.max_units must be >= 1, got {self.max_units}")
         if self.decompose == "llm" and not self.llm:
             raise ValueError("chain.decompose=llm needs chain.llm (a local model folder)")
 
@@ -234,9 +233,9 @@ class HierarchicalSettings:
 
 @config
 class EvalSettings:
-    every: int = field(0, help="evaluate every N steps (0 = only before and after training)")
+    every: int = field(0, ge=0, help="evaluate every N steps (0 = only before and after training)")
     ema: bool = field(True, help="evaluate with the EMA of the trainable weights")
-    ema_decay: float = field(0.9, help="EMA decay per optimizer step")
+    ema_decay: float = field(0.9, ge=0, lt=1, help="EMA decay per optimizer step")
 
 
 @config

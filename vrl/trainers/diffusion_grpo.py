@@ -41,15 +41,18 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from vrl import core
-from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vrl.config import save_config
+from vrl.checkpoint import load_checkpoint, save_checkpoint
+from vrl.config import to_dict
 from vrl.data.t2i import ImageSample, load_prompts
 from vrl.rewards import WeightedReward
 from vrl.samplers import from_config, sample
 from vrl.trainers.common import (
     EMA,
     MetricsWriter,
+    UpdateGuard,
     build_optimizer,
+    check_process_split,
+    gradient_norm,
     local_step_items,
     make_accelerator,
     sample_order,
@@ -64,6 +67,7 @@ from vrl.trainers.objectives import (
     objective_metrics,
 )
 from vrl.trainers.policies import load_diffusion_policy
+from vrl.trainers.run_folder import apply_optim_settings, open_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +98,13 @@ class PromptEmbedCache:
 
 def train(cfg) -> dict[str, Any]:
     """Run diffusion GRPO as configured; returns a summary with the trained adapter."""
-    run_dir = Path(cfg.run.output_dir)
     accelerator = make_accelerator(cfg.run)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     grpo, optim, smp = cfg.grpo, cfg.optim, cfg.sampling
-    samples_per_step = grpo.prompts_per_step * grpo.group_size
-    if samples_per_step % world:
-        raise ValueError(
-            f"prompts_per_step * group_size = {samples_per_step} must be divisible by the "
-            f"{world} processes"
-        )
-    n_local = samples_per_step // world
+    n_local = check_process_split(grpo.prompts_per_step, grpo.group_size, world)
+    folder = open_run_folder(cfg, accelerator)  # before anything loads: a refusal costs nothing
+    run_dir = folder.path
     set_seed(cfg.run.seed)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
 
     prompts = load_prompts(cfg.prompts.train, skip_bad_lines=cfg.prompts.skip_bad_lines)
     eval_prompts = (load_prompts(cfg.prompts.eval) if cfg.prompts.eval else prompts)[
@@ -135,8 +131,10 @@ def train(cfg) -> dict[str, Any]:
     optimizer, scheduler = build_optimizer(
         transformer, optim, cfg.run.max_steps * grpo.num_iterations
     )
-    policy, optimizer, scheduler = accelerator.prepare(transformer, optimizer, scheduler)
+    # stepped here, once per optimizer step (prepared, accelerate steps it once per process)
+    policy, optimizer = accelerator.prepare(transformer, optimizer)
     unwrapped = accelerator.unwrap_model(policy)
+    guard = UpdateGuard(cfg.run.max_bad_updates)
     ema = EMA(unwrapped, cfg.eval.ema_decay) if cfg.eval.ema else None
     # DiffusionNFT's sampling policy: a slow EMA of the trained weights draws the rollouts and
     # anchors the implicit policies (None: the trained weights do both)
@@ -147,16 +145,21 @@ def train(cfg) -> dict[str, Any]:
     encode = PromptEmbedCache(adapter)
 
     start_step = 0
-    if cfg.run.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+    if folder.checkpoint is not None:
         state = load_checkpoint(
-            ckpt, model=unwrapped, optimizer=optimizer, scheduler=scheduler, process_index=rank
+            folder.checkpoint,
+            model=unwrapped,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            process_index=rank,
         )
+        apply_optim_settings(optimizer, scheduler, optim)
         start_step = state["step"]
         for name, averaged in (("ema", ema), ("sampler", sampler)):
             if averaged is not None and name in state.get("extra", {}):
                 averaged.load(state["extra"][name])
         truncate_metrics(run_dir / "metrics.jsonl", start_step, accelerator.is_main_process)
-        logger.info("resumed from %s at step %d", ckpt, start_step)
+        logger.info("resumed from %s at step %d", folder.checkpoint, start_step)
     if accelerator.is_main_process and cfg.run.report_to:
         accelerator.init_trackers("vrl-diffusion", config={"seed": cfg.run.seed})
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
@@ -249,6 +252,7 @@ def train(cfg) -> dict[str, Any]:
         stats: dict[str, list[float]] = {k: [] for k in STATS}
         losses: list[float] = []
         grad_norm = torch.tensor(0.0)
+        skipped = guard.total
         for _ in range(grpo.num_iterations):
             for w, (chunk, item) in enumerate(work):
                 last = w == len(work) - 1
@@ -258,15 +262,14 @@ def train(cfg) -> dict[str, Any]:
                 for key, value in item_stats.items():
                     stats[key].append(value)
                 losses.append(loss.item())
-            if optim.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norm = gradient_norm(accelerator, policy, optim.max_grad_norm)
+            if guard.allows(grad_norm, losses[-1] if losses else math.nan, step + 1):
+                optimizer.step()
+                for averaged in (ema, sampler):
+                    if averaged is not None:
+                        averaged.update(unwrapped)
+            scheduler.step()  # the schedule follows the step count, skipped updates included
             optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(unwrapped)
-            if sampler is not None:
-                sampler.update(unwrapped)
 
         #### LOGGING, EVALUATION, CHECKPOINTS ####
         done = step + 1
@@ -285,6 +288,7 @@ def train(cfg) -> dict[str, Any]:
             "grad_norm": float(grad_norm),
             "lr": scheduler.get_last_lr()[0],
             "reward_errors": result.num_errors,
+            "skipped_updates": guard.total - skipped,
             **chain_metrics(cfg, chunks, unit_table, n_local),
             "seconds": time.perf_counter() - t0,
         }
@@ -298,7 +302,7 @@ def train(cfg) -> dict[str, Any]:
         if (cfg.run.save_every and done % cfg.run.save_every == 0) or done == cfg.run.max_steps:
             save_checkpoint(
                 run_dir, done, model=unwrapped, optimizer=optimizer, scheduler=scheduler,
-                state={"seed": cfg.run.seed}, accelerator=accelerator,
+                state={"seed": cfg.run.seed, "config": to_dict(cfg)}, accelerator=accelerator,
                 keep_last=cfg.run.keep_checkpoints,
                 extra={name: averaged.state_dict() for name, averaged in
                        (("ema", ema), ("sampler", sampler)) if averaged is not None} or None,

@@ -26,10 +26,10 @@ class ModelSettings:
         None, help="coordinates the model answers boxes in; None = the model family's convention"
     )
     min_pixels: int | None = field(
-        None, help="image processor min_pixels (None = processor default)"
+        None, ge=1, help="image processor min_pixels (None = processor default)"
     )
     max_pixels: int | None = field(
-        None, help="image processor max_pixels (None = processor default)"
+        None, ge=1, help="image processor max_pixels (None = processor default)"
     )
     freeze_vision: bool = field(
         True, help="keep the vision tower frozen (always frozen under LoRA)"
@@ -38,6 +38,12 @@ class ModelSettings:
         False, help="recompute activations in backward to save memory"
     )
     lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA settings")
+
+    def __post_init__(self):
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"model.min_pixels ({self.min_pixels}) is above model.max_pixels ({self.max_pixels})"
+            )
 
 
 @config
@@ -51,50 +57,53 @@ class DataSettings:
     image_folders: str = field("", help="image folder(s), ':'-separated, paired with train_files")
     template: str = field("rec", help="prompt template: plain, think_answer, rec, answer_only, ...")
     skip_bad_lines: bool = field(False, help="skip malformed lines (logged) instead of stopping")
-    synthetic_size: int = field(256, help="number of samples when train_files is synthetic:<name>")
+    synthetic_size: int = field(
+        256, ge=1, help="number of samples when train_files is synthetic:<name>"
+    )
 
     def __post_init__(self):
-        if not self.train_files:
+        from vrl.data.prompts import PROMPT_TEMPLATES
+
+        if self.template not in PROMPT_TEMPLATES:
             raise ValueError(
-                "data.train_files is empty: give a VLM-R1 JSONL path "
-                "(e.g. data.train_files=data/rec.jsonl data.image_folders=data/images)"
+                f"data.template: no template {self.template!r}; the templates are "
+                f"{', '.join(sorted(PROMPT_TEMPLATES))}"
             )
 
 
 @config
 class GRPOSettings:
-    group_size: int = field(8, help="completions per prompt (G)")
+    group_size: int = field(8, ge=2, help="completions per prompt (G)")
     prompts_per_step: int = field(
-        4, help="distinct prompts per rollout, over all processes (samples = prompts * G)"
+        4, ge=1, help="distinct prompts per rollout, over all processes (samples = prompts * G)"
     )
-    num_iterations: int = field(1, help="policy updates per rollout (>1 uses stored old log-probs)")
-    beta: float = field(0.04, help="k3 KL weight; 0 holds no reference model at all")
-    eps_low: float = field(0.2, help="lower clip range of the ratio")
-    eps_high: float | None = field(None, help="upper clip range (None = eps_low; 0.28 = DAPO)")
+    num_iterations: int = field(
+        1, ge=1, help="policy updates per rollout (>1 uses stored old log-probs)"
+    )
+    beta: float = field(0.04, ge=0, help="k3 KL weight; 0 holds no reference model at all")
+    eps_low: float = field(0.2, gt=0, lt=1, help="lower clip range of the ratio")
+    eps_high: float | None = field(
+        None, gt=0, help="upper clip range (None = eps_low; 0.28 = DAPO)"
+    )
     loss_aggregation: Literal["grpo", "dapo", "dr_grpo"] = field("grpo", help="loss normaliser")
     ratio_level: Literal["token", "sequence"] = field("token", help="token ratios or GSPO")
     advantage_scale: Literal["group", "batch", "none"] = field("group", help="advantage std scale")
     filter_zero_std: bool = field(False, help="drop groups whose rewards are all equal")
-    max_completion_length: int = field(256, help="max new tokens per completion")
-    temperature: float = field(1.0, help="sampling temperature during rollout")
-    top_p: float = field(1.0, help="nucleus sampling during rollout")
-    top_k: int = field(0, help="top-k sampling during rollout (0 = off)")
+    max_completion_length: int = field(256, ge=1, help="max new tokens per completion")
+    temperature: float = field(1.0, ge=0, help="sampling temperature during rollout")
+    top_p: float = field(1.0, gt=0, le=1, help="nucleus sampling during rollout")
+    top_k: int = field(0, ge=0, help="top-k sampling during rollout (0 = off)")
     rewards: dict[str, float] = field(
         default_factory=lambda: {"format_rec": 1.0, "rec_iou": 1.0},
         help="reward name -> weight; names from the vrl.rewards registry",
     )
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ValueError(
-                f"grpo.group_size must be >= 2 for group advantages, got {self.group_size}"
-            )
-        if self.temperature < 0:
-            raise ValueError(f"grpo.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"grpo.top_p must be in (0, 1], got {self.top_p}")
+        from vrl.rewards.registry import check_reward_weights
+
         if not self.rewards:
             raise ValueError("grpo.rewards is empty: name at least one reward, e.g. {format: 1.0}")
+        check_reward_weights(self.rewards, "text", "grpo.rewards")
 
 
 @config
@@ -104,3 +113,10 @@ class VLMTrainConfig:
     grpo: GRPOSettings = field(default_factory=GRPOSettings, help="GRPO algorithm")
     optim: OptimSettings = field(default_factory=OptimSettings, help="optimizer")
     run: RunSettings = field(default_factory=RunSettings, help="run folder, steps, logging")
+
+    def __post_init__(self):
+        if not self.data.train_files:
+            raise ValueError(
+                "data.train_files is empty: give a VLM-R1 JSONL path "
+                "(e.g. data.train_files=data/rec.jsonl data.image_folders=data/images)"
+            )

@@ -21,7 +21,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,15 +28,18 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from vrl import core
-from vrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vrl.config import save_config
+from vrl.checkpoint import load_checkpoint, save_checkpoint
+from vrl.config import to_dict
 from vrl.data.prompts import build_messages
 from vrl.data.sources import load_vlm_dataset
 from vrl.data.vlm_r1 import VLMSample, load_image
 from vrl.rewards import WeightedReward, parse_completion
 from vrl.trainers.common import (
     MetricsWriter,
+    UpdateGuard,
     build_optimizer,
+    check_process_split,
+    gradient_norm,
     local_step_items,
     make_accelerator,
     sample_order,
@@ -45,6 +47,7 @@ from vrl.trainers.common import (
     truncate_metrics,
 )
 from vrl.trainers.policies import load_vlm_policy
+from vrl.trainers.run_folder import apply_optim_settings, open_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +71,13 @@ def train(cfg) -> dict[str, Any]:
     Returns a summary: run folder, steps, per-step mean rewards, and the trained (unwrapped) model
     under "model" for programmatic use.
     """
-    run_dir = Path(cfg.run.output_dir)
     accelerator = make_accelerator(cfg.run)
     world, rank = accelerator.num_processes, accelerator.process_index
     grpo, optim = cfg.grpo, cfg.optim
-    samples_per_step = grpo.prompts_per_step * grpo.group_size
-    if samples_per_step % world:
-        raise ValueError(
-            f"prompts_per_step * group_size = {samples_per_step} must be divisible by the "
-            f"{world} processes so that every process holds the same number of completions"
-        )
-    n_local = samples_per_step // world
+    n_local = check_process_split(grpo.prompts_per_step, grpo.group_size, world)
+    folder = open_run_folder(cfg, accelerator)  # before anything loads: a refusal costs nothing
+    run_dir = folder.path
     set_seed(cfg.run.seed)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
 
     # data is validated whole before any model is loaded
     with accelerator.main_process_first():
@@ -90,17 +85,25 @@ def train(cfg) -> dict[str, Any]:
         adapter, policy, ref_model = load_vlm_policy(cfg, accelerator)
     reward_fn = WeightedReward(grpo.rewards, modality="text")
     optimizer, scheduler = build_optimizer(policy, optim, cfg.run.max_steps * grpo.num_iterations)
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    # the scheduler is stepped here, once per optimizer step: prepared, accelerate would step it
+    # once per process, for schedules sized by one process's batches
+    policy, optimizer = accelerator.prepare(policy, optimizer)
     unwrapped = accelerator.unwrap_model(policy)
+    guard = UpdateGuard(cfg.run.max_bad_updates)
 
     start_step = 0
-    if cfg.run.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+    if folder.checkpoint is not None:
         state = load_checkpoint(
-            ckpt, model=unwrapped, optimizer=optimizer, scheduler=scheduler, process_index=rank
+            folder.checkpoint,
+            model=unwrapped,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            process_index=rank,
         )
+        apply_optim_settings(optimizer, scheduler, optim)
         start_step = state["step"]
         truncate_metrics(run_dir / "metrics.jsonl", start_step, accelerator.is_main_process)
-        logger.info("resumed from %s at step %d", ckpt, start_step)
+        logger.info("resumed from %s at step %d", folder.checkpoint, start_step)
     if accelerator.is_main_process and cfg.run.report_to:
         accelerator.init_trackers("vrl-vlm", config={"seed": cfg.run.seed})
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
@@ -194,6 +197,7 @@ def train(cfg) -> dict[str, Any]:
             k: [] for k in ("loss", "kl", "clip_fraction", "approx_kl", "ratio")
         }
         grad_norm = torch.tensor(0.0)
+        skipped = guard.total
         for _ in range(grpo.num_iterations):
             for i, chunk in enumerate(chunks):
                 last = i == len(chunks) - 1
@@ -224,10 +228,10 @@ def train(cfg) -> dict[str, Any]:
                 stats["clip_fraction"].append(out.clip_fraction.item())
                 stats["approx_kl"].append(out.approx_kl.item())
                 stats["ratio"].append(out.ratio_mean.item())
-            if optim.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norm = gradient_norm(accelerator, policy, optim.max_grad_norm)
+            if guard.allows(grad_norm, stats["loss"][-1], step + 1):
+                optimizer.step()
+            scheduler.step()  # the schedule follows the step count, skipped updates included
             optimizer.zero_grad(set_to_none=True)
 
         #### LOGGING, CHECKPOINTS ####
@@ -250,6 +254,7 @@ def train(cfg) -> dict[str, Any]:
             "grad_norm": float(grad_norm),
             "lr": scheduler.get_last_lr()[0],
             "reward_errors": result.num_errors,
+            "skipped_updates": guard.total - skipped,
             "seconds": time.perf_counter() - t0,
         }
         if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.max_steps:
@@ -271,7 +276,7 @@ def train(cfg) -> dict[str, Any]:
                 model=unwrapped,
                 optimizer=optimizer,
                 scheduler=scheduler,
-                state={"seed": cfg.run.seed},
+                state={"seed": cfg.run.seed, "config": to_dict(cfg)},
                 accelerator=accelerator,
                 keep_last=cfg.run.keep_checkpoints,
             )
