@@ -157,6 +157,33 @@ def test_bad_data_lines_are_reported_or_skipped(tmp_path, capsys):
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 1
 
 
+def test_an_image_that_fails_to_decode_mid_run_is_skipped_or_named(tmp_path, capsys):
+    """A JPEG cut in its scan data passes the cheap check before training and fails to decode at
+    the step that draws it: under skip_bad_lines the next sample stands in, else one DataError."""
+    from PIL import Image
+
+    from vrl.cli import main
+    from vrl.data.synthetic import write_colour_yes_no
+
+    jsonl = write_colour_yes_no(tmp_path / "data", n=4, seed=0, asked="red")
+    first = json.loads(jsonl.read_text().splitlines()[0])["image"]
+    noise = tmp_path / "noise.jpg"
+    Image.effect_noise((128, 128), 64).convert("RGB").save(noise, quality=95)
+    (jsonl.parent / first).write_bytes(noise.read_bytes()[: noise.stat().st_size * 2 // 3])
+    common = [
+        "train", "vlm", "--config", str(RECIPE), f"data.train_files={jsonl}",
+        f"data.image_folders={jsonl.parent}", "run.max_steps=1", "run.save_final=false",
+        "grpo.prompts_per_step=4", "grpo.group_size=2",  # every sample is drawn at step 1
+    ]  # fmt: skip
+    assert main(common + [f"run.output_dir={tmp_path / 'strict'}"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("vrl: ")]  # beside progress bars
+    assert "Traceback" not in err and f"{jsonl}:1: " in line and "cannot decode image" in line
+    skip = [f"run.output_dir={tmp_path / 'skip'}", "data.skip_bad_lines=true"]
+    assert main(common + skip) == 0
+    assert len(read_metrics(tmp_path / "skip" / "metrics.jsonl")) == 1
+
+
 def test_config_errors_name_the_field(tmp_path, capsys):
     from vrl.cli import main
 

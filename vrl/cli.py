@@ -183,11 +183,9 @@ def error_line(err: BaseException) -> str:
     """The one line `vrl` prints for an error.
 
     The user's mistakes (`VRLError`: config, data, run folder) and files that cannot be read are
-    their message alone. Anything else also gets its type, and its traceback goes to a file named
+    their message alone (a data error lists its bad lines, one per line). Anything else also gets its type, and its traceback goes to a file named
     in the line, so that a failed run loses nothing and the console stays readable."""
-    from vrl.data.vlm_r1 import DataError
-
-    if isinstance(err, VRLError | DataError):
+    if isinstance(err, VRLError):
         return str(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"

@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from vrl.errors import VRLError
+
 PathLike = str | os.PathLike
 
 BOM = "\ufeff"
@@ -33,7 +35,7 @@ BOM = "\ufeff"
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-class DataError(ValueError):
+class DataError(VRLError, ValueError):
     """Data that cannot be trained on; the message lists every problem, one per line."""
 
     def __init__(self, problems: str | Sequence[str], header: str | None = None):

@@ -32,7 +32,7 @@ from vrl.checkpoint import load_checkpoint, save_checkpoint
 from vrl.config import to_dict
 from vrl.data.prompts import build_messages
 from vrl.data.sources import load_vlm_dataset
-from vrl.data.vlm_r1 import VLMSample, load_image
+from vrl.data.vlm_r1 import VLMSample, load_images_skipping_bad
 from vrl.rewards import WeightedReward, parse_completion
 from vrl.trainers.common import (
     MetricsWriter,
@@ -111,6 +111,7 @@ def train(cfg) -> dict[str, Any]:
     # log-probs are scored under the distribution the completions were sampled from
     scoring = {"temperature": grpo.temperature} if grpo.temperature > 0 else {}
     history: list[float] = []
+    undecodable: set[int] = set()  # dataset indices whose images failed to decode mid-run
 
     bar = tqdm(
         range(start_step, cfg.run.max_steps),
@@ -131,8 +132,16 @@ def train(cfg) -> dict[str, Any]:
         texts: list[str] = []
         parsed, reward_samples = [], []
         for lo in range(0, n_local, optim.micro_batch_size):
-            samples = [dataset[i] for i in local_items[lo : lo + optim.micro_batch_size]]
-            images = [[load_image(p) for p in s.images] for s in samples]
+            # an image that passed validation but fails to decode: the next sample, under
+            # data.skip_bad_lines (the same one on every process), else a one-line DataError
+            loaded = [
+                load_images_skipping_bad(
+                    dataset, i, skip_bad_lines=cfg.data.skip_bad_lines, skipped=undecodable
+                )
+                for i in local_items[lo : lo + optim.micro_batch_size]
+            ]
+            samples = [dataset[i] for i, _ in loaded]
+            images = [sample_images for _, sample_images in loaded]
             messages = [build_messages(s, cfg.data.template) for s in samples]
             batch = adapter.prepare_inputs(messages, images).to(accelerator.device)
             out = adapter.generate(
