@@ -417,7 +417,7 @@ def test_a_trainer_refuses_rewards_of_the_other_modality():
 
     assert reward_modality("redness") == "image" and reward_modality("rec_iou") == "text"
     assert "redness" in available_rewards("image") and "redness" not in available_rewards("text")
-    with pytest.raises(ValueError, match="reward 'redness' scores image outputs") as err:
+    with pytest.raises(ValueError, match="rewards.redness scores image outputs") as err:
         WeightedReward({"accuracy": 1.0, "redness": 1.0}, modality="text")
     assert "rec_iou" in str(err.value)  # the message lists what would fit
     with pytest.raises(ValueError, match="modality"):

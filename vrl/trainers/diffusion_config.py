@@ -145,6 +145,13 @@ class DiffusionGRPOSettings:
     def __post_init__(self):
         from vrl.rewards.registry import check_reward_weights
 
+        for name in self.rewards:
+            if name in ("hier_global", "hier_subject", "hier_relation"):
+                level = name.removeprefix("hier_")
+                raise ValueError(
+                    f"grpo.rewards.{name}: the hierarchical reward's levels are weighted in "
+                    f"hierarchical.weights (hierarchical.weights.{level}), beside its models"
+                )
         check_reward_weights(self.rewards, "image", "grpo.rewards")
         if self.sampler_decay and self.objective != "nft":
             raise ValueError(
@@ -264,10 +271,3 @@ class DiffusionTrainConfig:
                 "no reward: name one in grpo.rewards (registry rewards) or weight the levels of "
                 "the hierarchical reward in hierarchical.weights"
             )
-        for name in self.grpo.rewards:
-            if name in ("hier_global", "hier_subject", "hier_relation"):
-                level = name.removeprefix("hier_")
-                raise ValueError(
-                    f"grpo.rewards.{name}: the hierarchical reward's levels are weighted in "
-                    f"hierarchical.weights (hierarchical.weights.{level}), beside its models"
-                )
