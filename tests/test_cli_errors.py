@@ -178,3 +178,52 @@ def test_fuzz_the_config_loader_never_prints_a_traceback(
     assert rc in (0, 2)
     if rc == 2:  # a ConfigError's message; an unexpected error would name its traceback file
         assert len(lines) == 1 and lines[0].startswith("vrl: ") and "traceback in" not in lines[0]
+
+
+# ----------------------------------------------------------------------- fuzz: the data files
+
+
+class DataRead(BaseException):  # not an Exception: the CLI lets it through
+    """Raised where the trainer would load its model: the data was read without error."""
+
+
+@pytest.fixture
+def stop_after_data(monkeypatch):
+    def stop(*args, **kwargs):
+        raise DataRead
+
+    monkeypatch.setattr(vlm_grpo, "load_vlm_policy", stop)
+    monkeypatch.setattr(diffusion_grpo, "load_diffusion_policy", stop)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(trainer=st.sampled_from(["vlm", "diffusion"]), data=st.data())
+def test_fuzz_the_data_files_never_print_a_traceback(
+    tmp_path_factory, capsys, stop_after_data, trainer, data
+):
+    """Arbitrary bytes and near-JSON lines as a VLM-R1 file or a prompt file, through `vrl
+    train`: the CLI reads them to the point of loading the model, or prints one line per bad
+    line of the file, never a traceback."""
+    from PIL import Image
+    from test_data_fuzz import T2I_KEYS, VLM_KEYS, _files
+
+    root = tmp_path_factory.mktemp("fuzz")
+    Image.new("RGB", (4, 4), "red").save(root / "a.png")
+    (root / "not_an_image.png").write_bytes(b"plain text")
+    skip = data.draw(st.booleans())
+    if trainer == "vlm":
+        (root / "data.jsonl").write_bytes(data.draw(_files(VLM_KEYS)))
+        argv = VLM + [f"data.train_files={root / 'data.jsonl'}", f"data.image_folders={root}"]
+        argv += [f"data.skip_bad_lines={str(skip).lower()}"]
+    else:
+        name = data.draw(st.sampled_from(["prompts.jsonl", "prompts.txt"]))
+        (root / name).write_bytes(data.draw(_files(T2I_KEYS)))
+        argv = DIFFUSION + [f"prompts.train={root / name}"]
+        argv += [f"prompts.skip_bad_lines={str(skip).lower()}"]
+    argv += [f"run.output_dir={root / 'run'}"]
+    try:
+        rc, lines = run_cli(capsys, argv)
+    except DataRead:  # read whole: the trainer went on to its model
+        return
+    assert rc == 2 and lines and all(line.strip() for line in lines)
+    assert lines[0].startswith("vrl: ") and "traceback in" not in lines[0]
