@@ -104,6 +104,17 @@ def test_an_unknown_half_is_refused(tmp_path):
         run_quickstart(tmp_path, halves=("vlm", "sd3"))
 
 
+def test_a_folder_holding_a_quickstart_is_refused_before_any_work(tmp_path):
+    from vrl.errors import RunError
+    from vrl.quickstart import run_quickstart
+
+    (tmp_path / "hicogen" / "run").mkdir(parents=True)
+    (tmp_path / "hicogen" / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(RunError, match=r"already holds a quickstart \(hicogen/run\)"):
+        run_quickstart(tmp_path, halves=("vlm", "hicogen"))
+    assert not (tmp_path / "vlm").exists()  # the VLM half did not start
+
+
 def test_the_report_calls_a_change_a_gain_only_beyond_sampling_noise():
     from vrl.quickstart import _verdict
 

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vrl.errors import RunError
+from vrl.trainers.run_folder import RUN_FILES
+
 HALVES = ("vlm", "hicogen")
 
 
@@ -36,10 +39,16 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """Run the halves; `steps` overrides the VLM recipe's steps, `hicogen_steps` the HiCoGen one's."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     unknown = set(halves) - set(HALVES)
     if unknown:
         raise ValueError(f"unknown quickstart halves {sorted(unknown)}; choose from {HALVES}")
+    for half in halves:  # checked before minutes are spent on the first half
+        if any((out / half / "run" / name).exists() for name in RUN_FILES):
+            raise RunError(
+                f"{out} already holds a quickstart ({half}/run): give --out another folder, or "
+                "remove that one"
+            )
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"seed": seed}
     if "vlm" in halves:
