@@ -22,72 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from vrl.models.conditioning import PromptEmbeds as PromptEmbeds
+from vrl.models.conditioning import ReferencePositions, References, grid_ids
 from vrl.models.diffusion_lora import ATTENTION_PROJECTIONS as ATTENTION_PROJECTIONS
 from vrl.models.diffusion_lora import TransformerLoRA
 from vrl.models.diffusion_lora import lora_layers as _lora_layers  # noqa: F401 (demo's import)
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-
-@dataclass
-class PromptEmbeds:
-    """Text conditioning of a batch of prompts, in whatever form the family's transformer takes."""
-
-    prompt_embeds: Tensor
-    """(B, L, D) token embeddings (SD3: CLIP-L/G hidden states padded and stacked on T5's)."""
-    pooled: Tensor | None = None
-    """(B, P) pooled text embedding (SD3: CLIP-L + CLIP-G projections; FLUX: CLIP pooled)."""
-    text_ids: Tensor | None = None
-    """(L, 3) RoPE position ids of the text tokens (FLUX); shared by the whole batch."""
-
-    def __len__(self) -> int:
-        return self.prompt_embeds.shape[0]
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> PromptEmbeds:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype)
-
-        return PromptEmbeds(move(self.prompt_embeds), move(self.pooled), move(self.text_ids))
-
-    def _map_batch(self, fn: Callable[[Tensor], Tensor]) -> PromptEmbeds:
-        pooled = None if self.pooled is None else fn(self.pooled)
-        return replace(self, prompt_embeds=fn(self.prompt_embeds), pooled=pooled)
-
-    def index_select(self, idx: Tensor | Sequence[int]) -> PromptEmbeds:
-        idx = torch.as_tensor(idx, dtype=torch.long, device=self.prompt_embeds.device)
-        return self._map_batch(lambda t: t.index_select(0, idx))
-
-    def __getitem__(self, idx: int | slice | Tensor | Sequence[int]) -> PromptEmbeds:
-        """Rows of the batch; an int keeps the batch dimension (a batch of one)."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1 if idx != -1 else None)
-        if isinstance(idx, slice):
-            return self._map_batch(lambda t: t[idx])
-        return self.index_select(idx)
-
-    def repeat_interleave(self, n: int) -> PromptEmbeds:
-        """Each prompt `n` times in a row (GRPO's group of images per prompt)."""
-        return self._map_batch(lambda t: t.repeat_interleave(n, dim=0))
-
-    @staticmethod
-    def cat(items: Sequence[PromptEmbeds]) -> PromptEmbeds:
-        """Concatenate batches (same sequence length; FLUX's shared `text_ids` must agree)."""
-        first = items[0]
-        lengths = {e.prompt_embeds.shape[1:] for e in items}
-        if len(lengths) != 1:
-            raise ValueError(f"cannot concatenate prompt embeddings of shapes {sorted(lengths)}")
-        pooled = None if first.pooled is None else torch.cat([e.pooled for e in items])
-        return PromptEmbeds(torch.cat([e.prompt_embeds for e in items]), pooled, first.text_ids)
 
 
 # Pipeline class name (model_index.json's `_class_name`) -> adapter class.
@@ -193,6 +141,9 @@ class FlowMatchingAdapter(TransformerLoRA):
         """True for guidance-distilled models (FLUX.1-dev): the scale is an input, no CFG batch."""
         return False
 
+    takes_references: ClassVar[bool] = False
+    """Whether the transformer takes reference images as tokens (`encode_references`)."""
+
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
@@ -274,10 +225,17 @@ class FlowMatchingAdapter(TransformerLoRA):
         v = v_u + g (v_c - v_u). A guidance-embedded model (FLUX.1-dev) gets the scale as input
         (one forward of B; `negative` is not used).
         `image_size` (H, W) is only needed for packed layouts whose grid is ambiguous.
+        `embeds.references` (in-context FLUX) are tokens after the noisy ones; the output is the
+        noisy tokens' velocity alone.
         """
         b = latents.shape[0]
         if len(embeds) != b:
             raise ValueError(f"{len(embeds)} prompt embeddings for a batch of {b} latents")
+        if embeds.references is not None and not self.takes_references:
+            raise ValueError(
+                f"{self.family} takes no reference images (in-context conditioning needs a FLUX "
+                "transformer): use chain.context=img2img"
+            )
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(b)
@@ -293,7 +251,8 @@ class FlowMatchingAdapter(TransformerLoRA):
                 negative = negative.repeat_interleave(b)
             if len(negative) != b:
                 raise ValueError(f"{len(negative)} negative embeddings for a batch of {b}")
-            negative = negative.to(latents.device, self.dtype)
+            # the unconditional branch sees the same references (as Kontext's true CFG does)
+            negative = negative.with_references(embeds.references).to(latents.device, self.dtype)
             both = PromptEmbeds.cat([negative, embeds])  # (2B, ...): [uncond, cond]
             out = self._forward(
                 transformer, torch.cat([x, x]), sigma.repeat(2), both, None, image_size
@@ -458,8 +417,42 @@ class FluxAdapter(FlowMatchingAdapter):
     """
 
     family = "flux"
-    pipeline_classes = ("FluxPipeline",)
+    pipeline_classes = ("FluxPipeline", "FluxKontextPipeline")
     default_max_sequence_length = 512
+    takes_references = True
+
+    @torch.no_grad()
+    def encode_references(
+        self, images: Sequence[Tensor], positions: ReferencePositions = "kontext"
+    ) -> References:
+        """Reference images as tokens, encoded once (clean latents, packed like the noisy ones).
+
+        `images`: one (B, 3, H, W) tensor in [0, 1] per reference, each sample of the batch with
+        its own; sizes may differ between references but must suit the VAE and 2x2 packing.
+        `positions`: their RoPE ids, `kontext` (FLUX.1 Kontext) or `uno` (UNO's diagonal)."""
+        if not images:
+            raise ValueError("encode_references needs at least one reference image")
+        batch = images[0].shape[0]
+        tokens, grids = [], []
+        for k, image in enumerate(images, start=1):
+            if image.ndim != 4 or image.shape[1] != 3:
+                raise ValueError(
+                    f"reference {k} of {len(images)}: expected (B, 3, H, W), got {tuple(image.shape)}"
+                )
+            if image.shape[0] != batch:
+                raise ValueError(
+                    f"reference {k} of {len(images)} has a batch of {image.shape[0]}, "
+                    f"reference 1 of {batch}"
+                )
+            height, width = image.shape[2:]
+            try:
+                self._check_size(height, width)
+            except ValueError as err:
+                raise ValueError(f"reference {k} of {len(images)}: {err}") from None
+            tokens.append(self.encode_images(image))
+            _, h, w = self._latent_chw(height, width)
+            grids.append((h // 2, w // 2))
+        return References(torch.cat(tokens, dim=1), tuple(grids), positions)
 
     def _t5_tokenizer(self):
         return self.pipeline.tokenizer_2
@@ -529,10 +522,21 @@ class FluxAdapter(FlowMatchingAdapter):
         raise ValueError(f"cannot tell the image shape of {seq} packed tokens: pass image_size")
 
     def _forward(self, transformer, latents, sigma, embeds, guidance, image_size) -> Tensor:
-        h, w = self._latent_hw(latents.shape[1], image_size)
-        img_ids = _flux_image_ids(h // 2, w // 2, latents.device, latents.dtype)  # (seq, 3)
+        seq = latents.shape[1]
+        h, w = self._latent_hw(seq, image_size)
+        img_ids = grid_ids(h // 2, w // 2, device=latents.device, dtype=latents.dtype)  # (seq, 3)
+        refs = embeds.references
+        if refs is not None:  # in context: [noisy | references], cut back to the noisy tokens
+            if refs.tokens.shape[2] != latents.shape[2]:
+                raise ValueError(
+                    f"reference tokens have {refs.tokens.shape[2]} channels, the noisy latents "
+                    f"{latents.shape[2]}: the references were encoded for another model"
+                )
+            latents = torch.cat([latents, refs.tokens.to(latents.dtype)], dim=1)
+            ref_ids = refs.ids((h // 2, w // 2), latents.device, latents.dtype)
+            img_ids = torch.cat([img_ids, ref_ids])
         return transformer(
-            hidden_states=latents,  # (B, seq, 4C)
+            hidden_states=latents,  # (B, seq [+ R], 4C)
             timestep=sigma,  # FLUX multiplies by 1000 inside
             guidance=guidance,
             pooled_projections=embeds.pooled,
@@ -540,15 +544,7 @@ class FluxAdapter(FlowMatchingAdapter):
             txt_ids=embeds.text_ids,
             img_ids=img_ids,
             return_dict=False,
-        )[0]
-
-
-def _flux_image_ids(rows: int, cols: int, device, dtype) -> Tensor:
-    """(rows * cols, 3) RoPE ids of FLUX's image tokens: (0, row, column), row-major."""
-    ids = torch.zeros(rows, cols, 3, device=device, dtype=dtype)
-    ids[..., 1] = torch.arange(rows, device=device, dtype=dtype)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device, dtype=dtype)[None, :]
-    return ids.reshape(rows * cols, 3)
+        )[0][:, :seq]
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:

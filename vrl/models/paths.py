@@ -4,7 +4,7 @@ A model path in a recipe, a CLI flag or the demo is one of
 
 - a folder or hub id: passed through unchanged, so real checkpoints load as they always did;
 - ``tiny-random:<family>``: a tiny random model of a real architecture, built offline once into
-  ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; pipelines: ``sd3``, ``flux``);
+  ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; pipelines: ``sd3``, ``flux``, ``flux_kontext``);
 - ``world:<name>``: a committed shapes-world checkpoint, ``vrl/world/weights/world-<name>``
   (``world:t2i``, ``world:t2i-shapes``, ``world:vlm``, ``world:clip``).
 """
@@ -61,7 +61,7 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
 
 
 def resolve_pipeline_path(path: str, seed: int = 0) -> str:
-    """A diffusers pipeline folder or hub id passes through; ``tiny-random:<sd3|flux>`` is built
+    """A diffusers pipeline folder or hub id passes through; ``tiny-random:<sd3|flux|flux_kontext>`` is built
     once; ``world:t2i`` (and ``world:t2i-shapes``) are the committed shapes-world models."""
     if path.startswith(WORLD_PREFIX):
         return str(world_weights_path(path[len(WORLD_PREFIX) :]))

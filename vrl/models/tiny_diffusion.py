@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 if TYPE_CHECKING:
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from diffusers import FluxKontextPipeline, FluxPipeline, StableDiffusion3Pipeline
     from transformers import CLIPTokenizer, T5Tokenizer
 
-TinyDiffusionFamily = Literal["sd3", "flux"]
+TinyDiffusionFamily = Literal["sd3", "flux", "flux_kontext"]
 
 # Bump when the builders change, so that `tiny_pipeline_path` never reuses a stale cached folder.
 TINY_DIFFUSION_VERSION = 1
@@ -368,6 +368,20 @@ def save_tiny_flux(out_dir: str | os.PathLike, seed: int = 0, guidance_embeds: b
     return out
 
 
+def build_tiny_flux_kontext(seed: int = 0) -> FluxKontextPipeline:
+    """A random `FluxKontextPipeline`: the tiny FLUX's components (guidance-embedded, as
+    FLUX.1 Kontext [dev]) behind the in-context pipeline, which takes one reference image."""
+    from diffusers import FluxKontextPipeline
+
+    return _finish(FluxKontextPipeline(**build_tiny_flux(seed=seed).components))
+
+
+def save_tiny_flux_kontext(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    out = Path(out_dir)
+    build_tiny_flux_kontext(seed=seed).save_pretrained(out)
+    return out
+
+
 def tiny_pipeline_path(
     family: TinyDiffusionFamily, cache_root: str | os.PathLike | None = None, seed: int = 0
 ) -> Path:
@@ -377,7 +391,7 @@ def tiny_pipeline_path(
     build never leaves a half-written folder that later runs would trust. The default cache root
     is `$VRL_CACHE` or `~/.cache/vrl`.
     """
-    savers = {"sd3": save_tiny_sd3, "flux": save_tiny_flux}
+    savers = {"sd3": save_tiny_sd3, "flux": save_tiny_flux, "flux_kontext": save_tiny_flux_kontext}
     if family not in savers:
         raise ValueError(f"unknown tiny diffusion family {family!r}; valid: {sorted(savers)}")
     if cache_root is None:
