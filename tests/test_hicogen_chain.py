@@ -89,3 +89,48 @@ def test_the_evaluation_chain_is_an_ode_chain_seeded_per_prompt(adapter):
     for ours, theirs in zip(chain.images, again.images, strict=True):
         assert torch.equal(ours, theirs)
     assert all((s.trajectory.noise_levels == 0).all() for s in chain.steps)
+
+
+# ------------------------------------------------------------------ in context (FLUX)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return FlowMatchingAdapter.from_pretrained(resolve_pipeline_path("tiny-random:flux"))
+
+
+@pytest.mark.parametrize("references, seen", [("all", [0, 1, 2, 3]), ("last", [0, 1, 1, 3])])
+def test_in_context_every_pass_starts_from_noise_and_sees_earlier_units(flux, references, seen):
+    """Unit k sees the earlier unit images as tokens (all, or the last canvas); the final pass
+    sees every unit image; no pass is redrawn from a canvas."""
+    chain = synthesize_chain(
+        flux, flux.transformer, UNITS, FINAL, batch_size=2, height=32, width=32, num_steps=4,
+        context="in_context", references=references, schedule={"kind": "constant", "level": 0.7},
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert len(chain.steps) == 4
+    counts = [0 if s.embeds.references is None else s.embeds.references.count for s in chain.steps]
+    assert counts == seen
+    assert all(s.trajectory.num_steps == 4 for s in chain.steps)  # all from sigma 1
+    final = chain.steps[-1].embeds.references
+    units = torch.cat([s.trajectory.final for s in chain.steps[:3]], dim=1)
+    assert torch.equal(final.tokens, units)  # the unit passes' own latents, no VAE round trip
+    # a stored transition of a pass re-scores bit for bit from the step's own conditioning
+    from vrl.samplers import score_step
+
+    traj = chain.steps[2].trajectory
+    with torch.no_grad():
+        v = flux.velocity(
+            flux.transformer, traj.latents[:, 1], traj.sigmas[1], chain.steps[2].embeds
+        )
+    assert torch.equal(score_step(traj, 1, v).log_prob, traj.log_probs[:, 1])
+
+
+def test_in_context_needs_a_model_that_takes_references(adapter, flux):
+    from vrl.hicogen.chain import resolve_context
+
+    assert resolve_context(flux, "auto") == "in_context"
+    assert resolve_context(adapter, "auto") == "img2img"
+    with pytest.raises(ValueError, match="in_context needs a model that takes reference images"):
+        next(iter_chain(adapter, adapter.transformer, UNITS, FINAL, batch_size=1, height=32,
+                        width=32, num_steps=2, context="in_context"))  # fmt: skip

@@ -97,6 +97,37 @@ def test_chain_training_from_a_recipe_logs_every_level_and_moves_lora(tmp_path):
         assert grid.size == (3 * 33 + 1, 2 * 33 + 1)
 
 
+def test_a_flux_chain_trains_in_context_with_the_rollouts_references(tmp_path, monkeypatch):
+    """chain.context=auto on FLUX: unit 2 and the final pass take the earlier unit images as
+    tokens (16 noisy tokens + 16 per reference at 32 px), in the rollout and in the update."""
+    cfg = chain_config(tmp_path, "model.path=tiny-random:flux", "run.max_steps=1")
+    lengths: list[tuple[bool, int]] = []
+
+    def record(module, args, kwargs):
+        lengths.append((module.training, kwargs["hidden_states"].shape[1]))
+
+    from vrl.trainers import diffusion_grpo
+
+    real_load = diffusion_grpo.load_diffusion_policy
+
+    def load_with_hook(*args, **kwargs):
+        adapter, ref = real_load(*args, **kwargs)
+        adapter.transformer.register_forward_pre_hook(record, with_kwargs=True)
+        return adapter, ref
+
+    monkeypatch.setattr(diffusion_grpo, "load_diffusion_policy", load_with_hook)
+    summary = train(cfg)
+    rollout = {n for training, n in lengths if not training}
+    update = {n for training, n in lengths if training}
+    assert {16, 32, 48} <= rollout  # unit 1 alone, unit 2 + 1 reference, final + 2 references
+    assert {32, 48} <= update  # the update re-scores the passes with the same references
+    record_ = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(record_["loss"]) and record_["chain/passes"] == 3
+    assert record_["trained_steps"] == 9  # 3 passes from noise, 3 of 4 steps each
+    lora_b = [p for n, p in summary["adapter"].transformer.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+
+
 def test_unit_credit_grades_unit_images_against_the_partial_scene(tmp_path):
     cfg = chain_config(tmp_path, "chain.credit=unit", "run.max_steps=1")
     train(cfg)

@@ -1,13 +1,19 @@
-"""Chain of Synthesis: a complex prompt made unit by unit, each step seeing the canvas so far.
+"""Chain of Synthesis: a complex prompt made unit by unit, each step seeing the passes before it.
 
-Unit 1 is sampled from noise. Each next unit starts from the previous canvas, noised back to
-sigma = `strength` (image-to-image), and is denoised with that unit's prompt; a final pass with the
-full prompt composes the scene the same way. With N units the chain returns N + 1 images.
+Unit 1 is sampled from noise with its prompt; each next unit, then a final pass with the full
+prompt, sees the earlier passes in one of two ways (`context`):
 
-Simplifications, stated: the canvas is carried as latents (what a VAE round trip of the decoded
-image would give back, minus the VAE's error); every chain in a batch shares its unit prompts (a
-GRPO group: G samples of one scene); context is given by image-to-image, the stock-model form of
-the paper's in-context conditioning (docs/algorithms.md, section 5.3).
+- ``in_context`` (HiCoGen; a model that takes reference images, FLUX): every pass starts from
+  noise, and the earlier passes' latents are reference tokens beside the noisy ones. A unit pass
+  sees every earlier unit image (``references="all"``) or the latest one (``"last"``); the final
+  pass sees every unit image. Nothing is redrawn over, so earlier subjects can stay.
+- ``img2img`` (any model, SD3 included): a pass starts from the previous canvas noised back to
+  sigma = `strength` and is denoised with its prompt. Measured on the shapes world, a unit pass
+  may erase the subject before it (docs/experiments/2026-12-06-chain-stages.md).
+
+With N units the chain returns N + 1 images. Simplifications, stated: earlier passes are carried
+as latents (what a VAE round trip of the decoded image would give back, minus the VAE's error);
+every chain in a batch shares its unit prompts (a GRPO group: G samples of one scene).
 
 The chain is written once, in `iter_chain`, which yields each pass as it is made (the demo shows
 them as they come); `synthesize_chain` collects the passes (the trainer's rollouts keep every
@@ -24,8 +30,20 @@ from typing import Literal
 import torch
 
 from vrl.hicogen.scene import Scene, SynthesisUnit
+from vrl.models.conditioning import ReferencePositions
 from vrl.samplers import from_config, sample
 from vrl.samplers.loop import Trajectory
+
+ChainContextMode = Literal["in_context", "img2img"]
+
+
+def resolve_context(adapter, context: str) -> ChainContextMode:
+    """`auto`: in context when the model takes reference images (FLUX), else image-to-image."""
+    if context == "auto":
+        return "in_context" if adapter.takes_references else "img2img"
+    if context not in ("in_context", "img2img"):
+        raise ValueError(f"chain context must be auto, in_context or img2img, got {context!r}")
+    return context  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,9 @@ def iter_chain(
     num_steps: int = 10,
     guidance_scale: float = 1.0,
     strength: float = 0.7,
+    context: ChainContextMode = "img2img",
+    references: Literal["all", "last"] = "all",
+    positions: ReferencePositions = "kontext",
     step: Literal["sde", "cps", "ode"] = "sde",
     schedule=None,
     generator: torch.Generator | None = None,
@@ -143,19 +164,29 @@ def iter_chain(
     be a list of `batch_size` prompts (one per sample): chains of different scenes with the same
     number of units then run as one batch.
 
+    `context`, `references` and `positions`: how a pass sees the earlier ones (module docstring;
+    `strength` is for img2img only).
+
     `generator` draws the initial and SDE noise, pass after pass; `level_generator` (CPU) draws
     a schedule's random choices (a window's position), so that processes sharing it train the
     same kind of steps. The work of a pass runs when it is asked for, so a caller may change the
     model's state (an adapter on or off) between passes.
     """
     encode = encode or adapter.encode_prompts
+    if context == "in_context" and not adapter.takes_references:
+        raise ValueError(
+            f"chain context in_context needs a model that takes reference images (FLUX); "
+            f"{adapter.family} does not: use img2img"
+        )
     sigmas = adapter.sigmas(num_steps, height, width).to(adapter.device)  # (T + 1,)
     start = img2img_start(sigmas, strength)
     schedule = from_config(schedule) if isinstance(schedule, dict | str) else schedule
     canvas: torch.Tensor | None = None  # latents of the previous pass's image
-    for prompt in [*unit_prompts, final_prompt]:
+    unit_latents: list[torch.Tensor] = []  # in context: the unit passes' final latents
+    prompts = [*unit_prompts, final_prompt]
+    for k, prompt in enumerate(prompts):
         noise = adapter.initial_noise(batch_size, height, width, generator)
-        if canvas is None:
+        if canvas is None or context == "in_context":
             step_sigmas, x = sigmas, noise
         else:  # flow matching: x_s = (1 - s) x_0 + s eps, from the canvas as x_0
             step_sigmas = sigmas[start:]
@@ -170,6 +201,12 @@ def iter_chain(
         if len(texts) != batch_size:
             raise ValueError(f"{len(texts)} prompts for a batch of {batch_size}")
         embeds = encode(texts)
+        if unit_latents:  # in context: earlier passes as reference tokens
+            final = k == len(prompts) - 1
+            seen = unit_latents if final or references == "all" else unit_latents[-1:]
+            embeds = embeds.with_references(
+                adapter.references_from_latents(seen, (height, width), positions)
+            )
         with torch.no_grad():
             traj = sample(
                 adapter.velocity_fn(transformer, embeds, guidance_scale),
@@ -182,6 +219,8 @@ def iter_chain(
             )
             image = adapter.decode(traj.final, (height, width))
         canvas = traj.final
+        if context == "in_context" and k < len(prompts) - 1:
+            unit_latents.append(traj.final)
         yield ChainStep(prompt, image, traj, embeds)
 
 
@@ -214,6 +253,9 @@ def eval_chain(
     strength: float,
     cumulative: bool = False,
     max_units: int | None = None,
+    context: ChainContextMode = "img2img",
+    references: Literal["all", "last"] = "all",
+    positions: ReferencePositions = "kontext",
 ) -> tuple[ChainPlan, ChainResult]:
     """The deterministic evaluation chain of a prompt and its scene: ODE passes, every noise
     draw from one generator seeded with `seed` on the adapter's device, `images` chains in one
@@ -228,7 +270,8 @@ def eval_chain(
     chain = synthesize_chain(
         adapter, transformer, list(plan.unit_prompts), plan.final_prompt, batch_size=images,
         height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,
-        strength=strength, step="ode", generator=torch.Generator(adapter.device).manual_seed(seed),
+        strength=strength, context=context, references=references, positions=positions,
+        step="ode", generator=torch.Generator(adapter.device).manual_seed(seed),
         store_trajectory=False,
     )  # fmt: skip
     return plan, chain

@@ -454,6 +454,19 @@ class FluxAdapter(FlowMatchingAdapter):
             grids.append((h // 2, w // 2))
         return References(torch.cat(tokens, dim=1), tuple(grids), positions)
 
+    def references_from_latents(
+        self,
+        latents: Sequence[Tensor],
+        image_size: tuple[int, int],
+        positions: ReferencePositions = "kontext",
+    ) -> References:
+        """References from latents this adapter made (a chain's earlier passes, all of
+        `image_size`): what `encode_references` of their decoded images would give, without
+        the VAE round trip."""
+        _, h, w = self._latent_chw(*image_size)
+        tokens = torch.cat([x.detach() for x in latents], dim=1)  # (B, n * seq, 4C)
+        return References(tokens, ((h // 2, w // 2),) * len(latents), positions)
+
     def _t5_tokenizer(self):
         return self.pipeline.tokenizer_2
 

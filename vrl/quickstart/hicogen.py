@@ -106,8 +106,8 @@ def chain_strips(adapter, transformer, samples: Sequence[ImageSample], cfg) -> l
         _, chain = eval_chain(
             adapter, transformer, item.scene, item.prompt, seed=cfg.run.seed * 7919 + k,
             height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-            guidance_scale=smp.guidance_scale, strength=ch.strength,
-            cumulative=ch.cumulative_prompts, max_units=ch.max_units,
+            guidance_scale=smp.guidance_scale, cumulative=ch.cumulative_prompts,
+            max_units=ch.max_units, **ch.chain_kwargs(adapter),
         )  # fmt: skip
         strips.append(torch.cat(chain.images))
     return strips

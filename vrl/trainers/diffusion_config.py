@@ -164,9 +164,26 @@ class DiffusionGRPOSettings:
 class ChainSettings:
     enabled: bool = field(
         False,
-        help="HiCoGen chain of synthesis: each prompt's units are drawn in turn, each from the "
-        "canvas so far (image-to-image), then a final pass with the full prompt; every pass is "
+        help="HiCoGen chain of synthesis: each prompt's units are drawn in turn, each seeing the "
+        "passes before it (chain.context), then a final pass with the full prompt; every pass is "
         "a trained trajectory",
+    )
+    context: Literal["auto", "in_context", "img2img"] = field(
+        "auto",
+        help="how a pass sees the earlier ones: in_context = from noise, the earlier unit images "
+        "as reference tokens (HiCoGen; a FLUX model, e.g. FLUX.1 Kontext); img2img = from the "
+        "previous canvas noised back to chain.strength (any model; may erase earlier subjects); "
+        "auto = in_context when the model takes reference images, else img2img",
+    )
+    references: Literal["all", "last"] = field(
+        "all",
+        help="in_context: a unit pass sees every earlier unit image, or the latest canvas only "
+        "(the final pass always sees every unit image)",
+    )
+    positions: Literal["kontext", "uno"] = field(
+        "kontext",
+        help="in_context: reference position ids, kontext = reference k at index k (FLUX.1 "
+        "Kontext), uno = offset diagonally past the image and earlier references (UNO)",
     )
     decompose: Literal["auto", "llm"] = field(
         "auto",
@@ -178,7 +195,7 @@ class ChainSettings:
         None, help="local causal LM folder for decompose=llm (e.g. a Qwen2.5-Instruct checkpoint)"
     )
     strength: float = field(
-        0.7, gt=0, le=1, help="image-to-image strength: sigma a later pass starts from"
+        0.7, gt=0, le=1, help="img2img: the sigma a later pass starts from (its re-noising)"
     )
     credit: Literal["final", "unit"] = field(
         "final",
@@ -191,6 +208,18 @@ class ChainSettings:
         help="unit prompts name every subject so far (default: only the new ones; told only its "
         "own, an image-to-image pass may erase the subjects on its canvas)",
     )
+
+    def chain_kwargs(self, adapter) -> dict[str, Any]:
+        """How the chain's passes see each other, for `iter_chain` / `eval_chain` with this model
+        (`auto` resolved; in_context on a model without reference inputs is an error)."""
+        from vrl.hicogen.chain import resolve_context
+
+        return {
+            "strength": self.strength,
+            "context": resolve_context(adapter, self.context),
+            "references": self.references,
+            "positions": self.positions,
+        }
 
     def __post_init__(self):
         if self.decompose == "llm" and not self.llm:

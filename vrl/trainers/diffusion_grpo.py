@@ -359,8 +359,9 @@ def chain_rollout(
             chain = synthesize_chain(
                 adapter, model, plan.unit_prompts, plan.final_prompt, batch_size=b,
                 height=smp.height, width=smp.width, num_steps=smp.num_steps,
-                guidance_scale=smp.guidance_scale, strength=ch.strength, step=smp.step,
-                schedule=schedule, generator=noise_gen, encode=encode, level_generator=level_gen,
+                guidance_scale=smp.guidance_scale, step=smp.step, schedule=schedule,
+                generator=noise_gen, encode=encode, level_generator=level_gen,
+                **ch.chain_kwargs(adapter),
             )  # fmt: skip
             for k, pass_ in enumerate(chain.steps):
                 unit = k if k < len(plan.units) else None
@@ -504,8 +505,8 @@ class EvalRunner:
             plan, chain = eval_chain(
                 self.adapter, model, item.scene, item.prompt, seed=self.cfg.run.seed + i,
                 height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-                guidance_scale=smp.guidance_scale, strength=ch.strength,
-                cumulative=ch.cumulative_prompts, max_units=ch.max_units,
+                guidance_scale=smp.guidance_scale, cumulative=ch.cumulative_prompts,
+                max_units=ch.max_units, **ch.chain_kwargs(self.adapter),
             )  # fmt: skip
             images.append(chain.final)
             samples.append(item.with_references(plan.references(chain, 0)))
