@@ -142,3 +142,38 @@ def test_chain_unit_prompts_name_every_subject_so_far_with_cumulative(
     ]
     assert seen[0][1] != seen[1][1]  # unit 2 told unit 1's subject as well
     capsys.readouterr()
+
+
+def test_the_chain_runs_in_context_on_flux_and_sd3_refuses_it_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    import vrl.hicogen.chain as chain_module
+
+    lines = build_world_split(tmp_path, n=6).read_text().splitlines()
+    prompts = tmp_path / "two.jsonl"
+    prompts.write_text(next(x for x in lines if len(json.loads(x)["scene"]["subjects"]) > 1) + "\n")
+    contexts = []
+    real = chain_module.synthesize_chain
+
+    def spy(adapter, transformer, unit_prompts, final_prompt, **kwargs):
+        contexts.append((kwargs["context"], kwargs["references"], kwargs["positions"]))
+        return real(adapter, transformer, unit_prompts, final_prompt, **kwargs)
+
+    monkeypatch.setattr(chain_module, "synthesize_chain", spy)
+    base = ["bench", "eval", "hicoprompt", "--prompts", str(prompts), "--limit", "1",
+            "--height", "32", "--width", "32", "--steps", "1", "--chain", "--judge", "exact",
+            "--no-plots"]  # fmt: skip
+    flux = ["--model", "tiny-random:flux", "--references", "last", "--positions", "uno"]
+    assert main([*base, *flux, "--out", str(tmp_path / "flux")]) == 0
+    assert contexts == [("in_context", "last", "uno")]  # auto on FLUX: in context
+    generation = json.loads((tmp_path / "flux" / "images" / "generation.json").read_text())
+    assert (generation["context"], generation["references"]) == ("auto", "last")
+    capsys.readouterr()
+    sd3 = ["--model", "tiny-random:sd3", "--context", "in_context"]
+    assert main([*base, *sd3, "--out", str(tmp_path / "sd3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "vrl bench eval: chain context in_context needs a model that takes reference images (FLUX); "
+        "sd3 "
+        "does not: use img2img or auto"
+    )

@@ -127,10 +127,13 @@ def test_in_context_every_pass_starts_from_noise_and_sees_earlier_units(flux, re
 
 
 def test_in_context_needs_a_model_that_takes_references(adapter, flux):
+    from vrl.errors import ConfigError
     from vrl.hicogen.chain import resolve_context
 
     assert resolve_context(flux, "auto") == "in_context"
     assert resolve_context(adapter, "auto") == "img2img"
+    with pytest.raises(ConfigError, match="sd3 does not: use img2img or auto"):
+        resolve_context(adapter, "in_context")
     with pytest.raises(ValueError, match="in_context needs a model that takes reference images"):
         next(iter_chain(adapter, adapter.transformer, UNITS, FINAL, batch_size=1, height=32,
                         width=32, num_steps=2, context="in_context"))  # fmt: skip

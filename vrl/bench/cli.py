@@ -58,7 +58,14 @@ def add_parser(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0, help="image k of prompt p uses seed(seed, p, k)")
     g.add_argument("--gen-batch-size", type=int, default=4)
     g.add_argument("--chain", action="store_true", help="chain of synthesis: unit by unit")
-    g.add_argument("--strength", type=float, default=0.7, help="chain: image-to-image strength")
+    g.add_argument("--context", choices=["auto", "in_context", "img2img"], default="auto",
+                   help="chain: earlier units as reference tokens (FLUX) or image-to-image; auto "
+                   "picks by model")  # fmt: skip
+    g.add_argument("--references", choices=["all", "last"], default="all",
+                   help="chain in context: a unit sees every earlier unit image, or the last")  # fmt: skip
+    g.add_argument("--positions", choices=["kontext", "uno"], default="kontext",
+                   help="chain in context: reference position ids (FLUX.1 Kontext or UNO)")  # fmt: skip
+    g.add_argument("--strength", type=float, default=0.7, help="chain img2img: re-noising sigma")
     g.add_argument("--cumulative", action="store_true",
                    help="chain: each unit's prompt names every subject so far, not only its own")  # fmt: skip
     g.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
@@ -149,6 +156,8 @@ def _eval(args: argparse.Namespace) -> int:
             "guidance_scale": args.guidance, "seed": args.seed, "chain": args.chain,
             "strength": args.strength if args.chain else None,
             "cumulative": args.cumulative if args.chain else None,
+            **({"context": args.context, "references": args.references,
+                "positions": args.positions} if args.chain else {}),
         }  # fmt: skip
         t0 = time.perf_counter()
         n = generate_missing(
@@ -156,8 +165,10 @@ def _eval(args: argparse.Namespace) -> int:
             lambda: load_generator(args.model, args.lora, args.device, args.dtype, args.lora_scale),
             batch_size=args.gen_batch_size,
             **{k: v for k, v in generation.items()
-               if k not in ("model", "lora", "strength", "cumulative")},
-            strength=args.strength, cumulative=args.cumulative,
+               if k not in ("model", "lora", "strength", "cumulative", "context", "references",
+                            "positions")},
+            strength=args.strength, cumulative=args.cumulative, context=args.context,
+            references=args.references, positions=args.positions,
         )  # fmt: skip
         print(f"generated {n} images in {time.perf_counter() - t0:.1f} s into {image_dir}")
         (image_dir / "generation.json").write_text(json.dumps(generation, indent=2) + "\n")

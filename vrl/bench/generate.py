@@ -167,15 +167,19 @@ def generate_missing(
     chain: bool = False,
     strength: float = 0.7,
     cumulative: bool = False,
+    context: str = "auto",
+    references: str = "all",
+    positions: str = "kontext",
 ) -> int:
     """Draw every missing image (deterministic ODE sampling); returns how many were written.
 
     `adapter_or_loader` is an adapter or a no-argument callable returning one, called only if
     something is missing, so a finished run never loads the model. With `chain=True` each
     prompt goes through the evaluation chain of synthesis (`vrl.hicogen.chain.eval_chain`: one
-    unit per subject, then the whole prompt, image-to-image at `strength`), all images of a
-    prompt in one batch from the seed of its image 0; with `cumulative` each unit's prompt names
-    every subject introduced so far, not only its own.
+    unit per subject, then the whole prompt; `context`, `references`, `positions` and
+    `strength` as `chain.*` of the trainer), all images of a prompt in one batch from the seed
+    of its image 0; with `cumulative` each unit's prompt names every subject introduced so far,
+    not only its own.
     """
     todo = missing_images(items, layout, images_per_prompt)
     if not todo:
@@ -183,14 +187,20 @@ def generate_missing(
     adapter = adapter_or_loader() if callable(adapter_or_loader) else adapter_or_loader
     written = 0
     if chain:
+        from vrl.hicogen.chain import resolve_context
+
+        settings = {
+            "strength": strength, "cumulative": cumulative, "references": references,
+            "context": resolve_context(adapter, context), "positions": positions,
+        }  # fmt: skip
         by_item: dict[str, list[int]] = {}
         for item, k in todo:
             by_item.setdefault(item.id, []).append(k)
         for item in items:
             if item.id in by_item:
                 written += _chain_one(adapter, layout, item, by_item[item.id], images_per_prompt,
-                                      height, width, num_steps, guidance_scale, seed, strength,
-                                      cumulative)  # fmt: skip
+                                      height, width, num_steps, guidance_scale, seed,
+                                      settings)  # fmt: skip
                 logger.info("generated %s (%d/%d)", item.id, written, len(todo))
         return written
     for lo in range(0, len(todo), batch_size):
@@ -224,15 +234,13 @@ def _sample(adapter, prompts, seeds, height, width, num_steps, guidance_scale):
         return adapter.decode(traj.final, (height, width))  # (B, 3, H, W) in [0, 1]
 
 
-def _chain_one(
-    adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, strength, cumulative
-):
+def _chain_one(adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, settings):
     from vrl.hicogen.chain import eval_chain
 
     _, result = eval_chain(
         adapter, adapter.transformer, item.scene, item.prompt,
         seed=image_seed(seed, item.id, 0), images=n, height=height, width=width,
-        num_steps=num_steps, guidance_scale=guidance, strength=strength, cumulative=cumulative,
+        num_steps=num_steps, guidance_scale=guidance, **settings,
     )  # fmt: skip
     layout.prepare(item)
     for k in ks:  # the whole batch is drawn so that image k does not depend on what was missing

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from vrl.errors import ConfigError
 from vrl.hicogen.scene import Scene, SynthesisUnit
 from vrl.models.conditioning import ReferencePositions
 from vrl.samplers import from_config, sample
@@ -38,11 +39,17 @@ ChainContextMode = Literal["in_context", "img2img"]
 
 
 def resolve_context(adapter, context: str) -> ChainContextMode:
-    """`auto`: in context when the model takes reference images (FLUX), else image-to-image."""
+    """`auto`: in context when the model takes reference images (FLUX), else image-to-image. A
+    setting the model cannot follow is the user's to change: a ConfigError names it."""
     if context == "auto":
         return "in_context" if adapter.takes_references else "img2img"
     if context not in ("in_context", "img2img"):
-        raise ValueError(f"chain context must be auto, in_context or img2img, got {context!r}")
+        raise ConfigError(f"chain context must be auto, in_context or img2img, got {context!r}")
+    if context == "in_context" and not adapter.takes_references:
+        raise ConfigError(
+            f"chain context in_context needs a model that takes reference images (FLUX); "
+            f"{adapter.family} does not: use img2img or auto"
+        )
     return context  # type: ignore[return-value]
 
 
