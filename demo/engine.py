@@ -27,7 +27,7 @@ from vrl.data.t2i import ImageSample
 from vrl.demo.examples import example_scenes
 from vrl.demo.rewards import RewardReport, build_reward, score_images
 from vrl.demo.settings import DemoSettings, Limits
-from vrl.hicogen.chain import img2img_start, iter_chain, plan_chain
+from vrl.hicogen.chain import img2img_start, iter_chain, plan_chain, resolve_context
 from vrl.hicogen.decompose import decompose_template, fallback_scene
 from vrl.hicogen.scene import Scene, SynthesisUnit
 from vrl.samplers import ConstantNoise, DecayingNoise, NoiseSchedule, WindowNoise
@@ -422,9 +422,13 @@ class DemoEngine:
             )
         yield state
 
+        # in context (FLUX) every pass runs every step; image-to-image (SD3) later passes fewer
+        context = resolve_context(adapter, "auto")
         sigmas = adapter.sigmas(request.steps, size, size)  # (T + 1,)
         start = img2img_start(sigmas, request.strength)
-        shortest = request.steps - start if len(prompts) > 1 else request.steps
+        shortest = (
+            request.steps - start if len(prompts) > 1 and context == "img2img" else request.steps
+        )
         schedule = noise_schedule(request, shortest)
         units = dec.unit_prompts if request.chain else ()
         # one chain per label, each from its own generator on the same seed; the passes are made
@@ -441,6 +445,7 @@ class DemoEngine:
                 num_steps=request.steps,
                 guidance_scale=request.guidance,
                 strength=request.strength,
+                context=context,
                 step=request.sampler,
                 schedule=schedule,
                 generator=torch.Generator(adapter.device).manual_seed(request.seed),

@@ -345,3 +345,27 @@ def test_an_adapter_file_without_its_alpha_takes_it_from_the_run_config(trained,
     torch.testing.assert_close(
         _finals(engine, request)["tuned"], _finals(as_trained, request)["model"], rtol=0, atol=1e-5
     )
+
+
+def test_a_flux_demo_draws_the_chain_in_context():
+    """On a model that takes reference images the demo's passes are the in-context chain: every
+    pass from noise, each unit's image seen by the passes after it."""
+    from dataclasses import replace
+
+    from vrl.demo.settings import DemoSettings
+
+    settings = replace(DemoSettings(), model="tiny-random:flux", size=32)
+    engine = DemoEngine(settings, reward=("none", None))
+    request = check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "steps": 3, "num_images": 1})
+    state = list(engine.generate(request))[-1]
+    dec = state.decomposition
+    chain = synthesize_chain(
+        engine.adapter, engine.adapter.transformer, list(dec.unit_prompts), dec.final_prompt,
+        batch_size=1, height=32, width=32, num_steps=3, context="in_context", step="sde",
+        schedule=DecayingNoise(eta_max=0.7, eta_min=0.07),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    shown = [p.images for p in state.passes["model"]]
+    assert len(shown) == len(chain.images) == 3
+    for ours, theirs in zip(shown, chain.images, strict=True):
+        torch.testing.assert_close(ours, theirs.cpu(), rtol=0, atol=1e-6)
