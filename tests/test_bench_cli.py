@@ -163,9 +163,9 @@ def test_the_chain_runs_in_context_on_flux_and_sd3_refuses_it_in_one_line(
     base = ["bench", "eval", "hicoprompt", "--prompts", str(prompts), "--limit", "1",
             "--height", "32", "--width", "32", "--steps", "1", "--chain", "--judge", "exact",
             "--no-plots"]  # fmt: skip
-    flux = ["--model", "tiny-random:flux", "--references", "last", "--positions", "uno"]
+    flux = ["--model", "tiny-random:flux_kontext", "--references", "last", "--positions", "uno"]
     assert main([*base, *flux, "--out", str(tmp_path / "flux")]) == 0
-    assert contexts == [("in_context", "last", "uno")]  # auto on FLUX: in context
+    assert contexts == [("in_context", "last", "uno")]  # auto on FLUX Kontext: in context
     generation = json.loads((tmp_path / "flux" / "images" / "generation.json").read_text())
     assert (generation["context"], generation["references"]) == ("auto", "last")
     capsys.readouterr()

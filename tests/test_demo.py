@@ -347,14 +347,14 @@ def test_an_adapter_file_without_its_alpha_takes_it_from_the_run_config(trained,
     )
 
 
-def test_a_flux_demo_draws_the_chain_in_context():
-    """On a model that takes reference images the demo's passes are the in-context chain: every
+def test_a_flux_kontext_demo_draws_the_chain_in_context():
+    """On a model trained on reference images the demo's passes are the in-context chain: every
     pass from noise, each unit's image seen by the passes after it."""
     from dataclasses import replace
 
     from vrl.demo.settings import DemoSettings
 
-    settings = replace(DemoSettings(), model="tiny-random:flux", size=32)
+    settings = replace(DemoSettings(), model="tiny-random:flux_kontext", size=32)
     engine = DemoEngine(settings, reward=("none", None))
     request = check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "steps": 3, "num_images": 1})
     state = list(engine.generate(request))[-1]

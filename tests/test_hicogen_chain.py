@@ -130,7 +130,12 @@ def test_in_context_needs_a_model_that_takes_references(adapter, flux):
     from vrl.errors import ConfigError
     from vrl.hicogen.chain import resolve_context
 
-    assert resolve_context(flux, "auto") == "in_context"
+    assert resolve_context(flux, "auto") == "img2img"  # FLUX.1-dev never saw references
+    assert resolve_context(flux, "in_context") == "in_context"  # but may be told to take them
+    from vrl.models.diffusion import FluxAdapter
+    from vrl.models.tiny_diffusion import build_tiny_flux_kontext
+
+    assert resolve_context(FluxAdapter(build_tiny_flux_kontext()), "auto") == "in_context"
     assert resolve_context(adapter, "auto") == "img2img"
     with pytest.raises(ConfigError, match="sd3 does not: use img2img or auto"):
         resolve_context(adapter, "in_context")

@@ -98,9 +98,10 @@ def test_chain_training_from_a_recipe_logs_every_level_and_moves_lora(tmp_path):
 
 
 def test_a_flux_chain_trains_in_context_with_the_rollouts_references(tmp_path, monkeypatch):
-    """chain.context=auto on FLUX: unit 2 and the final pass take the earlier unit images as
-    tokens (16 noisy tokens + 16 per reference at 32 px), in the rollout and in the update."""
-    cfg = chain_config(tmp_path, "model.path=tiny-random:flux", "run.max_steps=1")
+    """chain.context=auto on a FLUX Kontext pipeline: unit 2 and the final pass take the earlier
+    unit images as tokens (16 noisy tokens + 16 per reference at 32 px), in the rollout and in
+    the update."""
+    cfg = chain_config(tmp_path, "model.path=tiny-random:flux_kontext", "run.max_steps=1")
     lengths: list[tuple[bool, int]] = []
 
     def record(module, args, kwargs):

@@ -39,10 +39,11 @@ ChainContextMode = Literal["in_context", "img2img"]
 
 
 def resolve_context(adapter, context: str) -> ChainContextMode:
-    """`auto`: in context when the model takes reference images (FLUX), else image-to-image. A
-    setting the model cannot follow is the user's to change: a ConfigError names it."""
+    """`auto`: in context when the model was trained on reference images (FLUX.1 Kontext), else
+    image-to-image. A setting the model cannot follow is the user's to change: a ConfigError
+    names it."""
     if context == "auto":
-        return "in_context" if adapter.takes_references else "img2img"
+        return "in_context" if adapter.trained_on_references else "img2img"
     if context not in ("in_context", "img2img"):
         raise ConfigError(f"chain context must be auto, in_context or img2img, got {context!r}")
     if context == "in_context" and not adapter.takes_references:

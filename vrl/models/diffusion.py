@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 
+REFERENCE_PIPELINES = {"FluxKontextPipeline"}
+"""Pipeline classes whose transformers were trained with reference images as tokens."""
+
 # Pipeline class name (model_index.json's `_class_name`) -> adapter class.
 _ADAPTERS: dict[str, type[FlowMatchingAdapter]] = {}
 
@@ -143,6 +146,13 @@ class FlowMatchingAdapter(TransformerLoRA):
 
     takes_references: ClassVar[bool] = False
     """Whether the transformer takes reference images as tokens (`encode_references`)."""
+
+    @property
+    def trained_on_references(self) -> bool:
+        """Whether the weights were trained to read reference tokens (FLUX.1 Kontext): what a
+        chain's `context=auto` goes by. Any FLUX transformer takes them; FLUX.1-dev alone has
+        never seen them."""
+        return self.takes_references and type(self.pipeline).__name__ in REFERENCE_PIPELINES
 
     # ------------------------------------------------------------------ text
 

@@ -171,9 +171,10 @@ class ChainSettings:
     context: Literal["auto", "in_context", "img2img"] = field(
         "auto",
         help="how a pass sees the earlier ones: in_context = from noise, the earlier unit images "
-        "as reference tokens (HiCoGen; a FLUX model, e.g. FLUX.1 Kontext); img2img = from the "
+        "as reference tokens (HiCoGen; any FLUX model, trained for it: FLUX.1 Kontext); img2img = from the "
         "previous canvas noised back to chain.strength (any model; may erase earlier subjects); "
-        "auto = in_context when the model takes reference images, else img2img",
+        "auto = in_context when the model was trained on reference images (a FluxKontextPipeline), "
+        "else img2img",
     )
     references: Literal["all", "last"] = field(
         "all",
