@@ -1,12 +1,15 @@
 """Where the chain of synthesis keeps and loses subjects, on the shapes world's held-out scenes.
 
     python experiments/hicogen_chain_stages.py --models world:t2i world:t2i-shapes
+    python experiments/hicogen_chain_stages.py --models <a FluxKontextPipeline> --contexts in_context img2img
 
 The HiCoGen half draws each two-subject scene as a chain: unit 1 (the first subject) from
 noise, unit 2 (the second subject) from unit 1's canvas noised back to sigma = strength, then a
-final pass with the whole prompt from unit 2's canvas. With a stock text-to-image model the
-canvas is the only context a pass gets. This prints, per model and per way of writing the unit
-prompts (each unit's own subjects, the quickstart's; or cumulative: every subject so far):
+final pass with the whole prompt from unit 2's canvas (`--contexts img2img`, the only context a
+stock text-to-image model can get); or in context, every pass from noise with the earlier unit
+images as reference tokens (`in_context`, a model trained on reference tokens). This prints, per
+model, context and way of writing the unit prompts (each unit's own subjects, the
+quickstart's; or cumulative: every subject so far):
 
 - the share of the first subject found in unit 1's image, in unit 2's image and in the final
   image, i.e. whether a later pass keeps what an earlier one drew;
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=64)
     parser.add_argument("--images", type=int, default=8, help="chains per scene")
     parser.add_argument("--strength", type=float, default=None, help="default: the recipe's")
+    parser.add_argument(
+        "--contexts", nargs="+", default=["img2img"], choices=["img2img", "in_context"],
+        help="chain contexts to compare (in_context needs a model trained on reference tokens)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write every figure here")
     args = parser.parse_args(argv)
@@ -66,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{smp['eval_num_steps']} steps, guidance {smp['guidance_scale']}, strength {strength}"
     )
     print(
-        "| model | unit prompts | first subject found: unit 1 / unit 2 / final | unit 2 image "
+        "| model | context | unit prompts | first subject found: unit 1 / unit 2 / final | unit 2 image "
         + " / ".join(LEVELS)
         + " | final image | flat (no chain) | minutes |"
     )
-    print("|---" * 7 + "|")
+    print("|---" * 8 + "|")
 
     def cell(levels: dict[str, float]) -> str:  # "-": no scene asked a question of that level
         return " / ".join(f"{100 * levels[k]:.1f}" if k in levels else "-" for k in LEVELS)
@@ -84,22 +91,27 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp) / "held_out.jsonl", scenes, held_seed, token_fit(path)
             )
             rows = [json.loads(line) for line in prompts.read_text().splitlines()]
-        for cumulative in (False, True):
-            t0 = time.perf_counter()
-            r = chain_stages(
-                adapter, rows, images_per_scene=args.images, num_steps=smp["eval_num_steps"],
-                guidance_scale=smp["guidance_scale"], strength=strength,
-                height=smp["height"], width=smp["width"], cumulative=cumulative, seed=args.seed,
-            )  # fmt: skip
-            minutes = (time.perf_counter() - t0) / 60
-            results.append({"model": model, "cumulative": cumulative, "minutes": minutes, **r})
-
-            found = " / ".join(f"{100 * v:.1f}" for v in r["first_unit_found"])
-            print(
-                f"| {model} | {'cumulative' if cumulative else 'own subjects'} | {found} | "
-                f"{cell(r['last_unit'])} | {cell(r['final'])} | {cell(r['flat'])} | {minutes:.1f} |",
-                flush=True,
-            )
+        for context in args.contexts:
+            for cumulative in (False, True):
+                t0 = time.perf_counter()
+                r = chain_stages(
+                    adapter, rows, images_per_scene=args.images,
+                    num_steps=smp["eval_num_steps"], guidance_scale=smp["guidance_scale"],
+                    strength=strength, height=smp["height"], width=smp["width"],
+                    cumulative=cumulative, seed=args.seed, context=context,
+                )  # fmt: skip
+                minutes = (time.perf_counter() - t0) / 60
+                results.append(
+                    {"model": model, "context": context, "cumulative": cumulative,
+                     "minutes": minutes, **r}
+                )  # fmt: skip
+                found = " / ".join(f"{100 * v:.1f}" for v in r["first_unit_found"])
+                prompts_kind = "cumulative" if cumulative else "own subjects"
+                print(
+                    f"| {model} | {context} | {prompts_kind} | {found} | {cell(r['last_unit'])} "
+                    f"| {cell(r['final'])} | {cell(r['flat'])} | {minutes:.1f} |",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from vrl.errors import ConfigError
 from vrl.quickstart import hicogen as hicogen_rl
 from vrl.samplers import equal_mean, from_config
 
@@ -165,3 +166,30 @@ def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_pat
     mixed = [rows[0], {"id": "one", "prompt": single.prompt(), "scene": single.to_dict()}]
     with pytest.raises(ValueError, match=r"row 1 \(one\) makes 1 units, the rows before it 2"):
         hicogen_rl.chain_stages(adapter, mixed, **common)
+
+
+def test_chain_stages_compare_the_two_contexts_from_the_same_first_unit(tmp_path):
+    """In context and image-to-image, unit 1 is the same draw (its prompt from the same noise,
+    no reference yet) and so is the flat pass; a model without reference inputs is refused."""
+    from vrl.models.diffusion import FlowMatchingAdapter
+    from vrl.models.paths import resolve_pipeline_path
+
+    path = resolve_pipeline_path("tiny-random:flux_kontext")
+    adapter = FlowMatchingAdapter.from_pretrained(path)
+    scenes = hicogen_rl.world_scenes(2, seed=10_000, split="test")
+    prompts = hicogen_rl.write_prompts(
+        tmp_path / "p.jsonl", scenes, 10_000, hicogen_rl.token_fit(path)
+    )
+    rows = [json.loads(line) for line in prompts.read_text().splitlines()]
+    common = dict(images_per_scene=2, num_steps=2, guidance_scale=1.0, strength=0.7)
+    stages = {
+        context: hicogen_rl.chain_stages(adapter, rows, context=context, **common)
+        for context in ("img2img", "in_context")
+    }
+    img2img, in_context = stages["img2img"], stages["in_context"]
+    assert img2img["first_unit_found"][0] == in_context["first_unit_found"][0]
+    assert img2img["flat"] == in_context["flat"]
+    assert len(in_context["first_unit_found"]) == 3 and in_context["chains"] == 4
+    with pytest.raises(ConfigError, match="sd3 does not"):
+        sd3 = FlowMatchingAdapter.from_pretrained(resolve_pipeline_path("tiny-random:sd3"))
+        hicogen_rl.chain_stages(sd3, rows, context="in_context", **common)

@@ -126,6 +126,8 @@ def chain_stages(
     width: int = 32,
     cumulative: bool = False,
     seed: int = 0,
+    context: str = "img2img",
+    references: str = "all",
 ) -> dict[str, Any]:
     """Where a chain of synthesis keeps and loses its subjects, read by the exact checker on
     deterministic chains (`eval_chain`) of prompt rows (`write_prompts`' rows: "prompt" and
@@ -140,8 +142,12 @@ def chain_stages(
       chain), the baseline the chain is read against.
 
     `cumulative` gives every unit the subjects introduced so far in text
-    (`Scene.unit_prompt(cumulative=True)`) instead of its own only. Every scene must make the
+    (`Scene.unit_prompt(cumulative=True)`) instead of its own only; `context` and `references`
+    are the chain's (`chain.context`: img2img, in_context, auto). Every scene must make the
     same number of units (e.g. `world_scenes`: two subjects, two units)."""
+    from vrl.hicogen.chain import resolve_context
+
+    context = resolve_context(adapter, context)
     first: list[list[float]] = []
     levels: dict[str, dict[str, list[float]]] = {k: {} for k in ("last_unit", "final", "flat")}
 
@@ -163,6 +169,7 @@ def chain_stages(
             adapter, adapter.transformer, item.scene, item.prompt, seed=seed * 7919 + k,
             images=images_per_scene, height=height, width=width, num_steps=num_steps,
             guidance_scale=guidance_scale, strength=strength, cumulative=cumulative,
+            context=context, references=references,
         )  # fmt: skip
         # the chain's first draw is unit 1's initial noise: the flat pass starts from it too
         noise = adapter.initial_noise(
