@@ -118,3 +118,105 @@ def test_wrong_references_are_named(kontext, sd3):
     x = sd3.initial_noise(1, S, S)
     with pytest.raises(ValueError, match="sd3 takes no reference images .*chain.context=img2img"):
         sd3.velocity(sd3.transformer, x, 1.0, embeds)
+
+
+# ----------------------------------------------------------------------- UNO's LoRA
+
+
+def _uno_lora(path, hidden: int, mlp: int, double: int, single: int, rank: int = 2) -> dict:
+    """A UNO-format LoRA file (its key names and shapes) with random weights."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(7)
+    state = {}
+
+    def add(key: str, n_in: int, n_out: int) -> None:
+        state[f"{key}.down.weight"] = torch.randn(rank, n_in, generator=g) * 0.1
+        state[f"{key}.up.weight"] = torch.randn(n_out, rank, generator=g) * 0.1
+
+    for i in range(double):
+        for stream in ("1", "2"):
+            add(f"double_blocks.{i}.processor.qkv_lora{stream}", hidden, 3 * hidden)
+            add(f"double_blocks.{i}.processor.proj_lora{stream}", hidden, hidden)
+    for i in range(single):
+        add(f"single_blocks.{i}.processor.qkv_lora", hidden, 3 * hidden)
+        add(f"single_blocks.{i}.processor.proj_lora", hidden + mlp, hidden)
+    save_file(state, str(path))
+    return state
+
+
+def test_uno_lora_merges_into_the_split_diffusers_projections(tmp_path):
+    from vrl.models.tiny_diffusion import build_tiny_flux
+    from vrl.models.uno import merge_uno_lora
+
+    transformer = build_tiny_flux().transformer  # hidden 64, MLP 256, 1 double + 2 single blocks
+    before = {n: p.detach().clone() for n, p in transformer.named_parameters()}
+    state = _uno_lora(tmp_path / "dit_lora.safetensors", 64, 256, double=1, single=2)
+    assert merge_uno_lora(transformer, tmp_path / "dit_lora.safetensors") == 16  # 8 + 2 x 4
+    after = dict(transformer.named_parameters())
+
+    def delta(key: str) -> torch.Tensor:
+        return state[f"{key}.up.weight"] @ state[f"{key}.down.weight"]
+
+    qkv = delta("double_blocks.0.processor.qkv_lora1")  # rows: q | k | v
+    for k, name in enumerate(("to_q", "to_k", "to_v")):
+        moved = (
+            after[f"transformer_blocks.0.attn.{name}.weight"]
+            - before[f"transformer_blocks.0.attn.{name}.weight"]
+        )
+        torch.testing.assert_close(moved, qkv[64 * k : 64 * (k + 1)])
+    text_v = delta("double_blocks.0.processor.qkv_lora2")[128:]
+    moved = (
+        after["transformer_blocks.0.attn.add_v_proj.weight"]
+        - before["transformer_blocks.0.attn.add_v_proj.weight"]
+    )
+    torch.testing.assert_close(moved, text_v)
+    moved = (
+        after["single_transformer_blocks.1.proj_out.weight"]
+        - before["single_transformer_blocks.1.proj_out.weight"]
+    )
+    torch.testing.assert_close(moved, delta("single_blocks.1.processor.proj_lora"))
+    untouched = [n for n in before if "norm" in n or n.endswith("bias")]
+    assert untouched and all(torch.equal(before[n], after[n]) for n in untouched)
+
+
+def test_a_uno_lora_that_does_not_fit_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from vrl.models.tiny_diffusion import build_tiny_flux
+    from vrl.models.uno import merge_uno_lora
+
+    transformer = build_tiny_flux().transformer
+    _uno_lora(tmp_path / "big.safetensors", 128, 512, double=1, single=0)
+    with pytest.raises(
+        ValueError, match=r"to_out.0.weight is \(64, 64\), the LoRA's delta \(128, 128\)"
+    ):
+        merge_uno_lora(transformer, tmp_path / "big.safetensors")
+    _uno_lora(tmp_path / "deep.safetensors", 64, 256, double=3, single=0)
+    with pytest.raises(ValueError, match="this transformer has no weight transformer_blocks.1"):
+        merge_uno_lora(transformer, tmp_path / "deep.safetensors")
+    save_file({"lora_unet_x.alpha": torch.ones(1)}, str(tmp_path / "kohya.safetensors"))
+    with pytest.raises(ValueError, match="unexpected key 'lora_unet_x.alpha'"):
+        merge_uno_lora(transformer, tmp_path / "kohya.safetensors")
+
+
+def test_a_flux_with_uno_merged_goes_in_context_with_uno_positions(tmp_path):
+    from vrl.config import ConfigError, load_config
+    from vrl.hicogen.chain import resolve_context
+    from vrl.trainers.common import make_accelerator
+    from vrl.trainers.diffusion_config import DiffusionTrainConfig
+    from vrl.trainers.policies import load_diffusion_policy
+
+    lora = tmp_path / "dit_lora.safetensors"
+    _uno_lora(lora, 64, 256, double=1, single=2)
+    args = [
+        "model.path=tiny-random:flux",
+        f"model.reference_lora={lora}",
+        f"run.output_dir={tmp_path}",
+    ]
+    with pytest.raises(ConfigError, match="set chain.positions=uno"):
+        load_config(DiffusionTrainConfig, None, args)
+    cfg = load_config(DiffusionTrainConfig, None, [*args, "chain.positions=uno"])
+    adapter, _ = load_diffusion_policy(cfg, make_accelerator(cfg.run))
+    assert adapter.reference_lora == str(lora) and adapter.trained_on_references
+    assert resolve_context(adapter, "auto") == "in_context"

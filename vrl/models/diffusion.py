@@ -78,6 +78,8 @@ class FlowMatchingAdapter(TransformerLoRA):
             max_sequence_length = int(min(self.default_max_sequence_length, t5_max))
         self.max_sequence_length = max_sequence_length
         """T5 tokens per prompt (padded to this length; smaller is much cheaper on a CPU)."""
+        self.reference_lora: str | None = None
+        """A LoRA merged in that taught the weights reference tokens (UNO's), or None."""
         self._negative: PromptEmbeds | None = None
         self._packed_grids: dict[int, set[tuple[int, int]]] = {}
         for name, component in pipeline.components.items():
@@ -149,10 +151,11 @@ class FlowMatchingAdapter(TransformerLoRA):
 
     @property
     def trained_on_references(self) -> bool:
-        """Whether the weights were trained to read reference tokens (FLUX.1 Kontext): what a
-        chain's `context=auto` goes by. Any FLUX transformer takes them; FLUX.1-dev alone has
+        """Whether the weights were trained to read reference tokens (FLUX.1 Kontext, or UNO's
+        LoRA merged in): what a chain's `context=auto` goes by. Any FLUX transformer takes them; FLUX.1-dev alone has
         never seen them."""
-        return self.takes_references and type(self.pipeline).__name__ in REFERENCE_PIPELINES
+        kontext = type(self.pipeline).__name__ in REFERENCE_PIPELINES
+        return self.takes_references and (kontext or self.reference_lora is not None)
 
     # ------------------------------------------------------------------ text
 

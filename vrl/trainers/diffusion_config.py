@@ -23,6 +23,12 @@ class DiffusionModelSettings:
         help="LoRA on the transformer's attention projections (published: r 32, alpha 64)",
     )
     gradient_checkpointing: bool = field(False, help="recompute transformer activations")
+    reference_lora: str | None = field(
+        None,
+        help="UNO's multi-reference LoRA (dit_lora.safetensors) merged into a FLUX.1-dev base: "
+        "the model then reads reference images as tokens (chain.context auto -> in_context; "
+        "chain.positions must be uno)",
+    )
 
 
 @config
@@ -296,6 +302,11 @@ class DiffusionTrainConfig:
     )
 
     def __post_init__(self):
+        if self.model.reference_lora and self.chain.positions != "uno":
+            raise ValueError(
+                "model.reference_lora (UNO's LoRA) was trained with UNO's position ids: set "
+                "chain.positions=uno"
+            )
         if not self.grpo.rewards and not self.hierarchical.weights:
             raise ValueError(
                 "no reward: name one in grpo.rewards (registry rewards) or weight the levels of "

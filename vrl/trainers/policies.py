@@ -80,6 +80,11 @@ def load_diffusion_policy(cfg, accelerator):
         device=accelerator.device,
     )
     adapter.pipeline.set_progress_bar_config(disable=True)
+    if m.reference_lora:  # part of the base policy and of the reference, under the RL LoRA
+        from vrl.models.uno import merge_uno_lora
+
+        merge_uno_lora(adapter.transformer, m.reference_lora)
+        adapter.reference_lora = m.reference_lora
     if m.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()
     ref = None
