@@ -368,10 +368,13 @@ def load_vlm_r1_jsonl(
     file_problems: list[str] = []
     for data in data_files:
         named = f"{data.entry.config}: datasets[{data.entry.index}]: " if data.entry else ""
+        named += one_line(str(data.path))  # a data config's path may hold any character
         if not data.path.is_file():
-            file_problems.append(f"{named}{data.path}: data file not found")
+            file_problems.append(f"{named}: data file not found")
         if check_images and not data.folder.is_dir():
-            file_problems.append(f"{named}{data.path}: image folder {data.folder} does not exist")
+            file_problems.append(
+                f"{named}: image folder {one_line(str(data.folder))} does not exist"
+            )
     if file_problems:
         raise DataError(file_problems)
 
@@ -414,8 +417,9 @@ def load_vlm_r1_jsonl(
             samples.append(check.sample)
             continue
         found = [one_line(problem) for problem in check.problems]
-        problems.extend(f"{source}:{number}: {problem}" for problem in found)
-        bad_lines.append(f"{source}:{number}: " + "; ".join(found))
+        where = f"{one_line(source)}:{number}: "
+        problems.extend(where + problem for problem in found)
+        bad_lines.append(where + "; ".join(found))
 
     names = ", ".join(str(file) for file in files)
     if bad_lines and not skip_bad_lines:
