@@ -40,7 +40,8 @@ json_values = st.recursive(
     | st.integers(-(10**15), 10**15)
     | st.floats(allow_nan=True)
     | st.text(max_size=12)
-    | st.sampled_from(["a.png", "missing.png", "not_an_image.png", "<image>Q", "human", "gpt"]),
+    | st.sampled_from(["a.png", "missing.png", "not_an_image.png", "<image>Q", "human", "gpt"])
+    | st.sampled_from([[0, 0, 2, 2], [0.5, 1, 3, 4], [3, 0, 1, 2], [0, 0, 99, 2], [1, 2, 3]]),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
@@ -67,7 +68,7 @@ def _files(keys: list[str]) -> st.SearchStrategy[bytes]:
     )
 
 
-VLM_KEYS = ["id", "image", "conversations", "accu_reward_method", "extra"]
+VLM_KEYS = ["id", "image", "conversations", "accu_reward_method", "extra", "problem", "solution"]
 T2I_KEYS = ["prompt", "scene", "references", "tag", "include"]
 
 
@@ -87,10 +88,29 @@ def _assert_one_line_problems(error: DataError) -> None:
     assert str(error).splitlines()[-len(error.problems) :] == error.problems
 
 
+def _array_files(keys: list[str]) -> st.SearchStrategy[bytes]:
+    """.json arrays (VLM-R1's REC files): of records, of any value, or near-JSON after a "["."""
+    record = st.dictionaries(st.sampled_from(keys), json_values, max_size=len(keys))
+    items = st.lists(record | json_values, max_size=5)
+    return st.one_of(
+        items.map(lambda r: json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+        st.lists(st.sampled_from(FRAGMENTS), max_size=12).map(
+            lambda f: ("[" + "".join(f)).encode()
+        ),
+    )
+
+
 @FUZZ
-@given(content=_files(VLM_KEYS), skip=st.booleans())
-def test_the_vlm_loader_returns_samples_or_raises_a_one_line_data_error(folder, content, skip):
-    data = folder / "data.jsonl"
+@given(
+    data=st.one_of(
+        st.tuples(st.just("data.jsonl"), _files(VLM_KEYS)),
+        st.tuples(st.just("data.json"), _files(VLM_KEYS) | _array_files(VLM_KEYS)),
+    ),
+    skip=st.booleans(),
+)
+def test_the_vlm_loader_returns_samples_or_raises_a_one_line_data_error(folder, data, skip):
+    name, content = data
+    data = folder / name
     data.write_bytes(content)
     try:
         samples = load_vlm_r1_jsonl(
@@ -117,3 +137,49 @@ def test_the_prompt_loader_returns_samples_or_raises_a_one_line_data_error(
     else:
         assert samples and all(isinstance(s, ImageSample) for s in samples)
         assert all(s.prompt.strip() for s in samples)
+
+
+STRATEGIES = ["all", "first:2", "end:1", "random:3", "random:50%", "end:0", "first", "x:1", "1%"]
+
+
+@FUZZ
+@given(
+    config=st.one_of(
+        st.binary(max_size=80),
+        st.dictionaries(
+            st.sampled_from(["datasets", "other"]),
+            st.lists(
+                st.dictionaries(
+                    st.sampled_from(["json_path", "sampling_strategy", "bogus"]),
+                    st.sampled_from(
+                        ["data.jsonl", "data.json", "none.jsonl", "c.yaml", *STRATEGIES]
+                    )
+                    | json_values,
+                    max_size=3,
+                )
+                | json_values,
+                max_size=3,
+            )
+            | json_values,
+            max_size=2,
+        ).map(lambda c: json.dumps(c).encode()),  # JSON is YAML
+    ),
+    records=st.lists(_object_lines(VLM_KEYS), max_size=4),
+    seed=st.integers(0, 3),
+    skip=st.booleans(),
+)
+def test_a_data_config_returns_samples_or_raises_a_one_line_data_error(
+    folder, config, records, seed, skip
+):
+    """VLM-R1's data config, listing the files beside it (json_path relative to the cwd)."""
+    (folder / "data.jsonl").write_bytes(b"\n".join(records))
+    (folder / "data.json").write_bytes(b"[" + b",".join(records) + b"]")
+    (folder / "c.yaml").write_bytes(config)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            samples = load_vlm_r1_jsonl(folder / "c.yaml", folder, skip_bad_lines=skip, seed=seed)
+    except DataError as error:
+        _assert_one_line_problems(error)
+    else:
+        assert samples and all(isinstance(s, VLMSample) for s in samples)

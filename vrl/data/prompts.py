@@ -16,7 +16,9 @@ PROMPT_TEMPLATES: dict[str, str] = {
     "plain": "{question}",
     "think_answer": "{question} Output the thinking process in <think> </think> and final answer "
     "in <answer> </answer> tags.",
-    # The VLM-R1 REC suffix, word for word (docs/algorithms.md, section 2.1).
+    # VLM-R1's REC question template, word for word (docs/algorithms.md, section 2.1): its
+    # Qwen2VLModule.get_question_template("rec") (src/open-r1-multimodal/src/open_r1/
+    # vlm_modules/qwen_module.py), which grpo_rec.py formats with the record's "problem".
     "rec": "{question} First output the thinking process in <think> </think> tags and then output "
     "the final answer in <answer> </answer> tags. Output the final answer in JSON format.",
     "answer_only": "{question} Output the final answer in <answer> </answer> tags.",

@@ -1,8 +1,11 @@
-"""Training data named in a recipe: a JSONL path list, or data that vrl writes first.
+"""Training data named in a recipe: VLM-R1 data files, or data that vrl writes first.
 
 ``data.train_files`` is one of
 
-- ``file.jsonl[:file2.jsonl...]``: VLM-R1 JSONL files (``data.image_folders`` beside them);
+- ``file.jsonl[:file2.json:rec.yaml...]``: VLM-R1 data (``data.image_folders`` beside them):
+  JSONL files, ``.json`` arrays, or VLM-R1 data configs (``datasets: - json_path: ...`` with an
+  optional ``sampling_strategy``, seeded by ``run.seed``), records in the conversations form or
+  VLM-R1's REC form (``vrl.data.vlm_r1``);
 - ``synthetic:<name>``: a generated set (``colour_yes_no``, ``is_it_red``, ``rec_boxes``,
   ``detection``) of ``data.synthetic_size`` samples;
 - ``world:<task>[,<task>...][@<background>[+<background>...]]``: shapes-world task files
@@ -52,6 +55,7 @@ def load_vlm_dataset(cfg) -> list:
         folders,
         skip_bad_lines=cfg.data.skip_bad_lines,
         allowed_reward_methods=ACCURACY_METHODS,
+        seed=cfg.run.seed,
     )
 
 

@@ -1,16 +1,22 @@
-"""The VLM-R1 JSONL data format, checked in full before any compute is spent.
+"""VLM-R1's data, checked in full before any compute is spent.
 
-One JSON object per line (docs/algorithms.md, section 2.9):
+One JSON object per record (docs/algorithms.md, section 2.9), in the conversations form:
 
     {"id": "0", "image": "coco/1.jpg" or ["a.jpg", "b.jpg"],
      "conversations": [{"from": "human", "value": "<image>question"},
                        {"from": "gpt", "value": "answer"}],
      "accu_reward_method": "exact"}          # optional
 
+or in VLM-R1's REC form, ``{"image", "problem", "solution": [x1, y1, x2, y2], ...}`` with the box
+in pixels of the original image (`vrl.data.records`). The files are JSONL (one record a line) or
+``.json`` arrays, named directly or through VLM-R1's data config YAML with its sampling strategies
+(`vrl.data.data_config`).
+
 A bad line found after an hour of rollouts wastes the hour, and a loader that stops at the first
 bad line makes the user fix a file one line per run. So every line of every file is validated up
 front (and every image opened, `vrl.data.images`) and all problems are reported together, each
-as ``file:line: what is wrong`` on one line, naming the field or the image. Nothing is silently
+as ``file:line: what is wrong`` (``file:index`` in a .json array) on one line, naming the field or
+the image. Nothing is silently
 repaired: either the line is rejected, or (``skip_bad_lines=True``) it is dropped with a warning
 that says why.
 """
@@ -25,14 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vrl.data.data_config import DatasetEntry, is_data_config, read_data_config, sample_positions
 from vrl.data.images import LARGE_IMAGE_PIXELS, check_image_files, describe_size, load_image
-from vrl.data.lines import (
-    DataError,
-    PathLike,
-    json_type,
-    one_line,
-    parse_json_line,
-    read_lines,
+from vrl.data.lines import DataError, PathLike, json_type, one_line
+from vrl.data.records import (
+    REC_FIELDS,
+    Box,
+    box_outside_image,
+    is_rec_form,
+    parse_rec_fields,
+    read_records,
 )
 
 if TYPE_CHECKING:
@@ -58,24 +66,28 @@ KNOWN_FIELDS = frozenset({"id", "image", "conversations", "accu_reward_method"})
 
 @dataclass(frozen=True)
 class VLMSample:
-    """One validated line of a VLM-R1 JSONL file."""
+    """One validated record of a VLM-R1 data file (a JSONL line or an item of a .json array)."""
 
     id: str
-    """The line's "id"; "<file name>:<line>" when the line has none (the format makes it optional)."""
+    """The record's "id"; "<file name>:<line>" when it has none (the format makes it optional)."""
     images: tuple[Path, ...]
     """Absolute image paths, in the order of the "image" field; () for a text-only sample."""
     question: str
-    """The human turn with the <image> markers removed and whitespace tidied."""
+    """The human turn (REC form: "problem") without <image> markers, whitespace tidied."""
     solution: str
-    """The gpt turn, raw: the ground truth that the accuracy reward compares against."""
+    """The gpt turn, raw: the ground truth that the accuracy reward compares against. REC form:
+    its string "solution", or its box written "[x1, y1, x2, y2]" (original-image pixels)."""
     accu_reward_method: str | None
     """Which accuracy reward scores this sample (None: the run's default)."""
     source: str
-    """The JSONL file the sample came from, as given to the loader."""
+    """The data file the sample came from, as given to the loader (or to its data config)."""
     line: int
-    """1-based line number in ``source``, so that a surprising reward can be traced to its line."""
+    """1-based line number in ``source`` (0-based index in a .json array), so that a surprising
+    reward can be traced to its record."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Fields the format does not define (e.g. "problem", "normal_caption"), kept as they were."""
+    """Fields the form does not define (e.g. "normal_caption"), kept as they were."""
+    box: Box | None = None
+    """The REC form's box, (x1, y1, x2, y2) in pixels of the original image; None otherwise."""
 
 
 def _split_paths(paths: PathLike | Sequence[PathLike] | None) -> list[Path]:
@@ -134,7 +146,10 @@ def _parse_conversations(
 ) -> tuple[str | None, str | None]:
     """(human turn, gpt turn) of the "conversations" field; None for a part that is missing."""
     if "conversations" not in record:
-        problems.append('field "conversations" is missing')
+        problems.append(
+            'field "conversations" is missing (a record in VLM-R1\'s REC form has "problem" '
+            'and "solution" instead)'
+        )
         return None, None
     turns = record["conversations"]
     expected = 'field "conversations": expected a list of {"from", "value"} turns'
@@ -194,8 +209,8 @@ def _resolve_image(relative: str, folder: Path, check: bool, problems: list[str]
     return path
 
 
-def _check_line(
-    text: str,
+def _check_record(
+    record: Any,
     *,
     source: str,
     line: int,
@@ -203,20 +218,29 @@ def _check_line(
     allowed_reward_methods: Collection[str] | None,
     check_images: bool,
 ) -> _LineCheck:
-    """Validate one non-blank line; collect every problem rather than stopping at the first."""
+    """Validate one parsed record; collect every problem rather than stopping at the first."""
     problems: list[str] = []
-    record, invalid = parse_json_line(text)
-    if invalid:
-        return _LineCheck([invalid])
     if not isinstance(record, dict):
-        return _LineCheck([f"expected a JSON object, got {json_type(record)}"])
+        hint = " (a JSON array file? name it .json)" if isinstance(record, list) else ""
+        return _LineCheck([f"expected a JSON object, got {json_type(record)}{hint}"])
 
     sample_id = record.get("id", f"{Path(source).name}:{line}")
     if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool):
         problems.append(f'field "id": expected a string or an integer, got {json_type(sample_id)}')
 
     image_names = _parse_image_field(record, problems)
-    human, gpt = _parse_conversations(record, problems)
+    box: Box | None = None
+    if is_rec_form(record):
+        human, gpt, box = parse_rec_fields(record, problems)
+        known, turn = REC_FIELDS, 'field "problem"'
+        if box is not None and image_names is not None and len(image_names) != 1:
+            problems.append(
+                f'the box "solution" needs one image, got {len(image_names)} '
+                "(its coordinates are pixels of that image)"
+            )
+    else:
+        human, gpt = _parse_conversations(record, problems)
+        known, turn = KNOWN_FIELDS, 'field "conversations": the "human" turn'
 
     method = record.get("accu_reward_method")
     if method is not None and not isinstance(method, str):
@@ -233,9 +257,7 @@ def _check_line(
             images = _plural(len(image_names), "image") if image_names else 'no "image" field'
             problems.append(f"{_plural(markers, IMAGE_MARKER + ' marker')} but {images}")
         if not image_names and not _tidy_question(human):
-            problems.append(
-                'field "conversations": the "human" turn is empty and there is no image'
-            )
+            problems.append(f"{turn} is empty and there is no image")
 
     images = tuple(
         _resolve_image(name, image_folder, check_images, problems) for name in image_names or []
@@ -251,15 +273,17 @@ def _check_line(
         accu_reward_method=method,
         source=source,
         line=line,
-        extra={key: value for key, value in record.items() if key not in KNOWN_FIELDS},
+        extra={key: value for key, value in record.items() if key not in known},
+        box=box,
     )
     return _LineCheck([], sample)
 
 
-def _pair_folders(files: list[Path], folders: list[Path]) -> list[Path]:
-    """One image folder per file: paired by position; one folder serves all; none: the file's dir."""
+def _pair_folders(files: list[Path], folders: list[Path]) -> list[Path | None]:
+    """One image folder per file: paired by position; one folder serves all; none: None (each
+    data file's own directory)."""
     if not folders:
-        return [file.parent for file in files]
+        return [None] * len(files)
     if len(folders) == 1:
         return folders * len(files)
     if len(folders) != len(files):
@@ -270,6 +294,35 @@ def _pair_folders(files: list[Path], folders: list[Path]) -> list[Path]:
     return folders
 
 
+@dataclass(frozen=True)
+class _DataFile:
+    """A data file to read: its image folder, and the data config entry that named it."""
+
+    path: Path
+    folder: Path
+    entry: DatasetEntry | None = None
+
+
+def _data_files(files: list[Path], folders: list[Path | None]) -> list[_DataFile]:
+    """Each data file with its folder (None: the data file's own directory); a data config
+    expands to the files it lists, which share its folder."""
+    found: list[_DataFile] = []
+    problems: list[str] = []
+    for file, folder in zip(files, folders, strict=True):
+        if not is_data_config(file):
+            found.append(_DataFile(file, folder or file.parent))
+            continue
+        try:
+            entries = read_data_config(file)
+        except DataError as error:
+            problems.extend(error.problems)
+            continue
+        found.extend(_DataFile(e.path, folder or e.path.parent, e) for e in entries)
+    if problems:
+        raise DataError(problems)
+    return found
+
+
 def load_vlm_r1_jsonl(
     paths: PathLike | Sequence[PathLike],
     image_folders: PathLike | Sequence[PathLike] | None = None,
@@ -277,59 +330,82 @@ def load_vlm_r1_jsonl(
     skip_bad_lines: bool = False,
     allowed_reward_methods: Collection[str] | None = None,
     check_images: bool = True,
+    seed: int = 0,
 ) -> list[VLMSample]:
-    """Load and validate one or more VLM-R1 JSONL files.
+    """Load and validate VLM-R1 data: JSONL files, .json arrays, or data configs naming them.
+
+    Each record may be in the conversations form or VLM-R1's REC form (`vrl.data.records`).
 
     Args:
-        paths: a file, a sequence of files, or a colon-separated string ("a.jsonl:b.jsonl").
+        paths: a file, a sequence of files, or a colon-separated string ("a.jsonl:b.json").
+            A ``.yaml``/``.yml`` file is VLM-R1's data config (`vrl.data.data_config`): the files
+            it lists, each sampled by its ``sampling_strategy``, take its place.
         image_folders: the folder that the relative image paths of each file start from, paired
-            with ``paths`` by position (same forms accepted). One folder serves every file;
-            None means each file's own directory. Absolute image paths are used as they are.
-        skip_bad_lines: drop bad lines with one logged warning each instead of raising.
-            Problems with the files themselves (missing file or image folder) always raise.
+            with ``paths`` by position (same forms accepted); a data config's folder serves every
+            file it lists (VLM-R1's single ``--image_root``). One folder serves every file;
+            None means each data file's own directory. Absolute image paths are used as is.
+        skip_bad_lines: drop bad records with one logged warning each instead of raising.
+            Problems with the files themselves (missing file or image folder, a data config or
+            a .json array that does not parse) always raise.
         allowed_reward_methods: when given, an "accu_reward_method" outside it is an error
             (a typo would otherwise fall back to some default reward without a word).
         check_images: open every image once (header, size, PIL's ``verify()``; see
             `vrl.data.images`): a missing, unreadable, broken or decompression-bomb image makes its
-            line bad, and an image above `LARGE_IMAGE_PIXELS` is logged. Turn off for remote or
-            lazy storage.
+            line bad, and so does a REC box that reaches past its image; an image above
+            `LARGE_IMAGE_PIXELS` is logged. Turn off for remote or lazy storage.
+        seed: seeds a data config's ``random:N`` sampling (the run's seed).
 
-    Returns the samples of all files, in file order then line order.
-    Raises DataError listing every problem as ``file:line: what is wrong``, one line each.
-    Blank lines are skipped, and so is a UTF-8 byte order mark at the start of a line.
+    Returns the samples of all files, in file order then record order.
+    Raises DataError listing every problem as ``file:line: what is wrong`` (``file:index`` in a
+    .json array), one line each. Blank lines are skipped, and so is a UTF-8 byte order mark at
+    the start of a line. Only the records a sampling strategy picks are validated.
     """
     files = _split_paths(paths)
     if not files:
         raise DataError("no data file given")
-    folders = _pair_folders(files, _split_paths(image_folders))
+    data_files = _data_files(files, _pair_folders(files, _split_paths(image_folders)))
 
     file_problems: list[str] = []
-    for file, folder in zip(files, folders, strict=True):
-        if not file.is_file():
-            file_problems.append(f"{file}: data file not found")
-        if check_images and not folder.is_dir():
-            file_problems.append(f"{file}: image folder {folder} does not exist")
+    for data in data_files:
+        named = f"{data.entry.config}: datasets[{data.entry.index}]: " if data.entry else ""
+        named += one_line(str(data.path))  # a data config's path may hold any character
+        if not data.path.is_file():
+            file_problems.append(f"{named}: data file not found")
+        if check_images and not data.folder.is_dir():
+            file_problems.append(
+                f"{named}: image folder {one_line(str(data.folder))} does not exist"
+            )
     if file_problems:
         raise DataError(file_problems)
 
-    # Every line that is not blank, in order: its sample, or the problems that stop it being one.
+    # Every record picked, in order: its sample, or the problems that stop it being one.
     checked: list[tuple[str, int, _LineCheck]] = []
-    for file, folder in zip(files, folders, strict=True):
-        source = str(file)
-        absolute_folder = Path(os.path.abspath(folder))
-        for number, text, undecodable in read_lines(file):
-            if text is None:
-                checked.append((source, number, _LineCheck([undecodable or "not valid UTF-8"])))
-            elif text.strip():
-                check = _check_line(
-                    text,
+    for data in data_files:
+        try:
+            records = read_records(data.path)
+        except DataError as error:
+            file_problems.extend(error.problems)
+            continue
+        if data.entry is not None:
+            positions = sample_positions(data.entry, len(records), seed)
+            records = records if positions is None else [records[i] for i in positions]
+        source = str(data.path)
+        absolute_folder = Path(os.path.abspath(data.folder))
+        for record in records:
+            if record.problem is not None:
+                check = _LineCheck([record.problem])
+            else:
+                check = _check_record(
+                    record.value,
                     source=source,
-                    line=number,
+                    line=record.position,
                     image_folder=absolute_folder,
                     allowed_reward_methods=allowed_reward_methods,
                     check_images=check_images,
                 )
-                checked.append((source, number, check))
+            checked.append((source, record.position, check))
+    if file_problems:
+        raise DataError(file_problems)
     if check_images:
         _check_image_contents([check for _, _, check in checked])
 
@@ -341,8 +417,9 @@ def load_vlm_r1_jsonl(
             samples.append(check.sample)
             continue
         found = [one_line(problem) for problem in check.problems]
-        problems.extend(f"{source}:{number}: {problem}" for problem in found)
-        bad_lines.append(f"{source}:{number}: " + "; ".join(found))
+        where = f"{one_line(source)}:{number}: "
+        problems.extend(where + problem for problem in found)
+        bad_lines.append(where + "; ".join(found))
 
     names = ", ".join(str(file) for file in files)
     if bad_lines and not skip_bad_lines:
@@ -355,7 +432,7 @@ def load_vlm_r1_jsonl(
         logger.warning("skipping %s", message)
     if not samples:
         raise DataError(
-            problems or [f"{names}: no samples (every line is blank)"],
+            problems or [f"{names}: no samples (every line is blank, or no record was picked)"],
             header=f"no usable samples in {names}:",
         )
     if bad_lines:
@@ -364,7 +441,9 @@ def load_vlm_r1_jsonl(
 
 
 def _check_image_contents(checks: list[_LineCheck]) -> None:
-    """Open each image of the good lines once; a line with a bad image becomes a bad line.
+    """Open each image of the good lines once; a line with a bad image becomes a bad line, and
+    so does a REC box that reaches past its image (a box in another convention than pixels of
+    the original image: normalised, or of a resized copy).
 
     Large images are logged (a few by name, then a count), once per image whatever the number
     of lines that use it.
@@ -382,6 +461,9 @@ def _check_image_contents(checks: list[_LineCheck]) -> None:
             elif result.large:
                 first, uses = large.get(path, (sample, 0))
                 large[path] = (first, uses + 1)
+            if sample.box is not None and result.size and not result.problem:
+                outside = box_outside_image(sample.box, result.size)
+                check.problems.extend([outside] if outside else [])
         if check.problems:
             check.sample = None
     for shown, (path, (first, uses)) in enumerate(large.items()):

@@ -50,11 +50,20 @@ class ModelSettings:
 class DataSettings:
     train_files: str = field(
         "",
-        help="VLM-R1 JSONL file(s), ':'-separated; 'synthetic:colour_yes_no' etc. generates one; "
+        help="VLM-R1 data, ':'-separated: JSONL files, .json arrays, or a VLM-R1 data config .yaml "
+        "(datasets: - json_path, sampling_strategy first:N|end:N|random:N, N a count or P%; "
+        "random seeded by run.seed), records in the conversations or the REC form "
+        "(problem, solution [x1, y1, x2, y2] in original-image pixels); "
+        "'synthetic:colour_yes_no' etc. generates one; "
         "'world:counting,colour@random' writes shapes-world task files (synthetic_size per task; "
         "'@random', a background name, or names joined by '+' for scenes off the default grey)",
     )
-    image_folders: str = field("", help="image folder(s), ':'-separated, paired with train_files")
+    image_folders: str = field(
+        "",
+        help="image folder(s), ':'-separated, paired with train_files (one serves them all, as "
+        "VLM-R1's --image_root; a data config's folder serves every file it lists; empty: each "
+        "data file's own folder)",
+    )
     template: str = field("rec", help="prompt template: plain, think_answer, rec, answer_only, ...")
     skip_bad_lines: bool = field(False, help="skip malformed lines (logged) instead of stopping")
     synthetic_size: int = field(
