@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model", required=True, help="model folder, hub id, or tiny-random:<family>")
     ev.add_argument("--adapter", help="a LoRA adapter folder written by training (final/)")
-    ev.add_argument("--data", required=True, help="VLM-R1 JSONL file(s), ':'-separated")
+    ev.add_argument(
+        "--data",
+        required=True,
+        help="VLM-R1 data: .jsonl, .json arrays or a data config .yaml, ':'-separated",
+    )
     ev.add_argument("--images", default=None, help="image folder(s), ':'-separated")
     ev.add_argument("--template", default=None, help="prompt template (default: rec / answer_only)")
     ev.add_argument("--out", default="runs/eval", help="folder for summary.json and samples.jsonl")
