@@ -13,6 +13,7 @@ from . import accuracy, detection, format, grounding, image, world  # noqa: F401
 from .accuracy import ACCURACY_METHODS, accuracy_score, check_accuracy_method
 from .detection import average_precision, mean_average_precision
 from .hierarchical import HierarchicalReward
+from .hierarchical_detectors import GroundingDinoDetector, Owlv2Detector, load_detector
 from .hierarchical_global import (
     CLIPScorer,
     PreferenceScorer,
@@ -62,8 +63,10 @@ __all__ = [
     "ACCURACY_METHODS",
     "CLIPScorer",
     "DinoSimilarity",
+    "GroundingDinoDetector",
     "HierarchicalReward",
     "OpenVocabDetector",
+    "Owlv2Detector",
     "RelationReward",
     "SubjectReward",
     "VLMYesProbability",
@@ -94,6 +97,7 @@ __all__ = [
     "get_reward",
     "grid_to_original",
     "iou",
+    "load_detector",
     "mean_average_precision",
     "parse_boxes",
     "parse_completion",

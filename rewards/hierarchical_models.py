@@ -11,7 +11,8 @@ A recipe gives the whole reward in one section, ``hierarchical``, the one place 
       models:
         clip: {model: ViT-H-14, path: /ckpt/open_clip_vit_h14.bin}
         preference: {model: ViT-H-14, path: /ckpt/HPS_v2_compressed.pt}
-        detector: {path: google/owlv2-base-patch16-ensemble}
+        detector: {kind: grounding_dino, path: IDEA-Research/grounding-dino-base,
+                   box_threshold: 0.35, text_threshold: 0.25}
         dino: {path: facebook/dinov2-base}
         vlm: {path: Qwen/Qwen2.5-VL-7B-Instruct}
 
@@ -24,9 +25,13 @@ left with no model at all is an error that names the missing entries. ``judge: w
 shapes world's exact checker instead (``rewards/world.py``: no model, levels ``world_global``,
 ...).
 
+The detector is GroundingDINO (``kind: grounding_dino``; options ``box_threshold``,
+``text_threshold``) or OWLv2 (``kind: owlv2``; option ``threshold``); without ``kind`` it is read
+from the checkpoint's config ``model_type`` (``rewards/hierarchical_detectors.py``).
+
 ``path: tiny-random`` builds a tiny random model of the same architecture offline (for the VLM
-also ``tiny-random:qwen2_vl``): the CPU recipes and tests use it to exercise the real code paths
-without any checkpoint. ``clip: {path: world:clip}`` is the shapes world's trained CLIP
+also ``tiny-random:qwen2_vl``; the detector is OWLv2 unless ``kind: grounding_dino``): the CPU
+recipes and tests use it to exercise the real code paths without any checkpoint. ``clip: {path: world:clip}`` is the shapes world's trained CLIP
 (``vrl pretrain world-clip``, committed; another folder it wrote: ``world:clip:<folder>``).
 """
 
@@ -38,6 +43,7 @@ from typing import Any
 import torch
 
 from .hierarchical import LEVELS, HierarchicalReward, LevelFn
+from .hierarchical_detectors import check_detector_entry
 
 SECTION = "hierarchical"
 """The config section, named in error messages."""
@@ -65,21 +71,6 @@ TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-TINY_OWL_VISION = {
-    "image_size": 64,
-    "patch_size": 16,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-}
-TINY_OWL_TEXT = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "max_position_embeddings": 16,
 }
 TINY_DINO = {
     "hidden_size": 32,
@@ -137,6 +128,8 @@ def check_hierarchical(
             raise ValueError(
                 f"{SECTION}.models.{name}: give a mapping with a path (or 'tiny-random')"
             )
+        if entry and name == "detector":
+            check_detector_entry(entry, f"{SECTION}.models.detector")
     for level in weights:
         if not any(models.get(name) for name in _REQUIRED[level]):
             needed = " or ".join(f"{SECTION}.models.{n}" for n in _REQUIRED[level])
@@ -229,15 +222,9 @@ def _build_model(name: str, entry: dict[str, Any], device: str | torch.device):
             raise ValueError(f"{SECTION}.models.{name}: name the open_clip architecture in 'model'")
         return cls.from_pretrained(arch, path, device=device, **entry)
     if name == "detector":
-        from .hierarchical_subject import OpenVocabDetector
+        from .hierarchical_detectors import load_detector
 
-        detector = (
-            OpenVocabDetector.from_config(TINY_OWL_VISION, TINY_OWL_TEXT, **entry)
-            if tiny
-            else OpenVocabDetector.from_pretrained(path, **entry)
-        )
-        detector.model.to(device)
-        return detector
+        return load_detector(path, device=device, field=f"{SECTION}.models.detector", **entry)
     if name == "dino":
         from .hierarchical_subject import DinoSimilarity
 

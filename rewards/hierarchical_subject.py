@@ -4,9 +4,9 @@ R_subject(image) = mean over the scene's subjects of
 
     w_dino * cos(DINOv2(crop), DINOv2(reference unit image)) + w_vlm * VLM attribute check
 
-where the crop comes from an open-vocabulary detector (OWLv2) queried with the subject's
-reference phrase, and the VLM check is the mean yes-probability of the subject's attribute
-questions from ``Scene.questions()``.
+where the crop comes from an open-vocabulary detector (GroundingDINO as in the paper, or OWLv2;
+``hierarchical_detectors``) queried with the subject's reference phrase, and the VLM check is the
+mean yes-probability of the subject's attribute questions from ``Scene.questions()``.
 
 Choices the paper leaves open, made here:
 
@@ -34,128 +34,11 @@ import torch.nn.functional as F
 
 from vrl.hicogen.scene import Scene
 
-Box = tuple[float, float, float, float]
-"""(x1, y1, x2, y2) in the input image's pixels."""
-Detection = tuple[Box, float] | None
-"""Best box for one query and its score, or None when the score is below the threshold."""
+from .hierarchical_detectors import Box, Detection, OpenVocabDetector  # noqa: F401  (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 YES_NO_SUFFIX = " Answer yes or no."
-
-
-# ---------------------------------------------------------------------- detector
-
-
-class OpenVocabDetector:
-    """OWLv2 through ``transformers``: one best box per (image, text query).
-
-    ``detect`` returns, for each image and each of its queries, the highest-scoring box and its
-    sigmoid score. With ``threshold=None`` (default) the best box is returned whatever its score;
-    with a threshold, queries whose best score is below it give None.
-    """
-
-    def __init__(self, model, processor, *, threshold: float | None = None):
-        self.model = model.eval().requires_grad_(False)
-        self.processor = processor
-        self.threshold = threshold
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, *, threshold: float | None = None, dtype=torch.float32
-    ) -> OpenVocabDetector:
-        from transformers import Owlv2ForObjectDetection, Owlv2Processor
-
-        model = Owlv2ForObjectDetection.from_pretrained(path, dtype=dtype)
-        return cls(model, Owlv2Processor.from_pretrained(path), threshold=threshold)
-
-    @classmethod
-    def from_config(
-        cls,
-        vision: Mapping[str, Any],
-        text: Mapping[str, Any],
-        *,
-        projection_dim: int = 32,
-        threshold: float | None = None,
-        seed: int = 0,
-    ) -> OpenVocabDetector:
-        """A random OWLv2 with a CLIP tokenizer built offline (open_clip's packaged BPE)."""
-        from transformers import (
-            Owlv2Config,
-            Owlv2ForObjectDetection,
-            Owlv2ImageProcessor,
-            Owlv2Processor,
-        )
-
-        from vrl.models.tiny_diffusion import build_clip_tokenizer
-
-        max_length = int(text.get("max_position_embeddings", 16))
-        tokenizer = build_clip_tokenizer(model_max_length=max_length)
-        text = {
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": max_length,
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            **text,
-        }
-        config = Owlv2Config(
-            text_config=text, vision_config=dict(vision), projection_dim=projection_dim
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = Owlv2ForObjectDetection(config)
-        size = config.vision_config.image_size
-        image_processor = Owlv2ImageProcessor(size={"height": size, "width": size})
-        processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
-        return cls(model, processor, threshold=threshold)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def detect(
-        self, images: torch.Tensor | Sequence[torch.Tensor], queries: Sequence[Sequence[str]]
-    ) -> list[list[Detection]]:
-        """Best box per query; ``images`` (B, 3, H, W) or a list of (3, H, W), values in [0, 1]."""
-        images = list(images)
-        if len(images) != len(queries):
-            raise ValueError(f"{len(images)} images but {len(queries)} query lists")
-        results: list[list[Detection]] = [[] for _ in images]
-        todo = [i for i, q in enumerate(queries) if len(q) > 0]
-        if not todo:
-            return results
-        inputs = self.processor(
-            text=[list(queries[i]) for i in todo],
-            images=[images[i].detach().float().cpu().clamp(0, 1) for i in todo],
-            return_tensors="pt",
-            do_rescale=False,
-        )
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        out = self.model(**inputs)
-        scores = out.logits.float().sigmoid()  # (B', patches, max queries)
-        boxes = (
-            out.pred_boxes.float()
-        )  # (B', patches, 4) cx, cy, w, h relative to the padded square
-        for row, i in enumerate(todo):
-            height, width = images[i].shape[-2:]
-            # OWLv2 pads the image to a square at the bottom/right: one scale for both axes.
-            side = float(max(height, width))
-            for q in range(len(queries[i])):
-                best_score, patch = scores[row, :, q].max(dim=0)
-                if self.threshold is not None and best_score.item() < self.threshold:
-                    results[i].append(None)
-                    continue
-                cx, cy, w, h = (boxes[row, patch] * side).tolist()
-                box = (
-                    min(max(cx - w / 2, 0.0), width),
-                    min(max(cy - h / 2, 0.0), height),
-                    min(max(cx + w / 2, 0.0), width),
-                    min(max(cy + h / 2, 0.0), height),
-                )
-                results[i].append((box, best_score.item()))
-        return results
 
 
 # ---------------------------------------------------------------------- DINOv2

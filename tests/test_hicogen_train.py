@@ -324,3 +324,5 @@ def test_gpu_hicogen_recipes_carry_the_paper_settings(name):
     assert cfg.grpo.rewards == {}  # all the reward's weights are in one place:
     assert cfg.hierarchical.weights == {"global": 1.0, "subject": 1.0, "relation": 1.0}
     assert {"clip", "preference", "detector", "dino", "vlm"} <= set(cfg.hierarchical.models)
+    detector = cfg.hierarchical.models["detector"]  # the paper's detector
+    assert detector["kind"] == "grounding_dino" and "grounding-dino" in detector["path"]

@@ -7,14 +7,10 @@ import torch
 
 from vrl.geometry import relation_holds
 from vrl.rewards.hierarchical import HierarchicalReward
+from vrl.rewards.hierarchical_detectors import Owlv2Detector
 from vrl.rewards.hierarchical_global import CLIPScorer, build_global_reward
 from vrl.rewards.hierarchical_relation import RelationReward
-from vrl.rewards.hierarchical_subject import (
-    DinoSimilarity,
-    OpenVocabDetector,
-    SubjectReward,
-    VLMYesProbability,
-)
+from vrl.rewards.hierarchical_subject import DinoSimilarity, SubjectReward, VLMYesProbability
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -73,7 +69,7 @@ def samples(batch=2, scene=SCENE, with_references=True):
 
 @pytest.fixture(scope="module")
 def detector():
-    return OpenVocabDetector.from_config(OWL_VISION, OWL_TEXT)
+    return Owlv2Detector.from_config(OWL_VISION, OWL_TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +121,7 @@ def test_detector_one_box_per_query_inside_the_image(detector):
             assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
             assert 0.0 <= score <= 1.0  # a sigmoid; random logits may saturate it
     # a threshold above every possible score reports "not found"
-    strict = OpenVocabDetector(detector.model, detector.processor, threshold=1.01)
+    strict = Owlv2Detector(detector.model, detector.processor, threshold=1.01)
     assert strict.detect(x, queries) == [[None] * 3, [None]]
 
 

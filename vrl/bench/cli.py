@@ -74,8 +74,15 @@ def add_parser(subparsers) -> None:
         "--judge", required=True, help="exact, vlm, geometry, openai, or e.g. geometry+vlm"
     )
     j.add_argument("--vlm", help="vlm judge: VLM folder or tiny-random:qwen2_5_vl")
-    j.add_argument("--detector", help="geometry judge: OWLv2 folder or tiny-random:owlv2")
-    j.add_argument("--detection-threshold", type=float, default=0.1)
+    j.add_argument(
+        "--detector",
+        help="geometry judge: OWLv2 or GroundingDINO folder (picked by its config's model_type), "
+        "or tiny-random:owlv2 / tiny-random:grounding_dino",
+    )
+    j.add_argument(
+        "--detection-threshold", type=float, default=0.1,
+        help="geometry judge: the least box score (GroundingDINO's box threshold)",
+    )  # fmt: skip
     j.add_argument("--counting-threshold", type=float, default=None, help="default: as detection")
     j.add_argument("--colour-clip-model", default="ViT-L-14", help="GenEval colour rule's CLIP")
     j.add_argument("--colour-clip-weights", help="local weights: enables the colour rule")

@@ -19,7 +19,7 @@ any judge answers. GenEval's rule for an image is then: correct when every quest
 and correct (under dependencies, the same as all of them passing). A task's score is the mean
 over its images, the overall score the mean over tasks, as in GenEval's `summary_scores.py`.
 With the `geometry` judge (detector counts, the position rule, CLIP colours) this is GenEval's
-own procedure with OWLv2 in place of Mask2Former.
+own procedure with OWLv2 or GroundingDINO in place of Mask2Former.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ material), and `vrl.bench.scoring` leaves such questions out. Judges by name (`b
 
 - ``exact``: the shapes world's checker (`vrl.world.answer_questions`), exact on its renders;
 - ``vlm``: a local VLM's probability of "yes" for each question (`VLMYesProbability`);
-- ``geometry``: an open-vocabulary detector (OWLv2) for existence and counts, the GenEval
-  position rule and box areas for spatial and size relations, and GenEval's CLIP colour
-  classification of the detected boxes when a CLIP model is given; None for everything else;
+- ``geometry``: an open-vocabulary detector (OWLv2 or GroundingDINO, by the folder's config
+  ``model_type``) for existence and counts, the GenEval position rule and box areas for spatial
+  and size relations, and GenEval's CLIP colour classification of the detected boxes when a CLIP
+  model is given; None for everything else;
 - ``openai``: an OpenAI-compatible chat endpoint answering all questions of an image in one
   request, the GPT-4o-style protocol of the HiCoGen paper (`vrl.bench.judge_openai`).
 
@@ -132,55 +133,12 @@ Detection = tuple[tuple[float, float, float, float], float]
 DetectFn = Callable[[Sequence[Any], Sequence[Sequence[str]]], list[list[list[Detection]]]]
 
 
-def owl_detections(
-    detector, threshold: float, nms_iou: float = 0.5, max_objects: int = 16
-) -> DetectFn:
-    """All boxes per query above `threshold` from an `OpenVocabDetector` (OWLv2), best first.
+def detections_above(detector, threshold: float) -> DetectFn:
+    """All boxes per query scoring at least `threshold`, best first, from an `OpenVocabDetector`
+    (OWLv2 or GroundingDINO): its `detect_all`, with GenEval's non-maximum suppression."""
 
-    `OpenVocabDetector.detect` keeps one box per query; counting needs them all, so this reads
-    the same model outputs (boxes scaled the same way) and keeps every box above the threshold,
-    with non-maximum suppression at `nms_iou` and at most `max_objects` per query (as GenEval).
-    """
-    import torch
-    from torchvision.ops import nms
-
-    @torch.no_grad()
     def detect(images, queries):
-        tensors = [_to_tensor(im) for im in images]
-        results: list[list[list[Detection]]] = [[[] for _ in q] for q in queries]
-        todo = [i for i, q in enumerate(queries) if q]
-        if not todo:
-            return results
-        inputs = detector.processor(
-            text=[list(queries[i]) for i in todo],
-            images=[tensors[i] for i in todo],
-            return_tensors="pt",
-            do_rescale=False,
-        )
-        out = detector.model(**{k: v.to(detector.device) for k, v in inputs.items()})
-        scores = out.logits.float().sigmoid().cpu()  # (B', patches, max queries)
-        boxes = out.pred_boxes.float().cpu()  # (B', patches, 4) cx, cy, w, h of the padded square
-        for row, i in enumerate(todo):
-            height, width = tensors[i].shape[-2:]
-            side = float(max(height, width))  # OWLv2 pads to a square at the bottom / right
-            cx, cy, w, h = (boxes[row] * side).unbind(-1)
-            xyxy = torch.stack(
-                [
-                    (cx - w / 2).clamp(0, width),
-                    (cy - h / 2).clamp(0, height),
-                    (cx + w / 2).clamp(0, width),
-                    (cy + h / 2).clamp(0, height),
-                ],
-                dim=-1,
-            )  # (patches, 4)
-            for q in range(len(queries[i])):
-                s = scores[row, :, q]
-                keep = (s >= threshold).nonzero().flatten()
-                if len(keep) == 0:
-                    continue
-                kept = keep[nms(xyxy[keep], s[keep], nms_iou)][:max_objects]  # best first
-                results[i][q] = [(tuple(xyxy[k].tolist()), float(s[k])) for k in kept]
-        return results
+        return detector.detect_all([_to_tensor(im) for im in images], queries, threshold)
 
     return detect
 
@@ -211,6 +169,7 @@ class GeometryJudge:
         self.detect = detect
         self.counting_detect = counting_detect or detect
         self.clip = clip  # a vrl.rewards.hierarchical_global.OpenCLIPScorer, or None
+        self.detector = None  # the OpenVocabDetector behind `detect`, when built from one
         self._colour_text: dict[str, Any] = {}
 
     @classmethod
@@ -218,9 +177,11 @@ class GeometryJudge:
         cls, detector, threshold: float = 0.1, counting_threshold: float | None = None, clip=None
     ):
         counting = (
-            None if counting_threshold is None else owl_detections(detector, counting_threshold)
+            None if counting_threshold is None else detections_above(detector, counting_threshold)
         )
-        return cls(owl_detections(detector, threshold), counting_detect=counting, clip=clip)
+        judge = cls(detections_above(detector, threshold), counting_detect=counting, clip=clip)
+        judge.detector = detector
+        return judge
 
     def answer(self, images, scenes, questions) -> list[Answers]:
         from vrl.geometry import POSITION_RELATIONS, SIZE_RELATIONS, relation_holds
@@ -356,7 +317,8 @@ class JudgeOptions:
     """VLM folder or tiny-random:qwen2_5_vl, for "vlm"."""
     vlm_batch_size: int = 8
     detector: str | None = None
-    """OWLv2 folder or tiny-random:owlv2, for "geometry"."""
+    """OWLv2 or GroundingDINO folder (by its config's model_type) or tiny-random:owlv2 /
+    tiny-random:grounding_dino, for "geometry"."""
     detection_threshold: float = 0.1
     counting_threshold: float | None = None
     colour_clip: Any = None
@@ -367,24 +329,12 @@ class JudgeOptions:
     device: str | None = None
 
 
-TINY_OWL = {
-    "vision": dict(image_size=64, patch_size=16, hidden_size=32, intermediate_size=64,
-                   num_hidden_layers=1, num_attention_heads=2),
-    "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                 num_attention_heads=2, max_position_embeddings=16),
-}  # fmt: skip
-
-
 def load_detector(path: str, device: str | None = None):
-    from vrl.rewards.hierarchical_subject import OpenVocabDetector
+    """The geometry judge's detector: OWLv2 or GroundingDINO by the folder's config `model_type`
+    (`tiny-random:owlv2` / `tiny-random:grounding_dino`: tiny random ones, built offline)."""
+    from vrl.rewards.hierarchical_detectors import load_detector as load
 
-    if path == "tiny-random:owlv2":
-        detector = OpenVocabDetector.from_config(TINY_OWL["vision"], TINY_OWL["text"])
-    else:
-        detector = OpenVocabDetector.from_pretrained(path)
-    if device:
-        detector.model.to(device)
-    return detector
+    return load(path, device=device, field="--detector")
 
 
 def build_judge(spec: str, options: JudgeOptions | None = None):
@@ -407,7 +357,9 @@ def _build_one(name: str, o: JudgeOptions):
         return VLMJudge.from_pretrained(o.vlm, batch_size=o.vlm_batch_size, device=o.device)
     if name == "geometry":
         if not o.detector:
-            raise ValueError("the geometry judge needs a detector: --detector PATH (OWLv2)")
+            raise ValueError(
+                "the geometry judge needs a detector: --detector PATH (OWLv2 or GroundingDINO)"
+            )
         return GeometryJudge.from_detector(
             load_detector(o.detector, o.device),
             threshold=o.detection_threshold,

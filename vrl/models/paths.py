@@ -4,7 +4,8 @@ A model path in a recipe, a CLI flag or the demo is one of
 
 - a folder or hub id: passed through unchanged, so real checkpoints load as they always did;
 - ``tiny-random:<family>``: a tiny random model of a real architecture, built offline once into
-  ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; pipelines: ``sd3``, ``flux``, ``flux_kontext``);
+  ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; pipelines: ``sd3``, ``flux``, ``flux_kontext``;
+  detectors: ``grounding_dino``);
 - ``world:<name>``: a committed shapes-world checkpoint, ``vrl/world/weights/world-<name>``
   (``world:t2i``, ``world:t2i-shapes``, ``world:vlm``, ``world:clip``).
 """
@@ -70,3 +71,12 @@ def resolve_pipeline_path(path: str, seed: int = 0) -> str:
     from vrl.models.tiny_diffusion import tiny_pipeline_path
 
     return str(tiny_pipeline_path(path[len(TINY_PREFIX) :], cache_root() / "tiny", seed=seed))
+
+
+def resolve_detector_path(path: str, seed: int = 0) -> str:
+    """A detector folder or hub id passes through; ``tiny-random:grounding_dino`` is built once."""
+    if not path.startswith(TINY_PREFIX):
+        return path
+    from vrl.models.tiny_detector import tiny_detector_path
+
+    return str(tiny_detector_path(path[len(TINY_PREFIX) :], cache_root() / "tiny", seed=seed))

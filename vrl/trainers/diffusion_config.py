@@ -237,7 +237,7 @@ class ChainSettings:
 class HierarchicalSettings:
     judge: Literal["models", "world"] = field(
         "models",
-        help="what reads the images: models = CLIP / HPS-style preference (global), OWLv2 + "
+        help="what reads the images: models = CLIP / HPS-style preference (global), an open-vocabulary detector (GroundingDINO or OWLv2) + "
         "DINOv2 + a VLM (subject), the VLM + box geometry (relation), logged as hier_global, "
         "hier_subject, hier_relation; world = the shapes world's exact checker, no model, logged "
         "as world_global, world_subject, world_relation",
