@@ -3,6 +3,7 @@ pipeline, the `vrl pretrain world-kontext` loop and the saved folder through the
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -82,3 +83,54 @@ def test_the_stream_mixes_in_plain_text_to_image_at_its_fraction():
     assert all(torch.equal(a.target, b.target) for a, b in zip(again, first, strict=True))
     none = TripleStream(1, plain_fraction=0.0).batch(32)
     assert not any(t.kind == "plain" for t in none)
+
+
+# A recipe small enough for a CLI run of a few seconds.
+TINY = ["steps=40", "vae_steps=3", "vae_batch=8", "layers=1", "single_layers=1", "heads=2",
+        "text_width=16", "batch_size=8", "fresh=2", "warmup=5", "lr=3e-3", "eval_scenes=4",
+        "sample_steps=3"]  # fmt: skip
+
+
+@pytest.mark.slow  # ~10 s on one thread
+def test_pretrain_world_kontext_trains_saves_and_draws_a_chain_in_context(tmp_path):
+    from vrl.cli import main
+    from vrl.hicogen.chain import resolve_context, synthesize_chain
+    from vrl.models.diffusion import FlowMatchingAdapter, FluxAdapter
+
+    out = tmp_path / "kontext"
+    argv = ["pretrain", "world-kontext", "--seed", "0", "--out", str(out), "--threads", "1"]
+    argv += ["--extra", *TINY]
+    assert main(argv) == 0
+    losses = json.loads((out / "losses.json").read_text())
+    assert len(losses) == 40 and sum(losses[-10:]) < 0.85 * sum(losses[:10])  # falling
+    summary = json.loads((out / "quality.json").read_text())
+    assert set(summary["quality"]) == {
+        "1-subject test",
+        "1-subject train",
+        "2-subject chain (test)",
+    }
+    assert "world-kontext" in (out / "README.md").read_text()
+
+    adapter = FlowMatchingAdapter.from_pretrained(out)
+    assert isinstance(adapter, FluxAdapter) and adapter.trained_on_references
+    assert resolve_context(adapter, "auto") == "in_context"
+    chain = synthesize_chain(
+        adapter, adapter.transformer, ["a small red circle", "a large blue square"],
+        "a small red circle to the left of a large blue square", batch_size=2, height=32,
+        width=32, num_steps=3, guidance_scale=2.0, context="in_context", step="ode",
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert [s.image.shape for s in chain.steps] == [(2, 3, 32, 32)] * 3
+    assert [s.embeds.references for s in chain.steps][0] is None
+    assert [s.embeds.references.count for s in chain.steps[1:]] == [1, 2]
+    assert all(torch.isfinite(s.image).all() for s in chain.steps)
+
+
+def test_pixel_space_is_for_timing_only():
+    from vrl.pretrain.kontext import KontextConfig, build_pipeline, time_step
+
+    cfg = KontextConfig.from_overrides(["vae_down=1", "layers=1", "single_layers=1", "heads=1"])
+    assert cfg.grid == 16  # 256 tokens per 32 px image
+    assert time_step(cfg, references=1, repeats=1, batch=2) > 0
+    with pytest.raises(ValueError, match="timing only"):
+        build_pipeline(cfg)

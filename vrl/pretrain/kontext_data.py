@@ -172,10 +172,13 @@ class TripleStream:
         self.pool: list[ChainExample] = []
 
     def _fits(self, text: str) -> bool:
-        if self.tokenizer is None:
-            return True
-        limit = self.tokenizer.model_max_length
-        return len(self.tokenizer(text, verbose=False).input_ids) <= limit
+        """Whether ``text`` fits every tokenizer's context (a tokenizer or a tuple of them)."""
+        tokenizers = self.tokenizer if isinstance(self.tokenizer, tuple) else (self.tokenizer,)
+        return all(
+            len(t(text, verbose=False).input_ids) <= t.model_max_length
+            for t in tokenizers
+            if t is not None
+        )
 
     def draw_example(self) -> ChainExample:
         """A new scene of the train split, laid out and rendered (retried until its chain's
