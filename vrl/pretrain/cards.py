@@ -231,3 +231,49 @@ The same on train-split scenes that were not in the training pool (pairs seen in
 
 {quality_table(summary["seen_pairs"])}
 """
+
+
+def kontext_card(summary: dict[str, Any]) -> str:
+    """world-kontext's README.md: architecture, recipe, seed, CPU time and held-out quality."""
+    c, p = summary["config"], summary["parameters"]
+    q = summary["quality"]
+    rows = "\n".join(
+        f"| {name} | {r['exist']:.1%} | {r['attribute']:.1%} |"
+        for name, r in (
+            [(k, v) for k, v in q.items() if "exist" in v]
+            + [(f"chain {k}", v) for k, v in q["2-subject chain (test)"].items()]
+        )
+    )
+    overrides = " ".join(f"{k}={_cli_value(v)}" for k, v in summary["overrides"].items())
+    extra = f" --extra {overrides}" if overrides else ""
+    return f"""# world-kontext: a tiny FLUX.1 Kontext-architecture model of the shapes world
+
+`FluxKontextPipeline`: `FluxTransformer2DModel` ({p["transformer"] / 1e6:.2f}M parameters,
+{c["layers"]} double + {c["single_layers"]} single blocks, {c["heads"]} heads of 32, no guidance
+embedding: true CFG), a tiny `AutoencoderKL` ({p["vae"] / 1e6:.2f}M, {c["vae_down"]}x
+downsampling, {c["latent_channels"]} channels: a 32 px image is
+{(32 // c["vae_down"] // 2) ** 2} tokens), `CLIPTextModel` (pooled) and `T5EncoderModel`
+(width {c["text_width"]}, {c["text_tokens"]} tokens). Load it with
+`FlowMatchingAdapter.from_pretrained(path)`: a `FluxAdapter` trained on references, so a
+chain's `context=auto` runs in context.
+
+## Recipe
+
+`vrl pretrain world-kontext --seed {summary["seed"]}{extra}` (`vrl/pretrain/kontext.py`):
+VAE {summary.get("vae_steps", 0)} steps, then {summary["steps"]} rectified-flow steps of batch
+{c["batch_size"]} on `kontext_data` triples (every pass of a world scene's chain, plain
+text-to-image at {c["plain_fraction"]:.0%}). CPU time: VAE
+{summary.get("vae_cpu_seconds", 0) / 60:.1f} min, transformer
+{summary["train_cpu_seconds"] / 60:.1f} min, {summary["threads"]} thread(s), on
+{summary["machine"]}. Final loss {summary["final_loss"]}.
+
+## Held-out quality
+
+{c["sample_steps"]} ODE steps, guidance {c["guidance"]}, scored by the exact checker:
+
+| images | exist | attribute |
+|---|---|---|
+{rows}
+
+One-subject test scenes found, by shape: {q["1-subject test"]["by_shape"]}.
+"""
