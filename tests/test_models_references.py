@@ -220,3 +220,16 @@ def test_a_flux_with_uno_merged_goes_in_context_with_uno_positions(tmp_path):
     adapter, _ = load_diffusion_policy(cfg, make_accelerator(cfg.run))
     assert adapter.reference_lora == str(lora) and adapter.trained_on_references
     assert resolve_context(adapter, "auto") == "in_context"
+
+
+def test_a_pixel_space_flux_draws_image_channels():
+    """FLUX's input width is four packed pixels: its pixel-space noise has 3 channels, not 12."""
+    from vrl.models.tiny_diffusion import build_tiny_flux
+
+    pipe = build_tiny_flux()
+    pipe.vae = None  # as a pipeline saved without a VAE loads
+    pipe.transformer.register_to_config(in_channels=12)
+    adapter = FluxAdapter(pipe)
+    noise = adapter.initial_noise(2, 8, 8)
+    assert noise.shape == (2, 16, 12)  # 4 x 4 tokens of 2 x 2 x 3 pixels
+    assert adapter.decode(noise, (8, 8)).shape == (2, 3, 8, 8)

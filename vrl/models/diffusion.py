@@ -343,10 +343,12 @@ class FlowMatchingAdapter(TransformerLoRA):
         """(channels, h, w) of the VAE latent of an image of the given size (pixel space: the
         image itself, with the transformer's input channels)."""
         vae = self.pipeline.vae
-        channels = (
-            self.transformer.config.in_channels if vae is None else vae.config.latent_channels
-        )
+        channels = self._pixel_channels() if vae is None else vae.config.latent_channels
         return channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def _pixel_channels(self) -> int:
+        """Image channels a pixel-space transformer takes per latent position."""
+        return self.transformer.config.in_channels
 
     def _pack(self, latents: Tensor) -> Tensor:
         """VAE latents (B, C, h, w) -> the transformer's layout (identity unless packed)."""
@@ -498,6 +500,9 @@ class FluxAdapter(FlowMatchingAdapter):
 
     def _size_multiple(self) -> int:
         return self.vae_scale_factor * 2  # the VAE's downsampling, then 2x2 packing
+
+    def _pixel_channels(self) -> int:
+        return self.transformer.config.in_channels // 4  # its input is packed 2x2 patches
 
     def _set_timesteps(self, scheduler, num_steps: int, height: int, width: int) -> None:
         import numpy as np
