@@ -12,10 +12,11 @@ A model path in a recipe, a CLI flag or the demo is one of
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from vrl.models.build_cache import default_cache_root
 
 TINY_PREFIX = "tiny-random:"
 WORLD_PREFIX = "world:"
@@ -25,7 +26,7 @@ WORLD_WEIGHTS = Path(__file__).resolve().parent.parent / "world" / "weights"
 
 def cache_root() -> Path:
     """Where vrl keeps things it builds once (tiny models): $VRL_CACHE or ~/.cache/vrl."""
-    return Path(os.environ.get("VRL_CACHE", Path.home() / ".cache" / "vrl"))
+    return default_cache_root()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

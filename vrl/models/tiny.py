@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from vrl.models.build_cache import build_once, default_cache_root
 
 if TYPE_CHECKING:
     from transformers import (
@@ -352,25 +352,8 @@ def tiny_vlm_path(
     interrupted build never leaves a half-written checkpoint that later runs would trust. The
     default cache root is `$VRL_CACHE` or `~/.cache/vrl`.
     """
-    root = Path(cache_root) if cache_root is not None else _default_cache_root()
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
     target = root / f"tiny-{family}-seed{seed}-v{TINY_VERSION}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        save_tiny_vlm(tmp, family=family, seed=seed)
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished the same build first; its folder is equally good.
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _default_cache_root() -> Path:
-    env = os.environ.get("VRL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "vrl"
+    return build_once(
+        target, "model.safetensors", lambda folder: save_tiny_vlm(folder, family=family, seed=seed)
+    )

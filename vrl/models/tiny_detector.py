@@ -17,12 +17,12 @@ tokenises (at worst character by character) without a download.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+
+from vrl.models.build_cache import build_once, default_cache_root
 
 TINY_DETECTOR_VERSION = 1
 TINY_DETECTOR_FAMILIES = ("grounding_dino",)
@@ -124,23 +124,6 @@ def tiny_detector_path(
     savers: dict[str, Callable[..., Path]] = {"grounding_dino": save_tiny_grounding_dino}
     if family not in savers:
         raise ValueError(f"unknown tiny detector {family!r}; valid: {', '.join(savers)}")
-    if cache_root is None:
-        env = os.environ.get("VRL_CACHE")
-        cache_root = env if env else Path.home() / ".cache" / "vrl"
-    root = Path(cache_root)
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
     target = root / f"tiny-{family}-seed{seed}-v{TINY_DETECTOR_VERSION}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        savers[family](tmp, seed=seed)
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished the same build first; its folder is equally good.
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(target, "model.safetensors", lambda folder: savers[family](folder, seed=seed))

@@ -26,14 +26,14 @@ from __future__ import annotations
 import gzip
 import os
 import random
-import shutil
 import string
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from vrl.models.build_cache import build_once, default_cache_root
 
 if TYPE_CHECKING:
     from diffusers import FluxKontextPipeline, FluxPipeline, StableDiffusion3Pipeline
@@ -394,23 +394,6 @@ def tiny_pipeline_path(
     savers = {"sd3": save_tiny_sd3, "flux": save_tiny_flux, "flux_kontext": save_tiny_flux_kontext}
     if family not in savers:
         raise ValueError(f"unknown tiny diffusion family {family!r}; valid: {sorted(savers)}")
-    if cache_root is None:
-        env = os.environ.get("VRL_CACHE")
-        cache_root = env if env else Path.home() / ".cache" / "vrl"
-    root = Path(cache_root)
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
     target = root / f"tiny-{family}-seed{seed}-v{TINY_DIFFUSION_VERSION}"
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        savers[family](tmp, seed=seed)
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished the same build first; its folder is equally good.
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(target, "model_index.json", lambda folder: savers[family](folder, seed=seed))
