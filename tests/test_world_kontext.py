@@ -125,6 +125,18 @@ def test_pretrain_world_kontext_trains_saves_and_draws_a_chain_in_context(tmp_pa
     assert [s.embeds.references.count for s in chain.steps[1:]] == [1, 2]
     assert all(torch.isfinite(s.image).all() for s in chain.steps)
 
+    # a second run continues from the first one's weights (init=): with no step it saves them
+    more = tmp_path / "more"
+    argv = ["pretrain", "world-kontext", "--seed", "0", "--out", str(more), "--threads", "1"]
+    assert main([*argv, "--extra", *TINY, f"init={out}", "steps=0"]) == 0
+    again = FlowMatchingAdapter.from_pretrained(more)
+    for name in ("transformer", "text_encoder_2", "vae"):
+        first = getattr(adapter.pipeline, name).state_dict()
+        assert all(
+            torch.equal(t, first[k]) for k, t in getattr(again.pipeline, name).state_dict().items()
+        )
+    assert json.loads((more / "quality.json").read_text())["init"] == str(out)
+
 
 def test_pixel_space_is_for_timing_only():
     from vrl.pretrain.kontext import KontextConfig, build_pipeline, time_step

@@ -87,6 +87,10 @@ class KontextConfig:
     eval_scenes: int = 64
     vae: str = ""
     """A trained VAE folder (`AutoencoderKL.save_pretrained`) to reuse: stage 1 is skipped."""
+    init: str = ""
+    """A world-kontext folder to continue from: its transformer and text towers (and its VAE
+    unless `vae` is given), same architecture settings; the optimizer and the LR schedule start
+    afresh, so `steps` more steps run."""
 
     def __post_init__(self) -> None:
         if self.vae_down not in (1, 2, 4):
@@ -413,14 +417,22 @@ def train(
     from tqdm.auto import tqdm
 
     stats: dict[str, Any] = {}
-    if vae is None and cfg.vae:
+    vae_folder = cfg.vae or (f"{cfg.init}/vae" if cfg.init else "")
+    if vae is None and vae_folder:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(cfg.vae)
-        stats["vae_from"] = cfg.vae
+        vae = AutoencoderKL.from_pretrained(vae_folder)
+        stats["vae_from"] = vae_folder
     if vae is None:
         vae, stats = train_vae(cfg, seed, progress)
     pipe = build_pipeline(cfg, seed, vae)
+    if cfg.init:  # continue a saved run from its weights
+        from diffusers import FluxKontextPipeline
+
+        saved = FluxKontextPipeline.from_pretrained(cfg.init)
+        for name in ("transformer", "text_encoder", "text_encoder_2"):
+            getattr(pipe, name).load_state_dict(getattr(saved, name).state_dict())
+        stats["init"] = cfg.init
     pipe.vae.eval().requires_grad_(False)
     modules = [pipe.transformer] + [pipe.text_encoder, pipe.text_encoder_2] * cfg.train_text
 
@@ -486,7 +498,7 @@ def train(
     stats.update(
         steps=cfg.steps,
         train_cpu_seconds=round(cpu, 1),
-        final_loss=curve[-1],
+        final_loss=curve[-1] if curve else None,  # steps=0: the init weights, saved as they are
         loss_curve=curve,
         losses=losses,
         threads=torch.get_num_threads(),
