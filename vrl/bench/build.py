@@ -43,6 +43,7 @@ from typing import Any
 
 from vrl.bench import vocab as V
 from vrl.bench.data import question_to_dict
+from vrl.hicogen.phrasing import NUMBER_WORDS
 from vrl.hicogen.scene import Relation, Scene, Subject, SynthesisUnit
 
 HICOPROMPT_VERSION = "hicoprompt-1.0"
@@ -279,17 +280,7 @@ def _where(background: str | None) -> str:
 
 
 def _plural_np(np: str) -> bool:
-    return np.split(" ", 1)[0] in (
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-    )
+    return np.split(" ", 1)[0] in NUMBER_WORDS[2:]  # "two" .. "ten"
 
 
 def _article(word: str) -> str:

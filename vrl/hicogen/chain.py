@@ -154,7 +154,7 @@ def iter_chain(
     num_steps: int = 10,
     guidance_scale: float = 1.0,
     strength: float = 0.7,
-    context: ChainContextMode = "img2img",
+    context: Literal["auto", "in_context", "img2img"] = "img2img",
     references: Literal["all", "last"] = "all",
     positions: ReferencePositions = "kontext",
     step: Literal["sde", "cps", "ode"] = "sde",
@@ -181,11 +181,7 @@ def iter_chain(
     model's state (an adapter on or off) between passes.
     """
     encode = encode or adapter.encode_prompts
-    if context == "in_context" and not adapter.takes_references:
-        raise ValueError(
-            f"chain context in_context needs a model that takes reference images (FLUX); "
-            f"{adapter.family} does not: use img2img"
-        )
+    context = resolve_context(adapter, context)  # a ConfigError if the model cannot follow it
     sigmas = adapter.sigmas(num_steps, height, width).to(adapter.device)  # (T + 1,)
     start = img2img_start(sigmas, strength)
     schedule = from_config(schedule) if isinstance(schedule, dict | str) else schedule
