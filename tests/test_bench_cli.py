@@ -155,17 +155,34 @@ def test_the_chain_runs_in_context_on_flux_and_sd3_refuses_it_in_one_line(
     contexts = []
     real = chain_module.synthesize_chain
 
+    chains = []
+
     def spy(adapter, transformer, unit_prompts, final_prompt, **kwargs):
         contexts.append((kwargs["context"], kwargs["references"], kwargs["positions"]))
-        return real(adapter, transformer, unit_prompts, final_prompt, **kwargs)
+        chains.append(real(adapter, transformer, unit_prompts, final_prompt, **kwargs))
+        return chains[-1]
 
     monkeypatch.setattr(chain_module, "synthesize_chain", spy)
     base = ["bench", "eval", "hicoprompt", "--prompts", str(prompts), "--limit", "1",
             "--height", "32", "--width", "32", "--steps", "1", "--chain", "--judge", "exact",
             "--no-plots"]  # fmt: skip
     flux = ["--model", "tiny-random:flux_kontext", "--references", "last", "--positions", "uno"]
+    flux += ["--save-units", "--images-per-prompt", "2"]
     assert main([*base, *flux, "--out", str(tmp_path / "flux")]) == 0
     assert contexts == [("in_context", "last", "uno")]  # auto on FLUX Kontext: in context
+    # --save-units keeps each unit image of each chain beside the final one
+    from vrl.bench.generate import unit_path
+
+    item_id = json.loads(prompts.read_text())["id"]
+    steps = chains[0].steps  # the units, then the final pass
+    units = len(json.loads(prompts.read_text())["scene"]["subjects"])
+    assert len(steps) == units + 1
+    for k in range(2):
+        for j, step in enumerate(steps[:-1], start=1):
+            saved = pixels(unit_path(tmp_path / "flux" / "images", item_id, k, j))
+            drawn = (step.image[k].clamp(0, 1) * 255).round().permute(1, 2, 0)
+            assert (saved - drawn).abs().max() <= 1
+    assert len(list((tmp_path / "flux" / "images" / "units").iterdir())) == 2 * units
     generation = json.loads((tmp_path / "flux" / "images" / "generation.json").read_text())
     assert (generation["context"], generation["references"]) == ("auto", "last")
     capsys.readouterr()

@@ -3,6 +3,7 @@
 import functools
 import json
 import re
+import shlex
 
 import pytest
 
@@ -41,26 +42,38 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
         f"colour ({vlm['background']})",
         "colour (light grey, control)",
     ]
-    hico_rows = [(level, hico["before"][level], hico["after"][level]) for level in hico["before"]]
-    for label, before, after in vlm_rows + hico_rows:
+    for label, before, after in vlm_rows:
         assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
         # every figure in the summary is in the report's table, with its change
         row = f"| {label} | {before:.1%} | {after:.1%} | {after - before:+.1%} |"
         assert row in report, row
-    # the HiCoGen figures come through vrl bench, and the report says how to get them again
-    for when in ("before", "after"):
-        command = hico["bench_commands"][when]
-        assert command[:4] == ["vrl", "bench", "eval", "hicoprompt"] and " ".join(command) in report
+    # HiCoGen: four ways of drawing the held-out scenes, each through vrl bench, each in the
+    # report's table with the command that redraws its images
+    table = hico["table"]
+    assert list(table) == ["flat", "img2img", "in_context", "in_context_rl"]
+    assert hico["before"] == {k: table["in_context"][k] for k in hico["before"]}
+    assert hico["after"] == {k: table["in_context_rl"][k] for k in hico["after"]}
+    for name, row in table.items():
         bench = json.loads(
-            (tmp_path / "hicogen" / "bench" / when / "exact" / "summary.json").read_text()
+            (tmp_path / "hicogen" / "bench" / name / "exact" / "summary.json").read_text()
         )
-        assert {k: bench["dependencies"][k] for k in hico[when]} == hico[when]
-    assert (
-        "--lora" in hico["bench_commands"]["after"]
-        and "--lora" not in hico["bench_commands"]["before"]
-    )
-    assert re.search(r"held-out exist +\d+\.\d% -> +\d+\.\d%", printed)
-    assert re.search(r"off-palette pixels +\d+\.\d% -> +\d+\.\d%", printed)
+        assert {k: bench["dependencies"][k] for k in hico["before"]} == {
+            k: row[k] for k in hico["before"]
+        }
+        assert row["command"][:4] == ["vrl", "bench", "eval", "hicoprompt"]
+        assert shlex.join(row["command"]) in report
+        assert ("--chain" in row["command"]) == (name != "flat")
+        assert ("--lora" in row["command"]) == (name == "in_context_rl")
+        assert ("carried" in row) == (name != "flat")
+        if name != "flat":
+            assert row["drawn"] > 0 and 0.0 <= row["carried"] <= 1.0
+            units = tmp_path / "hicogen" / "bench" / name / "images" / "units"
+            assert len(list(units.glob("*_unit1.png"))) == hico["held_out_images"]
+        carried = f"{row['carried']:.1%}" if "carried" in row else "-"
+        line = (f"{row['exist']:.1%} | {row['attribute']:.1%} | {row['relation']:.1%} | "
+                f"{carried} | {row['off_palette']:.1%} |")  # fmt: skip
+        assert line in report, line
+    assert re.search(r"chain in context, after RL +\d+\.\d%", printed)
     off = hico["off_palette"]
     assert f"{off['before']:.1%} before, {off['after']:.1%} after." in report
     # the exist level split by the asked shape, printed and in the report
@@ -76,9 +89,17 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
         row = f"| {shape} | {b['subjects']} | {b['found']:.1%} | {a['found']:.1%} | {change:+.1%} |"
         assert row in report, row
     assert re.search(r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", printed)
-    for png in ("reward_curves.png", "hicogen_before.png", "hicogen_after.png"):
+    pngs = ("reward_curves.png", "hicogen_img2img.png", "hicogen_before.png", "hicogen_after.png")
+    for png in pngs:
         assert (tmp_path / png).stat().st_size > 1000, png
         assert png in report
+    # the chain grids are upscaled: a row per held-out scene, each tile STRIP_SCALE x 32 px
+    from PIL import Image
+
+    from vrl.quickstart import STRIP_SCALE
+
+    with Image.open(tmp_path / "hicogen_before.png") as grid:
+        assert grid.height == 4 * (32 * STRIP_SCALE + 2) + 2
 
 
 def test_one_half_runs_alone_and_the_report_has_only_its_table(tmp_path, capsys, small_held_out):

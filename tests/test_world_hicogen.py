@@ -48,6 +48,58 @@ def test_prompts_fit_the_text_encoder_and_carry_their_scene(tmp_path):
     assert again.read_text() == path.read_text()
 
 
+def test_three_subject_scenes_are_drawn_again_until_every_prompt_of_their_chain_fits():
+    from vrl.hicogen.chain import plan_chain
+    from vrl.world import captions
+
+    fits = lambda text: len(text.split()) <= 17  # noqa: E731
+    scenes = hicogen_rl.world_scenes(30, seed=4, split="test", subjects=(2, 3), fits=fits)
+    assert 8 <= sum(len(s.subjects) == 3 for s in scenes) <= 22  # the count is drawn first
+    for scene in scenes:
+        assert len(scene.relations) == len(scene.subjects) - 1
+        assert any(fits(t) for t in captions(scene))
+        assert all(fits(t) for t in plan_chain(scene, scene.prompt()).unit_prompts)
+    # without the test some scenes of the same draw have a prompt that does not fit
+    unfit = hicogen_rl.world_scenes(30, seed=4, split="test", subjects=(2, 3))
+    assert any(
+        not all(fits(t) for t in plan_chain(s, s.prompt()).unit_prompts)
+        or not any(fits(t) for t in captions(s))
+        for s in unfit
+    )
+    with pytest.raises(ValueError, match="no 3-subject test scene in 50 draws"):
+        hicogen_rl.world_scenes(2, 4, "test", (3, 3), fits=lambda text: len(text) < 20, tries=50)
+
+
+def test_carried_counts_the_subjects_a_unit_drew_that_the_final_image_kept(tmp_path):
+    """Exact renders stand in for a chain: unit images that draw their subjects, a final image
+    that keeps them all (image 0) or loses unit 1's subject (image 1)."""
+    from vrl.bench.data import load_items
+    from vrl.bench.generate import unit_path
+    from vrl.hicogen.chain import plan_chain
+    from vrl.hicogen.scene import Scene
+    from vrl.world import layout, render
+
+    scenes = hicogen_rl.world_scenes(3, seed=8, split="test")
+    prompts = hicogen_rl.write_prompts(tmp_path / "held_out.jsonl", scenes, seed=8)
+    images = tmp_path / "images"
+    (images / "units").mkdir(parents=True)
+    for item in load_items(prompts):
+        plan = plan_chain(item.scene, item.prompt)
+        boxes = layout(item.scene, 32, 0)
+        for k in range(2):
+            for j in range(len(plan.units)):
+                unit = render(plan.partial_scene(j), 32, boxes=boxes)
+                unit.save(unit_path(images, item.id, k, j + 1))
+        render(item.scene, 32, boxes=boxes).save(images / f"{item.id}_0.png")
+        later = Scene(
+            subjects=tuple(s for s in item.scene.subjects if s.id not in plan.units[0].subjects)
+        )
+        render(later, 32, boxes=boxes).save(images / f"{item.id}_1.png")
+    result = hicogen_rl.carried(prompts, images)
+    # every unit drew its one subject: 2 subjects x 2 images x 3 scenes; image 1 lost 3 of them
+    assert result == {"carried": 9 / 12, "drawn": 12}
+
+
 def test_the_committed_checkpoints_tokenizer_decides_what_fits():
     from vrl.models.paths import resolve_pipeline_path
 
@@ -102,6 +154,20 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     for name in images:  # the very same pixels
         ours = (tmp_path / "ours" / "images" / name).read_bytes()
         assert (tmp_path / "cli" / "images" / name).read_bytes() == ours
+
+    # the flat pass and the image-to-image chain, the table's other rows: the same holds
+    for condition in ("flat", "img2img"):
+        row = hicogen_rl.bench_accuracy(adapter, prompts, tmp_path / condition, cfg, condition)
+        command = hicogen_rl.bench_command(prompts, tmp_path / f"{condition}-cli", cfg,
+                                           condition=condition)  # fmt: skip
+        assert ("--chain" in command) == (condition != "flat")
+        assert main(command[1:]) == 0
+        capsys.readouterr()
+        cli = json.loads((tmp_path / f"{condition}-cli" / "exact" / "summary.json").read_text())
+        assert {level: cli["dependencies"][level] for level in hicogen_rl.LEVELS} == row
+    assert (tmp_path / "flat" / "images" / images[0]).read_bytes() != (
+        tmp_path / "ours" / "images" / images[0]
+    ).read_bytes()
 
     # chains with cumulative unit prompts: the command carries the setting, and draws the same
     cumulative = build_config(

@@ -64,6 +64,33 @@ def test_reference_counts_and_prompts_follow_the_chain():
     assert unit.kind == "unit" and unit.prompt == scene.unit_prompt(scene.default_units()[1])
     with pytest.raises(ValueError, match="pass 4"):
         triple_of(example, 4, "all")
+    # told cumulatively, a unit pass hears every subject so far and where it goes
+    told = triple_of(example, 1, "all", cumulative=True)
+    assert told.prompt == scene.unit_prompt(scene.default_units()[1], cumulative=True)
+    relation = scene.relations[0]
+    assert {relation.subject, relation.object} == {"s0", "s1"}
+    assert scene.noun_phrase("s1").split()[-1] in told.prompt  # the new subject
+    assert scene.noun_phrase("s0").split()[-1] in told.prompt and told.prompt != unit.prompt
+    assert torch.equal(told.target, unit.target) and len(told.references) == 1
+
+
+def test_cumulative_unit_prompts_come_at_their_rate_and_leave_the_old_stream_as_it_was():
+    def units(stream):
+        return [t for _ in range(10) for t in stream.batch(16) if t.kind == "unit"]
+
+    old = TripleStream(3, fresh=4)
+    same = TripleStream(3, fresh=4, cumulative_prob=0.0)
+    assert [t.prompt for t in units(old)] == [t.prompt for t in units(same)]
+    stream = TripleStream(3, fresh=4, cumulative_prob=1.0)
+    told, examples = units(stream), stream.pool
+    every = {p for e in examples for p in e.cumulative_prompts}
+    assert told and all(t.prompt in every for t in told)
+    # a unit pass after the first told cumulatively names more than its own subject
+    later = [t for t in told if t.references]
+    own = {p for e in examples for p in e.unit_prompts[1:]}
+    assert later and not any(t.prompt in own for t in later)
+    with pytest.raises(ValueError, match="cumulative_prob"):
+        TripleStream(0, cumulative_prob=1.5)
 
 
 def test_the_stream_mixes_in_plain_text_to_image_at_its_fraction():
@@ -136,6 +163,14 @@ def test_pretrain_world_kontext_trains_saves_and_draws_a_chain_in_context(tmp_pa
             torch.equal(t, first[k]) for k, t in getattr(again.pipeline, name).state_dict().items()
         )
     assert json.loads((more / "quality.json").read_text())["init"] == str(out)
+    # its card lists both stages, the second continuing from the first
+    stages = json.loads((more / "quality.json").read_text())["lineage"]
+    assert [st["steps"] for st in stages] == [summary["steps"], 0]
+    assert stages[0]["vae_steps"] > 0 and stages[1]["vae_steps"] == 0
+    assert stages[0]["one_subject_exist"] == summary["quality"]["1-subject test"]["exist"]
+    card = (more / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| 2 | `vrl pretrain"))
+    assert " steps=0 " in row and row.count("init=<stage 1>`") == 1
 
 
 def test_pixel_space_is_for_timing_only():

@@ -66,6 +66,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--positions", choices=["kontext", "uno"], default="kontext",
                    help="chain in context: reference position ids (FLUX.1 Kontext or UNO)")  # fmt: skip
     g.add_argument("--strength", type=float, default=0.7, help="chain img2img: re-noising sigma")
+    g.add_argument("--save-units", action="store_true",
+                   help="chain: keep each unit's image too, under <images>/units/")  # fmt: skip
     g.add_argument("--cumulative", action="store_true",
                    help="chain: each unit's prompt names every subject so far, not only its own")  # fmt: skip
     g.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
@@ -164,7 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
             "strength": args.strength if args.chain else None,
             "cumulative": args.cumulative if args.chain else None,
             **({"context": args.context, "references": args.references,
-                "positions": args.positions} if args.chain else {}),
+                "positions": args.positions, "save_units": args.save_units} if args.chain else {}),
         }  # fmt: skip
         t0 = time.perf_counter()
         n = generate_missing(
@@ -173,9 +175,10 @@ def _eval(args: argparse.Namespace) -> int:
             batch_size=args.gen_batch_size,
             **{k: v for k, v in generation.items()
                if k not in ("model", "lora", "strength", "cumulative", "context", "references",
-                            "positions")},
+                            "positions", "save_units")},
             strength=args.strength, cumulative=args.cumulative, context=args.context,
             references=args.references, positions=args.positions,
+            save_units=args.save_units and args.chain,
         )  # fmt: skip
         print(f"generated {n} images in {time.perf_counter() - t0:.1f} s into {image_dir}")
         (image_dir / "generation.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -170,6 +170,7 @@ def generate_missing(
     context: str = "auto",
     references: str = "all",
     positions: str = "kontext",
+    save_units: bool = False,
 ) -> int:
     """Draw every missing image (deterministic ODE sampling); returns how many were written.
 
@@ -179,7 +180,9 @@ def generate_missing(
     unit per subject, then the whole prompt; `context`, `references`, `positions` and
     `strength` as `chain.*` of the trainer), all images of a prompt in one batch from the seed
     of its image 0; with `cumulative` each unit's prompt names every subject introduced so far,
-    not only its own.
+    not only its own. `save_units` also keeps each chain's unit images, as
+    ``units/<id>_<k>_unit<j>.png`` under the layout's folder (j = 1, 2, ...), so that what a later
+    pass kept of an earlier unit can be read (`unit_path`).
     """
     todo = missing_images(items, layout, images_per_prompt)
     if not todo:
@@ -193,6 +196,7 @@ def generate_missing(
             "strength": strength, "cumulative": cumulative, "references": references,
             "context": resolve_context(adapter, context), "positions": positions,
         }  # fmt: skip
+        units = layout.folder / "units" if save_units else None
         by_item: dict[str, list[int]] = {}
         for item, k in todo:
             by_item.setdefault(item.id, []).append(k)
@@ -200,7 +204,7 @@ def generate_missing(
             if item.id in by_item:
                 written += _chain_one(adapter, layout, item, by_item[item.id], images_per_prompt,
                                       height, width, num_steps, guidance_scale, seed,
-                                      settings)  # fmt: skip
+                                      settings, units)  # fmt: skip
                 logger.info("generated %s (%d/%d)", item.id, written, len(todo))
         return written
     for lo in range(0, len(todo), batch_size):
@@ -234,7 +238,14 @@ def _sample(adapter, prompts, seeds, height, width, num_steps, guidance_scale):
         return adapter.decode(traj.final, (height, width))  # (B, 3, H, W) in [0, 1]
 
 
-def _chain_one(adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, settings):
+def unit_path(folder: str | Path, item_id: str, k: int, unit: int) -> Path:
+    """Where `generate_missing(..., save_units=True)` keeps unit `unit` (1-based) of image k."""
+    return Path(folder) / "units" / f"{item_id}_{k}_unit{unit}.png"
+
+
+def _chain_one(
+    adapter, layout, item, ks, n, height, width, num_steps, guidance, seed, settings, units
+):
     from vrl.hicogen.chain import eval_chain
 
     _, result = eval_chain(
@@ -244,6 +255,10 @@ def _chain_one(adapter, layout, item, ks, n, height, width, num_steps, guidance,
     )  # fmt: skip
     layout.prepare(item)
     for k in ks:  # the whole batch is drawn so that image k does not depend on what was missing
+        if units is not None:
+            units.mkdir(parents=True, exist_ok=True)
+            for j, step in enumerate(result.steps[:-1], start=1):
+                _save(step.image[k], unit_path(units.parent, item.id, k, j))
         _save(result.final[k], layout.target(item, k))
     return len(ks)
 

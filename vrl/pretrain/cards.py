@@ -162,6 +162,31 @@ def t2i_card(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kontext_stages(stages: list[dict[str, Any]], seed: int) -> str:
+    """The card's training stages: one command each, every one after the first continuing from
+    the folder the one before saved (``init=``), with its CPU time and held-out figure."""
+    if not stages:
+        return ""
+    lines = ["", "| stage | command | steps | CPU min | threads | 1-subject test exist |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for i, st in enumerate(stages, start=1):
+        extra = " ".join(f"{k}={_cli_value(v)}" for k, v in st["extra"].items())
+        extra += " init=<stage " + str(i - 1) + ">" if i > 1 else ""
+        command = f"vrl pretrain world-kontext --seed {seed}" + (
+            f" --extra {extra}" if extra else ""
+        )
+        cpu = st["cpu_minutes"] + st["vae_cpu_minutes"]
+        exist = st["one_subject_exist"]
+        lines.append(
+            f"| {i} | `{command}` | {st['steps']:,}" + (f" (+ VAE {st['vae_steps']:,})" if
+            st["vae_steps"] else "") + f" | {cpu:.1f} | {st['threads']} | "
+            + (f"{exist:.1%}" if exist is not None else "-") + " |"
+        )  # fmt: skip
+    total = sum(st["cpu_minutes"] + st["vae_cpu_minutes"] for st in stages)
+    return "\n".join([*lines, "", f"{sum(st['steps'] for st in stages):,} steps, "
+                       f"{total:.1f} CPU minutes in all."])  # fmt: skip
+
+
 def _cli_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
@@ -244,8 +269,7 @@ def kontext_card(summary: dict[str, Any]) -> str:
             + [(f"chain {k}", v) for k, v in q["2-subject chain (test)"].items()]
         )
     )
-    overrides = " ".join(f"{k}={_cli_value(v)}" for k, v in summary["overrides"].items())
-    extra = f" --extra {overrides}" if overrides else ""
+    stages = summary.get("lineage") or []
     return f"""# world-kontext: a tiny FLUX.1 Kontext-architecture model of the shapes world
 
 `FluxKontextPipeline`: `FluxTransformer2DModel` ({p["transformer"] / 1e6:.2f}M parameters,
@@ -259,13 +283,12 @@ chain's `context=auto` runs in context.
 
 ## Recipe
 
-`vrl pretrain world-kontext --seed {summary["seed"]}{extra}` (`vrl/pretrain/kontext.py`):
-VAE {summary.get("vae_steps", 0)} steps, then {summary["steps"]} rectified-flow steps of batch
-{c["batch_size"]} on `kontext_data` triples (every pass of a world scene's chain, plain
-text-to-image at {c["plain_fraction"]:.0%}). CPU time: VAE
-{summary.get("vae_cpu_seconds", 0) / 60:.1f} min, transformer
-{summary["train_cpu_seconds"] / 60:.1f} min, {summary["threads"]} thread(s), on
-{summary["machine"]}. Final loss {summary["final_loss"]}.
+`vrl/pretrain/kontext.py`: a VAE (stage 1, {c["vae_steps"]} steps of batch {c["vae_batch"]}),
+then rectified-flow steps of batch {c["batch_size"]} on `kontext_data` triples (every pass of a
+world scene's chain, plain text-to-image at {c["plain_fraction"]:.0%}), the loss on the noisy
+tokens only. Seed {summary["seed"]}, on {summary["machine"]}.
+{_kontext_stages(stages, summary["seed"])}
+Final loss {summary["final_loss"]}.
 
 ## Held-out quality
 
@@ -275,5 +298,6 @@ text-to-image at {c["plain_fraction"]:.0%}). CPU time: VAE
 |---|---|---|
 {rows}
 
-One-subject test scenes found, by shape: {q["1-subject test"]["by_shape"]}.
+Test scenes hold a (colour, shape) pair never seen in training. One-subject test scenes found,
+by shape: {", ".join(f"{k} {v:.1%}" for k, v in q["1-subject test"]["by_shape"].items())}.
 """

@@ -153,6 +153,7 @@ def kontext_main(args: argparse.Namespace) -> int:
         "machine": machine_description(),
         "quality": quality,
     }
+    summary["lineage"] = kontext.lineage(summary)
     (out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "losses.json").write_text(json.dumps([round(v, 5) for v in losses]) + "\n")
     (out / "README.md").write_text(kontext_card(summary))

@@ -58,6 +58,9 @@ class KontextConfig:
     """Share of plain text-to-image items (no references) in a batch."""
     last_prob: float = 0.5
     """Chance that a unit pass sees only the last unit image (chain.references=last)."""
+    cumulative_prob: float = 0.0
+    """Chance that a unit pass is told every subject so far and the relations among them
+    (chain.cumulative_prompts), not only its own subjects: where to put its subject."""
     fresh: int = 8
     layers: int = 2
     """Double-stream (joint) blocks."""
@@ -450,6 +453,7 @@ def train(
         subject_mix=cfg.subject_mix,
         plain_fraction=cfg.plain_fraction,
         last_prob=cfg.last_prob,
+        cumulative_prob=cfg.cumulative_prob,
         fresh=cfg.fresh,
         tokenizer=(pipe.tokenizer, pipe.tokenizer_2),
     )
@@ -504,6 +508,36 @@ def train(
         threads=torch.get_num_threads(),
     )
     return pipe, stats
+
+
+def lineage(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training stage behind a saved folder, oldest first: a run with ``init=`` continues
+    the stages its init folder's ``quality.json`` lists (or, for a folder saved before this list
+    was kept, the chain of its ``init`` fields), then adds its own. Each stage: its ``--extra``
+    settings (folders left out: each stage starts from the one before), steps, CPU minutes of the
+    VAE and the transformer, threads, final loss and held-out one-subject exist."""
+    import json
+    from pathlib import Path
+
+    def stage(s: dict[str, Any]) -> dict[str, Any]:
+        one = s.get("quality", {}).get("1-subject test", {})
+        return {
+            "extra": {k: v for k, v in s["overrides"].items() if k not in ("init", "vae")},
+            "vae_steps": s.get("vae_steps", 0),
+            "vae_cpu_minutes": round(s.get("vae_cpu_seconds", 0) / 60, 1),
+            "steps": s["steps"],
+            "cpu_minutes": round(s["train_cpu_seconds"] / 60, 1),
+            "threads": s["threads"],
+            "final_loss": s["final_loss"],
+            "one_subject_exist": one.get("exist"),
+        }
+
+    before: list[dict[str, Any]] = []
+    init = summary.get("init")
+    if init and (Path(init) / "quality.json").is_file():
+        previous = json.loads((Path(init) / "quality.json").read_text())
+        before = previous.get("lineage") or lineage(previous)
+    return [*before, stage(summary)]
 
 
 # ---------------------------------------------------------------------- timing

@@ -63,6 +63,9 @@ class ChainExample:
     """Subject ids drawn after each unit (cumulative)."""
     full: torch.Tensor
     """(3, H, W) uint8 render of the whole scene."""
+    cumulative_prompts: tuple[str, ...] = ()
+    """Unit prompts naming every subject so far and the relations among them
+    (`Scene.unit_prompt(cumulative=True)`: where unit k puts its subject)."""
 
     @property
     def passes(self) -> int:
@@ -86,6 +89,7 @@ def chain_example(
     from vrl.world import layout, render
 
     plan = plan_chain(scene, scene.prompt())
+    told = plan_chain(scene, scene.prompt(), cumulative=True)
     boxes = layout(scene, size, seed)
     partials, subjects = [], []
     for k in range(len(plan.units)):
@@ -100,12 +104,14 @@ def chain_example(
         partials=tuple(partials),
         unit_subjects=tuple(subjects),
         full=full,
+        cumulative_prompts=told.unit_prompts,
     )
 
 
-def triple_of(example: ChainExample, index: int, mode: str) -> Triple:
+def triple_of(example: ChainExample, index: int, mode: str, cumulative: bool = False) -> Triple:
     """Pass ``index`` (0..units-1: a unit pass; units: the final pass) of a chain example, its
-    unit passes seeing ``mode`` ("all" or "last") earlier unit images."""
+    unit passes seeing ``mode`` ("all" or "last") earlier unit images and told, with
+    ``cumulative``, every subject so far and their relations (else their own subjects)."""
     if mode not in REFERENCE_MODES:
         raise ValueError(f"reference mode must be one of {REFERENCE_MODES}, got {mode!r}")
     units = len(example.unit_prompts)
@@ -120,8 +126,9 @@ def triple_of(example: ChainExample, index: int, mode: str) -> Triple:
             example.unit_subjects,
         )
     seen = range(index) if mode == "all" else range(max(0, index - 1), index)
+    prompts = example.cumulative_prompts if cumulative else example.unit_prompts
     return Triple(
-        example.unit_prompts[index],
+        prompts[index],
         example.partials[index],
         tuple(example.partials[j] for j in seen),
         "unit",
@@ -140,7 +147,9 @@ class TripleStream:
     Each batch lays out ``fresh`` new scenes (``min_subjects``..``max_subjects`` subjects by
     ``subject_mix``) and draws every item from all scenes so far: a plain text-to-image item with
     probability ``plain_fraction``, else one pass of the scene's chain, uniformly, whose unit
-    passes see "last" with probability ``last_prob`` and "all" otherwise.
+    passes see "last" with probability ``last_prob`` and "all" otherwise, and are told every
+    subject so far and their relations with probability ``cumulative_prob`` (else their own
+    subjects only).
     """
 
     def __init__(
@@ -152,6 +161,7 @@ class TripleStream:
         relation_prob: float = 1.0,
         plain_fraction: float = 0.3,
         last_prob: float = 0.5,
+        cumulative_prob: float = 0.0,
         fresh: int = 8,
         tokenizer=None,
     ):
@@ -159,6 +169,8 @@ class TripleStream:
             raise ValueError(f"plain_fraction must be in [0, 1], got {plain_fraction}")
         if not 0.0 <= last_prob <= 1.0:
             raise ValueError(f"last_prob must be in [0, 1], got {last_prob}")
+        if not 0.0 <= cumulative_prob <= 1.0:
+            raise ValueError(f"cumulative_prob must be in [0, 1], got {cumulative_prob}")
         if not subject_mix or min(subject_mix) < 0 or sum(subject_mix) <= 0:
             raise ValueError(f"subject_mix must be non-negative weights, got {subject_mix}")
         self.rng = random.Random(seed)
@@ -167,6 +179,7 @@ class TripleStream:
         self.relation_prob = relation_prob
         self.plain_fraction = plain_fraction
         self.last_prob = last_prob
+        self.cumulative_prob = cumulative_prob
         self.fresh = fresh
         self.tokenizer = tokenizer
         self.pool: list[ChainExample] = []
@@ -195,14 +208,18 @@ class TripleStream:
             if not texts:
                 continue
             example = chain_example(scene, self.size, self.rng.getrandbits(32), texts)
-            if all(self._fits(t) for t in (*example.unit_prompts, example.final_prompt)):
+            told = example.cumulative_prompts if self.cumulative_prob > 0 else ()
+            if all(self._fits(t) for t in (*example.unit_prompts, *told, example.final_prompt)):
                 return example
 
     def triple(self, example: ChainExample) -> Triple:
         if self.rng.random() < self.plain_fraction:
             return plain_of(example, self.rng)
         mode = "last" if self.rng.random() < self.last_prob else "all"
-        return triple_of(example, self.rng.randrange(example.passes), mode)
+        index = self.rng.randrange(example.passes)
+        # no draw at 0: a stream without cumulative prompts is the one it always was
+        cumulative = self.cumulative_prob > 0 and self.rng.random() < self.cumulative_prob
+        return triple_of(example, index, mode, cumulative)
 
     def batch(self, size: int) -> list[Triple]:
         fresh = [self.draw_example() for _ in range(min(self.fresh, size))]

@@ -7,9 +7,10 @@ Two halves on the shapes world (`vrl.world`), each from a committed tiny checkpo
   grey, half on light grey. Greedy held-out accuracy on dark-grey test-split scenes (they hold the
   (colour, shape) pairs never seen in training) before and after, and on the same questions on
   light grey as a control of what RL costs where the SFT was already right.
-- HiCoGen: the world text-to-image model trained over the chain of synthesis, with the decaying
-  noise schedule and the world's exact hierarchical reward; per-level held-out accuracy (exist,
-  attribute, relation, DSG dependencies) by the exact checker, before and after.
+- HiCoGen: the in-context world model (world:kontext) trained over the chain of synthesis in
+  context, with the decaying noise schedule and the world's exact hierarchical reward; per-level
+  held-out accuracy (exist, attribute, relation, DSG dependencies) by the exact checker of a flat
+  pass, the image-to-image chain, the chain in context, and the chain in context after RL.
 
 The run folder gets `report.md` (what was measured, including what did not improve),
 `summary.json`, PNG reward curves and before/after chain grids.
@@ -100,15 +101,34 @@ def _print_vlm(v: dict[str, Any]) -> None:
           f"{v['train_minutes']:.1f} min of training)")  # fmt: skip
 
 
+CONDITION_LABELS = {
+    "flat": "flat pass (whole prompt, no chain)",
+    "img2img": "chain, image-to-image context",
+    "in_context": "chain in context",
+    "in_context_rl": "chain in context, after RL",
+}
+
+
+def _condition_rows(h: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, figures) per row of the HiCoGen table, in CONDITION_LABELS' order."""
+    table = h.get("table") or {}
+    return [(label, table[name]) for name, label in CONDITION_LABELS.items() if name in table]
+
+
+def _carried(row: dict[str, Any]) -> str:
+    return f"{row['carried']:.1%}" if "carried" in row else "-"
+
+
 def _print_hicogen(h: dict[str, Any]) -> None:
-    for level in h["before"]:
-        print(f"  held-out {level:<9} {h['before'][level]:6.1%} -> {h['after'][level]:6.1%}")
-    print(f"  ({h['held_out_images']} images, {h['steps']} steps, {h['minutes']:.1f} min)")
-    o = h["off_palette"]
-    print(f"  off-palette pixels {o['before']:6.1%} -> {o['after']:6.1%} (image integrity)")
+    print(f"  {'held-out (' + str(h['held_out_images']) + ' images)':<38} exist  attr.  rel.  "
+          "carried  off-palette")  # fmt: skip
+    for label, row in _condition_rows(h):
+        print(f"  {label:<38} {row['exist']:5.1%} {row['attribute']:5.1%} {row['relation']:5.1%} "
+              f"{_carried(row):>7} {row['off_palette']:6.1%}")  # fmt: skip
+    print(f"  ({h['steps']} RL steps, {h['minutes']:.1f} min with evaluation)")
     shapes = _shape_rows(h)
     if shapes:
-        print("  subjects found by shape: " + ", ".join(
+        print("  subjects found by shape in context, before -> after RL: " + ", ".join(
             f"{shape} {b:.1%} -> {a:.1%}" for shape, b, a, _ in shapes
         ))  # fmt: skip
 
@@ -124,14 +144,29 @@ def _shape_rows(h: dict[str, Any]) -> list[tuple[str, float, float, int]]:
     ]
 
 
+STRIP_SCALE = 4
+"""The report's chain grids are upscaled (nearest) so that a 32 px world image shows its shapes."""
+
+
 def _save_strips(strips: dict[str, list], out: Path) -> None:
-    """before.png / after.png: one row per held-out scene, unit images then the final image."""
+    """hicogen_<name>.png: one row per held-out scene, its unit images, then (in the last column,
+    after blank tiles where a scene has fewer units) the final image; upscaled STRIP_SCALE x."""
     import torch
     from torchvision.utils import save_image
 
     for when, rows in strips.items():
-        if rows:
-            save_image(torch.cat(rows), out / f"hicogen_{when}.png", nrow=len(rows[0]), padding=1)
+        if not rows:
+            continue
+        width = max(len(row) for row in rows)
+        padded = [
+            torch.cat([row[:-1], torch.ones_like(row[:1]).expand(width - len(row), -1, -1, -1),
+                       row[-1:]])
+            for row in rows
+        ]  # fmt: skip
+        grid = torch.nn.functional.interpolate(
+            torch.cat(padded).float(), scale_factor=STRIP_SCALE, mode="nearest"
+        )
+        save_image(grid, out / f"hicogen_{when}.png", nrow=width, padding=2, pad_value=0.5)
 
 
 def _plot_curves(result: dict[str, Any], path: Path) -> None:
@@ -145,7 +180,7 @@ def _plot_curves(result: dict[str, Any], path: Path) -> None:
     if not halves:
         return
     fig, axes = plt.subplots(1, len(halves), figsize=(5 * len(halves), 3.2), squeeze=False)
-    titles = {"vlm": "VLM-R1 GRPO (world:vlm)", "hicogen": "HiCoGen (world:t2i, chain)"}
+    titles = {"vlm": "VLM-R1 GRPO (world:vlm)", "hicogen": "HiCoGen (world:kontext, chain)"}
     for ax, half in zip(axes[0], halves, strict=True):
         rewards = result[half]["rewards"]
         ax.plot(range(1, len(rewards) + 1), rewards, lw=1, alpha=0.5, label="per step")
@@ -193,49 +228,57 @@ def report(result: dict[str, Any]) -> str:
         ]
     if "hicogen" in result:
         h = result["hicogen"]
+        low, high = h.get("subjects", (2, 2))
         lines += [
-            "## HiCoGen: chain of synthesis with the hierarchical world reward",
+            "## HiCoGen: chain of synthesis in context, with the hierarchical world reward",
             "",
-            "The world text-to-image model (SD3 architecture, 32 px) trained over the chain of "
-            "synthesis (unit 1 from noise, unit 2 from the canvas, a final pass with the full "
-            "prompt) with the decaying noise schedule and the exact world reward (global, "
-            "subject, relation), by Advantage Weighted Matching with a KL to the base model. "
-            "Held-out: deterministic chains on test-split scenes, "
-            f"{h['held_out_images']} images, judged through `vrl bench` by the exact checker "
-            "with DSG dependencies.",
+            "The world text-to-image model `world:kontext` (FLUX.1 Kontext architecture, 32 px) "
+            "draws each held-out scene four ways: one flat pass of the whole prompt; the chain of "
+            "synthesis (one unit per subject, then a final pass with the whole prompt) with "
+            "image-to-image context (the canvas re-noised and redrawn); the chain in context "
+            "(every pass from noise, the earlier unit images as reference tokens); and the chain "
+            "in context after RL (the decaying noise schedule, the exact world reward at global, "
+            "subject and relation level, Advantage Weighted Matching with a KL to the base "
+            f"model). Held-out: test-split scenes of {low}-{high} subjects with relations, "
+            f"{h['held_out_images']} images per row, judged through `vrl bench` by the exact "
+            "checker with DSG dependencies. *Carried*: of the subjects each unit drew, the share "
+            "still in the chain's final image.",
             "",
-            "| held-out accuracy | before | after | change |",
-            "|---|---|---|---|",
+            "| held-out | exist | attribute | relation | carried | off-palette |",
+            "|---|---|---|---|---|---|",
         ]
-        for level in h["before"]:
-            b, a = h["before"][level], h["after"][level]
-            lines.append(f"| {level} | {b:.1%} | {a:.1%} | {a - b:+.1%} |")
+        for label, row in _condition_rows(h):
+            lines.append(
+                f"| {label} | {row['exist']:.1%} | {row['attribute']:.1%} | "
+                f"{row['relation']:.1%} | {_carried(row)} | {row['off_palette']:.1%} |"
+            )
         lines += [
             "",
-            f"{h['steps']} steps, {h['minutes']:.1f} min with evaluation. "
-            + _verdict(h["before"], h["after"], h["held_out_images"]),
+            f"RL: {h['steps']} steps, {h['minutes']:.1f} min with evaluation. In context, before "
+            "-> after RL: " + _verdict(h["before"], h["after"], h["held_out_images"]),
             "",
             _integrity(h),
             "",
             *_shape_table(h),
             "The figures come from HiCoPrompt's evaluator with the exact judge; these commands "
-            "redraw the same images and give the same figures:",
+            "redraw the same images and give the same figures (one per row):",
             "",
             "```bash",
-            *(shlex.join(h["bench_commands"][when]) for when in ("before", "after")),
+            *(shlex.join(row["command"]) for _, row in _condition_rows(h)),
             "```",
             "",
-            "Chains before and after training (a row per held-out scene: unit images, then the "
-            "final image):",
+            "Chains of held-out scenes (a row per scene: unit images, then the final image), "
+            "image-to-image, in context, and in context after RL:",
             "",
-            "![before](hicogen_before.png) ![after](hicogen_after.png)",
+            "![image-to-image](hicogen_img2img.png) ![in context](hicogen_before.png) "
+            "![after RL](hicogen_after.png)",
             "",
         ]
     lines += [
         "![training reward](reward_curves.png)",
         "",
         "One seed is one draw: `python experiments/world_vlm_grpo.py --seeds 0 1 2` and "
-        "`python experiments/hicogen_world.py --seeds 0 1 2` give the spread over seeds "
+        "`python benchmarks/hicogen_chain.py --seeds 0 1 2` give the spread over seeds "
         "(BENCHMARKS.md holds the latest figures).",
         "",
     ]

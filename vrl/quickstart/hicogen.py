@@ -1,22 +1,24 @@
-"""The quickstart's HiCoGen half: RL over the chain of synthesis on the shapes world, per-level
-held-out accuracy before and after.
+"""The quickstart's HiCoGen half: RL over the chain of synthesis in context on the shapes world,
+and per-level held-out accuracy of a flat pass, the image-to-image chain, the chain in context
+and the chain in context after RL.
 
-The recipe (``configs/quickstart_hicogen.yaml``) trains the committed ``world:t2i`` (SD3
-architecture, 32 px) over the chain of synthesis (unit 1 from noise, unit 2 from the canvas, a
-final pass with the full prompt) with the decaying noise schedule and the world's exact
-hierarchical reward (``world_global``, ``world_subject``, ``world_relation``), by Advantage
-Weighted Matching with a KL to the base model.
+The recipe (``configs/quickstart_hicogen.yaml``) trains the committed ``world:kontext`` (FLUX.1
+Kontext architecture, 32 px: earlier unit images enter a pass as reference tokens) over the chain
+of synthesis (one unit per subject, each from noise with the earlier unit images in context, then
+a final pass with the full prompt and every unit image) with the decaying noise schedule and the
+world's exact hierarchical reward (``world_global``, ``world_subject``, ``world_relation``), by
+Advantage Weighted Matching with a KL to the base model.
 
-``run`` writes two-subject train-split scenes with one spatial relation as the training prompts
+``run`` writes train-split scenes of 2-3 subjects with spatial relations as the training prompts
 and held-out test-split scenes (each holds a (colour, shape) pair never seen in training), then
-measures per-level accuracy (exist, attribute, relation; DSG dependencies) before and after with
-HiCoPrompt's evaluator (``vrl bench eval hicoprompt``, exact judge) on deterministic chains (ODE,
-seeds from the prompt ids), ``SEEDS_PER_SCENE`` images a scene: at fewer, the before/after
-difference moves with the noise draw as much as the gains read against it. Beside the levels it
-reports the off-palette share of the images (``vrl.world.off_palette_share``: texture instead of
-shapes) and the subjects found per asked shape. ``bench_command`` gives the command line that
-redraws and rejudges the images; ``chain_stages`` shows where a chain keeps and loses subjects.
-"""
+measures per-level accuracy (exist, attribute, relation; DSG dependencies) with HiCoPrompt's
+evaluator (``vrl bench eval hicoprompt``, exact judge) on deterministic images (ODE, seeds from
+the prompt ids), ``SEEDS_PER_SCENE`` images a scene, drawn each way of ``CONDITIONS`` and by the
+trained policy in context. Beside the levels it reports what each chain carried (``carried``: of
+the subjects a unit drew, the share still in the final image), the off-palette share of the
+images (``vrl.world.off_palette_share``: texture instead of shapes) and the subjects found per
+asked shape. ``bench_command`` gives the command line that redraws and rejudges the images;
+``chain_stages`` shows where a chain keeps and loses subjects."""
 
 from __future__ import annotations
 
@@ -56,15 +58,49 @@ SEEDS_PER_SCENE = 8
 GRID_SCENES = 8
 """Held-out scenes whose chains the report shows."""
 HELD_OUT_SEED_OFFSET = 10_000
+SUBJECTS = (2, 3)
+"""Subjects per scene (lowest, highest): three is what a 32 px canvas holds."""
 
 
-def world_scenes(n: int, seed: int, split: str) -> list[Scene]:
-    """n two-subject scenes with one spatial relation, at the 32 px canvas."""
+def world_scenes(
+    n: int,
+    seed: int,
+    split: str,
+    subjects: tuple[int, int] = (2, 2),
+    fits: Callable[[str], bool] | None = None,
+    tries: int = 1000,
+) -> list[Scene]:
+    """n scenes at the 32 px canvas, each subject after the first with one spatial relation to an
+    earlier one; the subject count of each scene uniform over `subjects` (lowest, highest).
+
+    With `fits` (`token_fit`), a scene is drawn again (with the same subject count) until one of
+    its captions and each of its unit prompts fit the text encoder, as the world models were
+    trained: a truncated prompt asks for what it no longer names. At 24 tokens few three-subject
+    scenes fit (about 1 in 13), so drawing the count first keeps them a fair share of the set."""
+    from vrl.hicogen.chain import plan_chain
+
     rng = random.Random(seed)
-    return [
-        sample_scene(rng, min_subjects=2, max_subjects=2, relation_prob=1.0, split=split, canvas=32)
-        for _ in range(n)
-    ]
+    low, high = subjects
+    scenes: list[Scene] = []
+    for _ in range(n):
+        count = rng.randint(low, high) if low != high else low
+        for _ in range(tries):
+            scene = sample_scene(
+                rng, min_subjects=count, max_subjects=count, relation_prob=1.0, split=split,
+                canvas=32,
+            )  # fmt: skip
+            if fits is None or (
+                any(fits(t) for t in captions(scene))
+                and all(fits(t) for t in plan_chain(scene, scene.prompt()).unit_prompts)
+            ):
+                scenes.append(scene)
+                break
+        else:
+            raise ValueError(
+                f"no {count}-subject {split} scene in {tries} draws has prompts that fit the text "
+                "encoder: ask for fewer subjects"
+            )
+    return scenes
 
 
 def write_prompts(
@@ -96,18 +132,23 @@ def token_fit(path: str | Path) -> Callable[[str], bool] | None:
 
 
 @torch.no_grad()
-def chain_strips(adapter, transformer, samples: Sequence[ImageSample], cfg) -> list[torch.Tensor]:
+def chain_strips(
+    adapter, transformer, samples: Sequence[ImageSample], cfg, context: str | None = None
+) -> list[torch.Tensor]:
     """One deterministic chain per sample (`eval_chain`, noise fixed by the run seed, so before
     and after see the same noise): (passes, 3, H, W) per sample, unit images then the final
-    image, for the report's grids."""
+    image, for the report's grids. `context` overrides `chain.context`."""
     smp, ch = cfg.sampling, cfg.chain
+    settings = ch.chain_kwargs(adapter)
+    if context is not None:
+        settings["context"] = context
     strips = []
     for k, item in enumerate(samples):
         _, chain = eval_chain(
             adapter, transformer, item.scene, item.prompt, seed=cfg.run.seed * 7919 + k,
             height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
             guidance_scale=smp.guidance_scale, cumulative=ch.cumulative_prompts,
-            max_units=ch.max_units, **ch.chain_kwargs(adapter),
+            max_units=ch.max_units, **settings,
         )  # fmt: skip
         strips.append(torch.cat(chain.images))
     return strips
@@ -204,41 +245,95 @@ def chain_stages(
     }
 
 
-def bench_command(prompts: Path, out: Path, cfg, lora: Path | None = None) -> list[str]:
+CONDITIONS: dict[str, dict[str, Any]] = {
+    "flat": {"chain": False},
+    "img2img": {"chain": True, "context": "img2img"},
+    "in_context": {"chain": True, "context": "in_context"},
+}
+"""How the held-out images are drawn: one pass of the whole prompt; the chain of synthesis with
+image-to-image context (the canvas re-noised to `chain.strength`); the chain in context (earlier
+unit images as reference tokens). The trained policy is read in context."""
+
+
+def bench_command(
+    prompts: Path, out: Path, cfg, lora: Path | None = None, condition: str = "in_context"
+) -> list[str]:
     """The `vrl bench eval hicoprompt` command line that draws and judges what `bench_accuracy`
     does with these settings (the same images, the same figures)."""
     smp, ch = cfg.sampling, cfg.chain
+    how = CONDITIONS[condition]
+    chain = [
+        "--chain", "--context", how["context"], "--references", ch.references,
+        "--positions", ch.positions, "--strength", str(ch.strength), "--save-units",
+        *(["--cumulative"] if ch.cumulative_prompts else []),
+    ] if how["chain"] else []  # fmt: skip
     return [
         "vrl", "bench", "eval", "hicoprompt", "--prompts", str(prompts),
-        "--model", str(cfg.model.path), *(["--lora", str(lora)] if lora else []),
-        "--chain", "--strength", str(ch.strength), "--steps", str(smp.eval_num_steps),
-        *(["--cumulative"] if ch.cumulative_prompts else []),
-        "--guidance", str(smp.guidance_scale), "--height", str(smp.height),
-        "--width", str(smp.width), "--images-per-prompt", str(SEEDS_PER_SCENE),
-        "--seed", str(cfg.run.seed), "--judge", "exact", "--out", str(out),
+        "--model", str(cfg.model.path), *(["--lora", str(lora)] if lora else []), *chain,
+        "--steps", str(smp.eval_num_steps), "--guidance", str(smp.guidance_scale),
+        "--height", str(smp.height), "--width", str(smp.width),
+        "--images-per-prompt", str(SEEDS_PER_SCENE), "--seed", str(cfg.run.seed),
+        "--judge", "exact", "--out", str(out),
     ]  # fmt: skip
 
 
-def bench_accuracy(adapter, prompts: Path, out: Path, cfg) -> dict[str, float]:
-    """Held-out per-level accuracy through HiCoPrompt's evaluator (`vrl.bench`): chains of
-    synthesis drawn by `vrl bench`'s generator (ODE, `SEEDS_PER_SCENE` images per prompt, seeds
-    from the prompt ids) into `out/images`, read by the exact judge with DSG dependencies.
-    `bench_command(prompts, out, cfg, lora)` reproduces it from the command line. `out` is
-    emptied first."""
+def bench_accuracy(
+    adapter, prompts: Path, out: Path, cfg, condition: str = "in_context"
+) -> dict[str, float]:
+    """Held-out per-level accuracy through HiCoPrompt's evaluator (`vrl.bench`): images drawn by
+    `vrl bench`'s generator as `condition` says (`CONDITIONS`; ODE, `SEEDS_PER_SCENE` images per
+    prompt, seeds from the prompt ids; a chain keeps its unit images) into `out/images`, read by
+    the exact judge with DSG dependencies. `bench_command(prompts, out, cfg, lora, condition)`
+    reproduces it from the command line. `out` is emptied first."""
     shutil.rmtree(out, ignore_errors=True)  # vrl bench resumes: no image of an earlier model
     smp, ch = cfg.sampling, cfg.chain
+    how = CONDITIONS[condition]
+    chain = {
+        "chain": True, "context": how["context"], "references": ch.references,
+        "positions": ch.positions, "strength": ch.strength, "cumulative": ch.cumulative_prompts,
+        "save_units": True,
+    } if how["chain"] else {}  # fmt: skip
     items = load_items(prompts)
     layout = FlatLayout(out / "images")
     generate_missing(
         items, layout, adapter, images_per_prompt=SEEDS_PER_SCENE, height=smp.height,
         width=smp.width, num_steps=smp.eval_num_steps, guidance_scale=smp.guidance_scale,
-        seed=cfg.run.seed, chain=True, strength=ch.strength, cumulative=ch.cumulative_prompts,
+        seed=cfg.run.seed, batch_size=SEEDS_PER_SCENE, **chain,
     )  # fmt: skip
     summary = evaluate_items(
         items, layout.find(items), build_judge("exact", JudgeOptions()), out / "exact",
         settings={"judge": "exact"}, plots=False,
     )  # fmt: skip
     return {level: summary["dependencies"][level] for level in LEVELS}
+
+
+def carried(prompts: Path, images: Path, cumulative: bool = False) -> dict[str, float | int]:
+    """Whether a chain keeps what its units drew: of the subjects each unit drew (its own
+    subjects that the exact checker finds in its unit image), the share it finds in the chain's
+    final image. Every image is read against the whole scene, so the checker tells the subjects
+    apart by what the scene calls them. Reads the unit images `bench_accuracy` keeps beside the
+    final ones (`images/units/`); returns {"carried": share, "drawn": subjects drawn}."""
+    from PIL import Image
+
+    from vrl.bench.generate import unit_path
+    from vrl.hicogen.chain import plan_chain
+
+    def read(path: Path):
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    drawn = kept = 0
+    for item in load_items(prompts):
+        plan = plan_chain(item.scene, item.prompt, cumulative=cumulative)
+        for k, final_path in enumerate(FlatLayout(images).find([item]).get(item.id, [])):
+            final = check(item.scene, read(final_path)).assignment
+            for j, unit in enumerate(plan.units, start=1):
+                found = check(item.scene, read(unit_path(images, item.id, k, j))).assignment
+                for subject in unit.subjects:
+                    if found[subject] is not None:
+                        drawn += 1
+                        kept += final[subject] is not None
+    return {"carried": kept / drawn if drawn else float("nan"), "drawn": drawn}
 
 
 def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float | int]]:
@@ -288,8 +383,11 @@ def run(
     overrides: Sequence[str] = (),
     train_scenes: int | None = None,
 ):
-    """Train and evaluate the HiCoGen half; returns its summary (per-level before/after).
-    `train_scenes` (default `TRAIN_SCENES`): how many training scenes the prompts cycle over."""
+    """Train and evaluate the HiCoGen half; returns its summary: per-level held-out accuracy of
+    every condition of `CONDITIONS` on the base model and of the chain in context after RL
+    ("table"; "before" and "after" are the in-context rows), what the chains carried, the
+    off-palette share. `train_scenes` (default `TRAIN_SCENES`): how many training scenes the
+    prompts cycle over."""
     out = Path(out)
     recipe = json.loads(json.dumps(RECIPE))
     recipe["run"].update(output_dir=str(out / "run"), seed=seed)
@@ -300,45 +398,64 @@ def run(
     fits = token_fit(path)
     train_file = write_prompts(
         out / "data" / "train.jsonl",
-        world_scenes(train_scenes or TRAIN_SCENES, seed, "train"),
+        world_scenes(train_scenes or TRAIN_SCENES, seed, "train", SUBJECTS, fits),
         seed,
         fits,
     )
     held_seed = seed + HELD_OUT_SEED_OFFSET
-    held_scenes = world_scenes(HELD_OUT_SCENES, held_seed, "test")
+    held_scenes = world_scenes(HELD_OUT_SCENES, held_seed, "test", SUBJECTS, fits)
     held_file = write_prompts(out / "data" / "held_out.jsonl", held_scenes, held_seed, fits)
     recipe["prompts"].update(train=str(train_file), eval=str(held_file))
     cfg = build_config(DiffusionTrainConfig, recipe, "quickstart HiCoGen recipe")
     held_out = load_prompts(held_file)
+    cumulative = cfg.chain.cumulative_prompts
+
+    def measure(adapter, name: str, condition: str, lora: Path | None = None) -> dict[str, Any]:
+        folder = out / "bench" / name
+        row: dict[str, Any] = bench_accuracy(adapter, held_file, folder, cfg, condition)
+        row["off_palette"] = off_palette(folder / "images")
+        if CONDITIONS[condition]["chain"]:
+            row.update(carried(held_file, folder / "images", cumulative))
+        row["found_by_shape"] = found_by_shape(held_file, folder)
+        row["command"] = bench_command(held_file, folder, cfg, lora, condition)
+        return row
 
     t0 = time.perf_counter()
     grid_samples = held_out[:GRID_SCENES]
     base = FlowMatchingAdapter.from_pretrained(path)
-    before = bench_accuracy(base, held_file, out / "bench" / "before", cfg)
-    before_strips = chain_strips(base, base.transformer, grid_samples, cfg)
+    table = {name: measure(base, name, name) for name in CONDITIONS}
+    strips = {
+        "img2img": chain_strips(base, base.transformer, grid_samples, cfg, context="img2img"),
+        "before": chain_strips(base, base.transformer, grid_samples, cfg),
+    }
     del base
     summary = train(cfg)
     tuned = summary["adapter"]
-    after = bench_accuracy(tuned, held_file, out / "bench" / "after", cfg)
-    after_strips = chain_strips(tuned, tuned.transformer, grid_samples, cfg)
     final = Path(cfg.run.output_dir) / "final"
+    table["in_context_rl"] = measure(tuned, "in_context_rl", "in_context", lora=final)
+    strips["after"] = chain_strips(tuned, tuned.transformer, grid_samples, cfg)
+    levels = {name: {k: row[k] for k in LEVELS} for name, row in table.items()}
     return {
-        "before": before,
-        "after": after,
+        "table": table,
+        "before": levels["in_context"],
+        "after": levels["in_context_rl"],
         "off_palette": {
-            when: off_palette(out / "bench" / when / "images") for when in ("before", "after")
+            "before": table["in_context"]["off_palette"],
+            "after": table["in_context_rl"]["off_palette"],
         },
         "found_by_shape": {
-            when: found_by_shape(held_file, out / "bench" / when) for when in ("before", "after")
+            "before": table["in_context"]["found_by_shape"],
+            "after": table["in_context_rl"]["found_by_shape"],
         },
         "steps": cfg.run.max_steps,
         "held_out_images": len(held_out) * SEEDS_PER_SCENE,
+        "subjects": list(SUBJECTS),
         "minutes": (time.perf_counter() - t0) / 60,
         "rewards": summary["rewards"],
         "bench_commands": {
-            "before": bench_command(held_file, out / "bench" / "before", cfg),
-            "after": bench_command(held_file, out / "bench" / "after", cfg, lora=final),
+            "before": table["in_context"]["command"],
+            "after": table["in_context_rl"]["command"],
         },
-        "strips": {"before": before_strips, "after": after_strips},
+        "strips": strips,
         "config": cfg,
     }
