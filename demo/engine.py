@@ -329,6 +329,12 @@ def default_size(adapter, settings: DemoSettings) -> int:
         from vrl.models.tiny_diffusion import TINY_IMAGE_SIZE
 
         return TINY_IMAGE_SIZE
+    if settings.model.startswith("world:"):
+        # the world models draw the world's 32 px canvas; world:kontext's pipeline class keeps
+        # FLUX's default sample size (128 latents), which is not what it was trained on
+        from vrl.pretrain.kontext import IMAGE_SIZE
+
+        return IMAGE_SIZE
     sample_size = getattr(adapter.pipeline, "default_sample_size", None)
     # the adapter's factor, not the pipeline's: a pixel-space pipeline (no VAE, e.g. world:t2i)
     # draws at sample_size itself, where diffusers would assume a VAE's 8x

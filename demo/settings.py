@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-DEFAULT_MODEL = "world:t2i"
-"""The model `vrl demo` loads without --model: the committed shapes-world checkpoint (32 px, draws
-in a fraction of a second on a CPU). Also accepted: a diffusers flow-matching pipeline folder, a
-hub id in the local cache, or tiny-random:<sd3|flux>."""
+DEFAULT_MODEL = "world:kontext"
+"""The model `vrl demo` loads without --model: the committed in-context shapes-world checkpoint
+(FLUX.1 Kontext architecture, 32 px: the chain runs in context; the quickstart's LoRA is trained
+on it; a chain draws in about a second on a CPU). Also accepted: world:t2i (SD3, image-to-image
+chain), a diffusers flow-matching pipeline folder, a hub id in the local cache, or
+tiny-random:<sd3|flux|flux_kontext>."""
 
 REWARD_CHOICES = ("auto", "world", "tiny-random", "none")
 
@@ -65,7 +67,8 @@ class DemoSettings:
     size: int | None = None
     """Image height and width in pixels; default: 32 for tiny-random models, else the pipeline's."""
     default_steps: int | None = None
-    """Steps shown when the page opens; default: 8 for tiny-random models, 20 for world:t2i, else 28."""
+    """Steps shown when the page opens; default: 8 for tiny-random models, 20 for world: models,
+    else 28."""
     default_guidance: float | None = None
     """Guidance shown when the page opens; default: 1 (off) for tiny-random models, else 4."""
     limits: Limits = field(default_factory=Limits)
@@ -95,7 +98,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="diffusers flow-matching pipeline folder, world:t2i or tiny-random:<sd3|flux> "
+        help="diffusers flow-matching pipeline folder, world:kontext, world:t2i or "
+        "tiny-random:<sd3|flux|flux_kontext> "
         f"(default {DEFAULT_MODEL})",
     )
     parser.add_argument(

@@ -150,6 +150,7 @@ def test_demo_passes_are_exactly_the_chain_of_synthesis():
         batch_size=2, height=32, width=32, num_steps=3, strength=0.7, step="sde",
         schedule=DecayingNoise(eta_max=0.7, eta_min=0.07),
         generator=torch.Generator().manual_seed(0),
+        context="in_context",  # the default model, world:kontext, takes references
     )  # fmt: skip
     shown = [p.images for p in state.passes["model"]]
     assert len(shown) == len(chain.images) == 3

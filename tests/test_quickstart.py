@@ -70,8 +70,9 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
             units = tmp_path / "hicogen" / "bench" / name / "images" / "units"
             assert len(list(units.glob("*_unit1.png"))) == hico["held_out_images"]
         carried = f"{row['carried']:.1%}" if "carried" in row else "-"
+        placed = f"{row['relation_if_found']:.1%} of {row['found_pairs']}"
         line = (f"{row['exist']:.1%} | {row['attribute']:.1%} | {row['relation']:.1%} | "
-                f"{carried} | {row['off_palette']:.1%} |")  # fmt: skip
+                f"{carried} | {row['off_palette']:.1%} | {placed} |")  # fmt: skip
         assert line in report, line
     assert re.search(r"chain in context, after RL +\d+\.\d%", printed)
     off = hico["off_palette"]

@@ -100,6 +100,31 @@ def test_carried_counts_the_subjects_a_unit_drew_that_the_final_image_kept(tmp_p
     assert result == {"carried": 9 / 12, "drawn": 12}
 
 
+def test_relation_if_found_reads_only_the_relations_whose_subjects_were_drawn(tmp_path):
+    scenes = hicogen_rl.world_scenes(2, seed=8, split="test", subjects=(3, 3))
+    prompts = hicogen_rl.write_prompts(tmp_path / "held_out.jsonl", scenes, seed=8)
+    rows = [json.loads(line) for line in prompts.read_text().splitlines()]
+    (tmp_path / "exact").mkdir()
+
+    def image(found: set[str], right: set[int], scene) -> dict:
+        answers = {f"{s.id}/exist": float(s.id in found) for s in scene.subjects}
+        answers |= {f"rel/{i}": float(i in right) for i in range(len(scene.relations))}
+        return {"answers": answers}
+
+    a, b = scenes
+    # scene a: all found, relation 0 right, 1 wrong; then s0 missing (no relation of s0 counted)
+    images_a = [image({"s0", "s1", "s2"}, {0}, a), image({"s1", "s2"}, {0, 1}, a)]
+    with_s0 = [i for i, r in enumerate(a.relations) if "s0" in (r.subject, r.object)]
+    images_b = [image(set(), set(), b)]  # nothing drawn: nothing asked
+    lines = [{"id": rows[0]["id"], "images": images_a}, {"id": rows[1]["id"], "images": images_b}]
+    (tmp_path / "exact" / "per_prompt.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    asked = 2 + (2 - len(with_s0))
+    right = 1 + sum(1 for i in (0, 1) if i not in with_s0)
+    assert hicogen_rl.relation_if_found(prompts, tmp_path) == {
+        "relation_if_found": right / asked, "found_pairs": asked,
+    }  # fmt: skip
+
+
 def test_the_committed_checkpoints_tokenizer_decides_what_fits():
     from vrl.models.paths import resolve_pipeline_path
 

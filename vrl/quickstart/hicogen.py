@@ -360,6 +360,28 @@ def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float | int]
     }
 
 
+def relation_if_found(prompts: Path, out: Path) -> dict[str, float | int]:
+    """The relation questions whose two subjects the judge found, and the share of them answered
+    right, from the per-image answers `bench_accuracy` wrote under `out`: where the subjects are
+    drawn, is their placement right? The relation level (DSG dependencies) also counts a relation
+    wrong when a subject is missing, so it rises with exist alone; this does not."""
+    relations: dict[str, list[tuple[str, str]]] = {}
+    for line in Path(prompts).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        relations[row["id"]] = [(r["subject"], r["object"]) for r in row["scene"]["relations"]]
+    right = asked = 0
+    per_prompt = Path(out) / "exact" / "per_prompt.jsonl"
+    for line in per_prompt.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        for image in row["images"]:
+            answers = image["answers"]
+            for i, (subject, obj) in enumerate(relations[row["id"]]):
+                if answers.get(f"{subject}/exist") and answers.get(f"{obj}/exist"):
+                    asked += 1
+                    right += bool(answers.get(f"rel/{i}"))
+    return {"relation_if_found": right / asked if asked else float("nan"), "found_pairs": asked}
+
+
 def off_palette(folder: Path) -> float:
     """Mean `vrl.world.off_palette_share` of the images in a folder (the PNGs `bench_accuracy`
     drew): ~2% for the world model, 14-22% once a policy has turned its images into texture."""
@@ -417,6 +439,7 @@ def run(
         if CONDITIONS[condition]["chain"]:
             row.update(carried(held_file, folder / "images", cumulative))
         row["found_by_shape"] = found_by_shape(held_file, folder)
+        row.update(relation_if_found(held_file, folder))
         row["command"] = bench_command(held_file, folder, cfg, lora, condition)
         return row
 
