@@ -55,6 +55,7 @@ from vrl.demo.engine import (
 )
 from vrl.demo.rewards import REWARD_NOTES, format_score
 from vrl.demo.settings import DemoSettings, settings_from_args
+from vrl.hicogen.chain import resolve_context
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +183,18 @@ def status_text(state: DemoState) -> str:
 def header_text(engine: DemoEngine) -> str:
     s, limits = engine.settings, engine.settings.limits
     adapter = f"`{s.lora}` (side by side with the base model)" if s.lora else "none"
+    in_context = resolve_context(engine.adapter, "auto") == "in_context"
+    how = (
+        "from noise with the earlier unit images as reference tokens (in context), then a final "
+        "pass composes the whole prompt from every unit image"
+        if in_context
+        else "on the canvas made so far (image-to-image), then a final pass composes the whole "
+        "prompt"
+    )
     lines = [
         "# vrl demo: HiCoGen's chain of synthesis",
-        "A complex prompt is decomposed into synthesis units; each unit is drawn on the canvas "
-        "made so far (image-to-image), then a final pass composes the whole prompt. The reward "
-        "grades the final image at three levels: global, subject and relation.",
+        f"A complex prompt is decomposed into synthesis units; each unit is drawn {how}. The "
+        "reward grades the final image at three levels: global, subject and relation.",
         f"Model `{s.model}` at {engine.size}x{engine.size} · adapter {adapter} · reward "
         f"{engine.reward_name} ({REWARD_NOTES.get(engine.reward_name, 'custom')}).",
         f"Limits: {limits.max_prompt_chars} characters, {limits.max_steps} steps, "

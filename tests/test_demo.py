@@ -370,3 +370,10 @@ def test_a_flux_kontext_demo_draws_the_chain_in_context():
     assert len(shown) == len(chain.images) == 3
     for ours, theirs in zip(shown, chain.images, strict=True):
         torch.testing.assert_close(ours, theirs.cpu(), rtol=0, atol=1e-6)
+    # the page says how the passes see each other: in context here, image-to-image on SD3
+    from vrl.demo.app import header_text
+
+    assert "as reference tokens (in context)" in header_text(engine)
+    sd3 = DemoEngine(DemoSettings(model=TINY), adapter=load_adapter(TINY, torch.device("cpu")),
+                     reward=("none", None))  # fmt: skip
+    assert "(image-to-image)" in header_text(sd3) and "in context" not in header_text(sd3)
