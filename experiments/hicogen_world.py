@@ -4,10 +4,12 @@
     python experiments/hicogen_world.py --seeds 0 1 2 --schedules decaying constant window
     python experiments/hicogen_world.py --seeds 0 --train-scenes 4        # can it fit 4 prompts?
 
-Each (schedule, seed) runs `vrl.quickstart.hicogen.run`: the quickstart's HiCoGen recipe from the
-committed `world:t2i` checkpoint, then per-level accuracy (exist, attribute, relation; DSG
-dependencies) of deterministic chains on held-out test-split scenes, read by the exact checker,
-before and after. The schedules differ only in how the rollouts' noise is spread over the
+Each (schedule, seed) runs `vrl.quickstart.hicogen.run`: the quickstart's HiCoGen recipe (since
+2026-12-06 on the committed `world:kontext`, the chain in context, scenes of 2-3 subjects; the
+figures dated before that came from `world:t2i`'s image-to-image chain on two-subject scenes),
+then per-level accuracy (exist, attribute, relation; DSG dependencies) of deterministic chains
+on held-out test-split scenes, read by the exact checker, before and after. The whole table
+(flat pass, image-to-image chain, chain in context, after RL) is `benchmarks/hicogen_chain.py`. The schedules differ only in how the rollouts' noise is spread over the
 sampling steps; all have the same mean level (that of the recipe's decaying schedule):
 
 - decaying: the recipe's cosine decay (HiCoGen: noise spent in the early, layout-deciding steps),
