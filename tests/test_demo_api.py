@@ -110,7 +110,8 @@ from vrl.demo.engine import DemoEngine
 from vrl.demo.settings import DemoSettings
 
 settings = DemoSettings(reward="none", size=32)
-model = types.SimpleNamespace(sigmas=lambda steps, height, width: None)  # loading one takes long
+# a stand-in for the model (loading one takes long): what the page reads of it before a request
+model = types.SimpleNamespace(sigmas=lambda steps, height, width: None, trained_on_references=True)
 engine = DemoEngine(settings, adapter=model, reward=("none", None))
 launch(settings, engine=engine, port=int(sys.argv[1]))  # serves as `vrl demo` does, blocking
 """
