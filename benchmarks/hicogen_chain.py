@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from vrl.quickstart import images_intact, sampling_noise
 
 LEVELS = ("exist", "attribute", "relation")
 ROWS = ("flat", "img2img", "in_context", "in_context_rl")
@@ -53,13 +54,6 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def noise_points(p: float, n: int) -> float:
-    """Twice the standard error of an accuracy near p measured on n images (as the quickstart's
-    verdict): a change smaller than this is within sampling noise."""
-    p = min(max(p, 0.05), 0.95)
-    return 2 * math.sqrt(p * (1 - p) / n)
 
 
 def goals(report: dict) -> list[tuple[str, bool, str]]:
@@ -78,11 +72,11 @@ def goals(report: dict) -> list[tuple[str, bool, str]]:
     out.append(("RL adds >= 10 points on relation", gain >= 0.10, f"{100 * gain:+.1f} points"))
     for level in LEVELS:
         change = m["in_context_rl"][level] - m["in_context"][level]
-        noise = noise_points(m["in_context"][level], images)
+        noise = sampling_noise(m["in_context"][level], images)
         out.append((f"RL: {level} does not fall", change >= -noise,
                     f"{100 * change:+.1f} points (noise +-{100 * noise:.1f})"))  # fmt: skip
     before, after = m["in_context"]["off_palette"], m["in_context_rl"]["off_palette"]
-    intact = after <= max(2 * before, before + 0.02)
+    intact = images_intact(before, after)
     out.append(("RL keeps the images intact (off-palette)", intact,
                 f"{before:.1%} -> {after:.1%}"))  # fmt: skip
     return out
@@ -136,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/hicogen_chain", help="one run folder per seed")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the recipe's)")
+    parser.add_argument("--held-out-scenes", type=int, default=None,
+                        help="held-out scenes per seed (default: the quickstart's 64)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--table", nargs="+", default=None,
@@ -160,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     from vrl.quickstart import hicogen as hicogen_half
 
     torch.set_num_threads(args.threads)
+    if args.held_out_scenes:
+        hicogen_half.HELD_OUT_SCENES = args.held_out_scenes
     per_seed = {}
     for seed in args.seeds:
         out = Path(args.out) / f"seed-{seed}"

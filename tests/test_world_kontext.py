@@ -169,6 +169,9 @@ def test_pretrain_world_kontext_trains_saves_and_draws_a_chain_in_context(tmp_pa
     assert stages[0]["vae_steps"] > 0 and stages[1]["vae_steps"] == 0
     assert stages[0]["one_subject_exist"] == summary["quality"]["1-subject test"]["exist"]
     card = (more / "README.md").read_text()
+    # the continued folder records no path of this machine (its VAE came from the first folder)
+    for config in [more / "model_index.json", *more.glob("*/config.json")]:
+        assert "_name_or_path" not in json.loads(config.read_text()), config
     row = next(line for line in card.splitlines() if line.startswith("| 2 | `vrl pretrain"))
     assert " steps=0 " in row and row.count("init=<stage 1>`") == 1
 

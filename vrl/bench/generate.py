@@ -254,9 +254,10 @@ def _chain_one(
         num_steps=num_steps, guidance_scale=guidance, **settings,
     )  # fmt: skip
     layout.prepare(item)
+    if units is not None:
+        units.mkdir(parents=True, exist_ok=True)
     for k in ks:  # the whole batch is drawn so that image k does not depend on what was missing
         if units is not None:
-            units.mkdir(parents=True, exist_ok=True)
             for j, step in enumerate(result.steps[:-1], start=1):
                 _save(step.image[k], unit_path(units.parent, item.id, k, j))
         _save(result.final[k], layout.target(item, k))

@@ -168,17 +168,27 @@ def build_t5_tokenizer(
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
-def _clip_text_config(vocab_size: int, hidden_size: int, tokenizer: CLIPTokenizer):
+def clip_text_config(
+    vocab_size: int,
+    hidden_size: int,
+    tokenizer: CLIPTokenizer,
+    *,
+    layers: int = 2,
+    intermediate_size: int | None = None,
+    max_positions: int = CLIP_MAX_LENGTH,
+):
+    """A small CLIP text tower's config (2 heads, quick-GELU; 2 layers by default: SD3 reads the
+    penultimate hidden state), its special tokens the tokenizer's."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         projection_dim=hidden_size,
-        num_hidden_layers=2,  # SD3 reads the penultimate hidden state
+        num_hidden_layers=layers,
         num_attention_heads=2,
-        max_position_embeddings=CLIP_MAX_LENGTH,
+        max_position_embeddings=max_positions,
         hidden_act="quick_gelu",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,  # the pooled output is taken at the first eos
@@ -186,7 +196,8 @@ def _clip_text_config(vocab_size: int, hidden_size: int, tokenizer: CLIPTokenize
     )
 
 
-def _t5_encoder(d_model: int, tokenizer: T5Tokenizer):
+def t5_encoder(d_model: int, tokenizer: T5Tokenizer, layers: int = 2):
+    """A small T5 v1.1 encoder (4 heads, gated GELU), its special tokens the tokenizer's."""
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
@@ -194,7 +205,7 @@ def _t5_encoder(d_model: int, tokenizer: T5Tokenizer):
         d_model=d_model,
         d_kv=d_model // 4,
         d_ff=2 * d_model,
-        num_layers=2,
+        num_layers=layers,
         num_heads=4,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=32,
@@ -268,10 +279,10 @@ def build_tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
         )
         vae = _tiny_vae(SD3_VAE_SCALING, SD3_VAE_SHIFT)
         text_encoders = [
-            CLIPTextModelWithProjection(_clip_text_config(len(clip_tokenizer), w, clip_tokenizer))
+            CLIPTextModelWithProjection(clip_text_config(len(clip_tokenizer), w, clip_tokenizer))
             for w in clip_widths
         ]
-        text_encoder_3 = _t5_encoder(t5_width, t5_tokenizer)
+        text_encoder_3 = t5_encoder(t5_width, t5_tokenizer)
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     pipe = StableDiffusion3Pipeline(
@@ -320,9 +331,9 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline
         )
         vae = _tiny_vae(FLUX_VAE_SCALING, FLUX_VAE_SHIFT)
         text_encoder = CLIPTextModel(
-            _clip_text_config(len(clip_tokenizer), clip_width, clip_tokenizer)
+            clip_text_config(len(clip_tokenizer), clip_width, clip_tokenizer)
         )
-        text_encoder_2 = _t5_encoder(t5_width, t5_tokenizer)
+        text_encoder_2 = t5_encoder(t5_width, t5_tokenizer)
 
     # FLUX.1's scheduler config: the shift exp(mu) grows with the number of image tokens.
     scheduler = FlowMatchEulerDiscreteScheduler(

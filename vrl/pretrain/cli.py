@@ -7,7 +7,6 @@ with its model card (``vrl.pretrain.cards``), and prints its training time and h
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from vrl.pretrain.cards import (
     t2i_quality_table,
     vlm_card,
 )
+from vrl.pretrain.common import recipe_summary, save_pipeline
 
 
 def parse_extra(pairs: Sequence[str], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -54,21 +54,15 @@ def t2i_main(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/world-t2i-seed{args.seed}")
 
     pipe, stats = t2i.train(cfg, seed=args.seed)
-    pipe.save_pretrained(out, safe_serialization=True)
-    index = json.loads((out / "model_index.json").read_text())
-    if index.pop("_name_or_path", None) is not None:  # a second stage: not this machine's path
-        (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    save_pipeline(pipe, out)
     adapter = FlowMatchingAdapter.from_pretrained(out)  # the folder, as RL will load it
 
     results = t2i.evaluate(adapter, cfg.sample_steps, cfg.guidance, cfg.eval_scenes, args.seed)
     grid_scenes = t2i.eval_scenes(2, "train", 16) + t2i.eval_scenes(1, "test", 16)
     grid = t2i.generate(adapter, [s.prompt() for s in grid_scenes], cfg.sample_steps, cfg.guidance)
     t2i.save_grid(grid, out / "samples.png")
-    defaults = dataclasses.asdict(t2i.T2IConfig())
-    config = dataclasses.asdict(cfg)
     summary = {
-        "config": config,
-        "overrides": {k: v for k, v in config.items() if v != defaults[k]},
+        **recipe_summary(cfg),
         "seed": args.seed,
         "parameters": t2i.count_parameters(pipe),
         **stats,
@@ -134,18 +128,15 @@ def kontext_main(args: argparse.Namespace) -> int:
     cfg = kontext.KontextConfig.from_overrides(args.extra)
     out = Path(args.out or f"runs/world-kontext-seed{args.seed}")
     pipe, stats = kontext.train(cfg, seed=args.seed)
-    pipe.save_pretrained(out, safe_serialization=True)
+    save_pipeline(pipe, out)
     adapter = FlowMatchingAdapter.from_pretrained(out)  # the folder, as RL will load it
     quality = kontext_eval.evaluate(adapter, cfg, cfg.eval_scenes, args.seed)
     grid_scenes = t2i.eval_scenes(1, "test", 16)
     grid = t2i.generate(adapter, [s.prompt() for s in grid_scenes], cfg.sample_steps, cfg.guidance)
     t2i.save_grid(grid, out / "samples.png")
-    config = dataclasses.asdict(cfg)
-    defaults = dataclasses.asdict(kontext.KontextConfig())
     losses = stats.pop("losses")
     summary = {
-        "config": config,
-        "overrides": {k: v for k, v in config.items() if v != defaults[k]},
+        **recipe_summary(cfg),
         "seed": args.seed,
         "parameters": kontext.count_parameters(pipe),
         **stats,

@@ -24,14 +24,17 @@ tokens' velocity. A batch is split by reference count (one transformer call per 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from vrl.pretrain.common import config_from_extra, lr_factor, swap_ema
 from vrl.pretrain.kontext_data import TripleStream, as_images, group_by_references
 
 IMAGE_SIZE = 32
@@ -113,23 +116,8 @@ class KontextConfig:
 
     @classmethod
     def from_overrides(cls, items: Sequence[str]) -> KontextConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for item in items:
-            key, sep, raw = item.partition("=")
-            if not sep or key not in fields:
-                raise ValueError(f"--extra {item!r}: expected key=value with a key of {fields}")
-            default = getattr(cls, key)
-            if isinstance(default, tuple):
-                values[key] = tuple(float(v) for v in raw.split(","))
-            elif isinstance(default, bool):
-                values[key] = raw.lower() in ("true", "1", "yes")
-            else:
-                values[key] = type(default)(raw)
-        return cls(**values)
-
-
-# ---------------------------------------------------------------------- components
+        """A config from ``key=value`` strings (the CLI's --extra; `config_from_extra`)."""
+        return config_from_extra(cls, items)
 
 
 def world_words(scenes: int = 300, seed: int = 0) -> list[str]:
@@ -206,9 +194,9 @@ def build_transformer(cfg: KontextConfig):
 def build_pipeline(cfg: KontextConfig, seed: int = 0, vae=None):
     """A `FluxKontextPipeline` of this recipe, random but for ``vae`` (a trained one), float32."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
-    from vrl.models.tiny_diffusion import build_clip_tokenizer
+    from vrl.models.tiny_diffusion import build_clip_tokenizer, clip_text_config, t5_encoder
 
     if cfg.vae_down == 1:
         raise ValueError("vae_down=1 (pixel space) is for timing only: FluxAdapter samples FLUX "
@@ -219,38 +207,16 @@ def build_pipeline(cfg: KontextConfig, seed: int = 0, vae=None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(clip_tokenizer),
-                hidden_size=w,
+            clip_text_config(
+                len(clip_tokenizer),
+                w,
+                clip_tokenizer,
+                layers=cfg.text_layers,
                 intermediate_size=4 * w,
-                projection_dim=w,
-                num_hidden_layers=cfg.text_layers,
-                num_attention_heads=2,
-                max_position_embeddings=cfg.text_tokens,
-                hidden_act="quick_gelu",
-                bos_token_id=clip_tokenizer.bos_token_id,
-                eos_token_id=clip_tokenizer.eos_token_id,
-                pad_token_id=clip_tokenizer.pad_token_id,
-            )
+                max_positions=cfg.text_tokens,
+            )  # fmt: skip
         )
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tokenizer),
-                d_model=w,
-                d_kv=w // 4,
-                d_ff=2 * w,
-                num_layers=cfg.text_layers,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=32,
-                feed_forward_proj="gated-gelu",
-                is_encoder_decoder=False,
-                use_cache=False,
-                pad_token_id=t5_tokenizer.pad_token_id,
-                eos_token_id=t5_tokenizer.eos_token_id,
-                decoder_start_token_id=t5_tokenizer.pad_token_id,
-            )
-        )
+        t5 = t5_encoder(w, t5_tokenizer, layers=cfg.text_layers)
         transformer = build_transformer(cfg)
         vae = vae if vae is not None else build_vae(cfg)
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -355,13 +321,6 @@ def train_vae(cfg: KontextConfig, seed: int = 0, progress: bool = True):
 # ---------------------------------------------------------------------- training
 
 
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def flow_loss(pipe, cfg: KontextConfig, triples, embeds, pooled, text_ids, g) -> torch.Tensor:
     """Summed per-sample rectified-flow loss of a batch of triples, one transformer call per
     reference count: the target's tokens noised, the references' clean tokens after them."""
@@ -459,13 +418,6 @@ def train(
     )
     g = torch.Generator().manual_seed(seed)
 
-    def swap_ema() -> None:
-        with torch.no_grad():
-            for p, e in zip(params, ema, strict=True):
-                held = p.detach().clone()
-                p.copy_(e)
-                e.copy_(held)
-
     losses: list[float] = []
     cpu = -time.process_time()
     bar = tqdm(range(cfg.steps), desc="world-kontext", disable=not progress, mininterval=2.0)
@@ -488,13 +440,13 @@ def train(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if callback is not None and every and (step + 1) % every == 0 and step + 1 < cfg.steps:
             cpu += time.process_time()
-            swap_ema()
+            swap_ema(params, ema)
             callback(step + 1, pipe)
-            swap_ema()
+            swap_ema(params, ema)
             train_mode()
             cpu -= time.process_time()
     cpu += time.process_time()
-    swap_ema()
+    swap_ema(params, ema)
     for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False).eval()
     curve = [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4)
@@ -516,8 +468,6 @@ def lineage(summary: dict[str, Any]) -> list[dict[str, Any]]:
     was kept, the chain of its ``init`` fields), then adds its own. Each stage: its ``--extra``
     settings (folders left out: each stage starts from the one before), steps, CPU minutes of the
     VAE and the transformer, threads, final loss and held-out one-subject exist."""
-    import json
-    from pathlib import Path
 
     def stage(s: dict[str, Any]) -> dict[str, Any]:
         one = s.get("quality", {}).get("1-subject test", {})

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from vrl.hicogen.scene import Scene
+from vrl.pretrain.common import config_from_extra, lr_factor, swap_ema
 
 IMAGE_SIZE = 32
 T5_TOKENS = 1
@@ -133,26 +134,8 @@ class T2IConfig:
 
     @classmethod
     def from_overrides(cls, items: Sequence[str]) -> T2IConfig:
-        """A config from ``key=value`` strings (the CLI's --extra), values parsed as JSON where
-        they can be (``subject_mix=0.5,0.5`` is a tuple)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for item in items:
-            key, sep, raw = item.partition("=")
-            if not sep or key not in fields:
-                raise ValueError(
-                    f"--extra {item!r}: expected key=value with a key of {list(fields)}"
-                )
-            default = getattr(cls, key)
-            if isinstance(default, tuple):
-                values[key] = tuple(float(v) for v in raw.split(","))
-            elif isinstance(default, bool):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"--extra {item!r}: expected true or false")
-                values[key] = raw.lower() in ("true", "1")
-            else:
-                values[key] = type(default)(raw)
-        return cls(**values)
+        """A config from ``key=value`` strings (the CLI's --extra; `config_from_extra`)."""
+        return config_from_extra(cls, items)
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -342,14 +325,6 @@ def load_pipeline(source: str, cfg: T2IConfig):
     return pipe
 
 
-def lr_factor(step: int, cfg: T2IConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train(
     cfg: T2IConfig,
     seed: int = 0,
@@ -379,13 +354,6 @@ def train(
     stream = SceneStream(cfg, seed, pipe.tokenizer)
     g = torch.Generator().manual_seed(seed)
 
-    def swap_ema() -> None:
-        with torch.no_grad():
-            for p, e in zip(params, ema, strict=True):
-                held = p.detach().clone()
-                p.copy_(e)
-                e.copy_(held)
-
     losses: list[float] = []
     wall, cpu = -time.perf_counter(), -time.process_time()
     bar = tqdm(range(cfg.steps), desc="world-t2i", disable=not progress, mininterval=2.0)
@@ -413,7 +381,7 @@ def train(
             loss = torch.nn.functional.mse_loss(v, eps - x0)
 
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg)
+            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -425,14 +393,14 @@ def train(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if callback is not None and every and (step + 1) % every == 0 and step + 1 < cfg.steps:
             wall, cpu = wall + time.perf_counter(), cpu + time.process_time()
-            swap_ema()
+            swap_ema(params, ema)
             callback(step + 1, pipe)
-            swap_ema()
+            swap_ema(params, ema)
             train_mode()  # a callback that loads an adapter freezes the text towers
             wall, cpu = wall - time.perf_counter(), cpu - time.process_time()
     wall, cpu = wall + time.perf_counter(), cpu + time.process_time()
 
-    swap_ema()
+    swap_ema(params, ema)
     for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False).eval()
     stats = {

@@ -309,6 +309,19 @@ def _shape_table(h: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def images_intact(before: float, after: float) -> bool:
+    """Whether an off-palette share after training is within the larger of twice the share before
+    and 2 points above it: a policy that turned its images into texture raises it several-fold."""
+    return after <= max(2 * before, before + 0.02)
+
+
+def sampling_noise(p: float, n: int) -> float:
+    """Twice the standard error of an accuracy near p measured on n items (p held in [0.05,
+    0.95]): a change smaller than this is within sampling noise."""
+    p = min(max(p, 0.05), 0.95)
+    return 2 * math.sqrt(p * (1 - p) / n)
+
+
 def _integrity(h: dict[str, Any]) -> str:
     """A sentence on whether the images stayed pictures: the off-palette share before and after
     (`vrl.world.off_palette_share`), which a reward hack into texture raises several-fold."""
@@ -317,7 +330,7 @@ def _integrity(h: dict[str, Any]) -> str:
         f"Off-palette pixels (no world colour; texture and noise raise it): {o['before']:.1%} "
         f"before, {o['after']:.1%} after."
     )
-    if o["after"] > max(2 * o["before"], o["before"] + 0.02):
+    if not images_intact(o["before"], o["after"]):
         text += " The images after training lost integrity: read the gains above as a reward hack."
     return text
 
@@ -327,8 +340,7 @@ def _verdict(before: dict[str, float], after: dict[str, float], n: int) -> str:
     measured on `n` items (a change smaller than that is called unchanged, whatever its sign)."""
     parts = {"improved": [], "unchanged (within sampling noise)": [], "worse": []}
     for k in before:
-        p = min(max(before[k], 0.05), 0.95)
-        noise = 2 * math.sqrt(p * (1 - p) / n)
+        noise = sampling_noise(before[k], n)
         change = after[k] - before[k]
         kind = "improved" if change > noise else "worse" if change < -noise else None
         label = f"{k} ({change:+.1%}, noise +-{noise:.1%})"

@@ -323,9 +323,11 @@ def carried(prompts: Path, images: Path, cumulative: bool = False) -> dict[str, 
             return image.convert("RGB")
 
     drawn = kept = 0
-    for item in load_items(prompts):
+    items = load_items(prompts)
+    finals = FlatLayout(images).find(items)
+    for item in items:
         plan = plan_chain(item.scene, item.prompt, cumulative=cumulative)
-        for k, final_path in enumerate(FlatLayout(images).find([item]).get(item.id, [])):
+        for k, final_path in enumerate(finals.get(item.id, [])):
             final = check(item.scene, read(final_path)).assignment
             for j, unit in enumerate(plan.units, start=1):
                 found = check(item.scene, read(unit_path(images, item.id, k, j))).assignment
@@ -336,24 +338,32 @@ def carried(prompts: Path, images: Path, cumulative: bool = False) -> dict[str, 
     return {"carried": kept / drawn if drawn else float("nan"), "drawn": drawn}
 
 
-def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float | int]]:
-    """Per asked shape: the share of held-out subjects the judge found (their `exist` answers in
-    the per-image answers `bench_accuracy` wrote under `out`) and how many were asked. The exist
-    level is their mean; this says which shapes it misses (squares, which the world model draws
-    as round blobs). Unanswered questions are left out."""
-    shapes: dict[str, dict[str, str]] = {}
+def judged_images(prompts: Path, out: Path):
+    """(scene as a dict, the judge's answers) per image, from the prompt file and the per-image
+    answers `bench_accuracy` wrote under `out`."""
+    scenes = {}
     for line in Path(prompts).read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        shapes[row["id"]] = {s["id"]: s["name"] for s in row["scene"]["subjects"]}
-    found: dict[str, list[float]] = {}
+        scenes[row["id"]] = row["scene"]
     per_prompt = Path(out) / "exact" / "per_prompt.jsonl"
     for line in per_prompt.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         for image in row["images"]:
-            for key, value in image["answers"].items():
-                subject, _, question = key.partition("/")
-                if question == "exist" and value is not None:
-                    found.setdefault(shapes[row["id"]][subject], []).append(float(value))
+            yield scenes[row["id"]], image["answers"]
+
+
+def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float | int]]:
+    """Per asked shape: the share of held-out subjects the judge found (their `exist` answers,
+    `judged_images`) and how many were asked. The exist level is their mean; this says which
+    shapes it misses (squares, which the world model draws as round blobs). Unanswered questions
+    are left out."""
+    found: dict[str, list[float]] = {}
+    for scene, answers in judged_images(prompts, out):
+        shapes = {s["id"]: s["name"] for s in scene["subjects"]}
+        for key, value in answers.items():
+            subject, _, question = key.partition("/")
+            if question == "exist" and value is not None:
+                found.setdefault(shapes[subject], []).append(float(value))
     return {
         shape: {"found": sum(values) / len(values), "subjects": len(values)}
         for shape, values in sorted(found.items())
@@ -362,23 +372,16 @@ def found_by_shape(prompts: Path, out: Path) -> dict[str, dict[str, float | int]
 
 def relation_if_found(prompts: Path, out: Path) -> dict[str, float | int]:
     """The relation questions whose two subjects the judge found, and the share of them answered
-    right, from the per-image answers `bench_accuracy` wrote under `out`: where the subjects are
-    drawn, is their placement right? The relation level (DSG dependencies) also counts a relation
-    wrong when a subject is missing, so it rises with exist alone; this does not."""
-    relations: dict[str, list[tuple[str, str]]] = {}
-    for line in Path(prompts).read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        relations[row["id"]] = [(r["subject"], r["object"]) for r in row["scene"]["relations"]]
+    right (`judged_images`): where the subjects are drawn, is their placement right? The relation
+    level (DSG dependencies) also counts a relation wrong when a subject is missing, so it rises
+    with exist alone; this does not."""
     right = asked = 0
-    per_prompt = Path(out) / "exact" / "per_prompt.jsonl"
-    for line in per_prompt.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        for image in row["images"]:
-            answers = image["answers"]
-            for i, (subject, obj) in enumerate(relations[row["id"]]):
-                if answers.get(f"{subject}/exist") and answers.get(f"{obj}/exist"):
-                    asked += 1
-                    right += bool(answers.get(f"rel/{i}"))
+    for scene, answers in judged_images(prompts, out):
+        for i, relation in enumerate(scene["relations"]):
+            subject, obj = relation["subject"], relation["object"]
+            if answers.get(f"{subject}/exist") and answers.get(f"{obj}/exist"):
+                asked += 1
+                right += bool(answers.get(f"rel/{i}"))
     return {"relation_if_found": right / asked if asked else float("nan"), "found_pairs": asked}
 
 
