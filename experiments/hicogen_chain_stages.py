@@ -9,7 +9,8 @@ final pass with the whole prompt from unit 2's canvas (`--contexts img2img`, the
 stock text-to-image model can get); or in context, every pass from noise with the earlier unit
 images as reference tokens (`in_context`, a model trained on reference tokens). This prints, per
 model, context and way of writing the unit prompts (each unit's own subjects, the
-quickstart's; or cumulative: every subject so far):
+quickstart's; relational: them placed against the earlier subjects; cumulative: every subject
+so far; `--unit-prompts`):
 
 - the share of the first subject found in unit 1's image, in unit 2's image and in the final
   image, i.e. whether a later pass keeps what an earlier one drew;
@@ -29,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from vrl.hicogen.scene import UNIT_PROMPT_FORMS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--contexts", nargs="+", default=["img2img"], choices=["img2img", "in_context"],
         help="chain contexts to compare (in_context needs a model trained on reference tokens)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unit-prompts", nargs="+", default=["own", "cumulative"], choices=UNIT_PROMPT_FORMS,
+        help="ways of writing the unit prompts to compare (Scene.unit_prompt)",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write every figure here")
@@ -92,21 +99,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows = [json.loads(line) for line in prompts.read_text().splitlines()]
         for context in args.contexts:
-            for cumulative in (False, True):
+            for form in args.unit_prompts:
                 t0 = time.perf_counter()
                 r = chain_stages(
                     adapter, rows, images_per_scene=args.images,
                     num_steps=smp["eval_num_steps"], guidance_scale=smp["guidance_scale"],
                     strength=strength, height=smp["height"], width=smp["width"],
-                    cumulative=cumulative, seed=args.seed, context=context,
+                    prompt_form=form, seed=args.seed, context=context,
                 )  # fmt: skip
                 minutes = (time.perf_counter() - t0) / 60
                 results.append(
-                    {"model": model, "context": context, "cumulative": cumulative,
+                    {"model": model, "context": context, "unit_prompts": form,
                      "minutes": minutes, **r}
                 )  # fmt: skip
                 found = " / ".join(f"{100 * v:.1f}" for v in r["first_unit_found"])
-                prompts_kind = "cumulative" if cumulative else "own subjects"
+                prompts_kind = "own subjects" if form == "own" else form
                 print(
                     f"| {model} | {context} | {prompts_kind} | {found} | {cell(r['last_unit'])} "
                     f"| {cell(r['final'])} | {cell(r['flat'])} | {minutes:.1f} |",

@@ -111,14 +111,12 @@ def test_a_judge_that_does_not_fit_the_prompts_is_one_line(tmp_path, capsys):
     assert "exact judge checks shapes-world scenes only" in capsys.readouterr().err
 
 
-def test_chain_unit_prompts_name_every_subject_so_far_with_cumulative(
-    tmp_path, monkeypatch, capsys
-):
+def test_chain_unit_prompts_follow_unit_prompts_flag(tmp_path, monkeypatch, capsys):
     import vrl.hicogen.chain as chain_module
 
-    lines = build_world_split(tmp_path, n=6).read_text().splitlines()
-    prompts = tmp_path / "two.jsonl"  # the first prompt with two subjects or more
-    prompts.write_text(next(x for x in lines if len(json.loads(x)["scene"]["subjects"]) > 1) + "\n")
+    lines = build_world_split(tmp_path, n=12).read_text().splitlines()
+    prompts = tmp_path / "related.jsonl"  # the first prompt whose subjects have a relation
+    prompts.write_text(next(x for x in lines if json.loads(x)["scene"]["relations"]) + "\n")
     item = load_items(prompts)[0]
     seen = []
     real = chain_module.synthesize_chain
@@ -131,16 +129,18 @@ def test_chain_unit_prompts_name_every_subject_so_far_with_cumulative(
     base = ["bench", "eval", "hicoprompt", "--prompts", str(prompts), "--limit", "1",
             "--model", "tiny-random:sd3", "--height", "32", "--width", "32", "--steps", "1",
             "--chain", "--judge", "exact", "--no-plots"]  # fmt: skip
-    for flags, out in (([], "own"), (["--cumulative"], "cumulative")):
-        assert main([*base, *flags, "--out", str(tmp_path / out)]) == 0
-        generation = json.loads((tmp_path / out / "images" / "generation.json").read_text())
-        assert generation["cumulative"] is bool(flags)
+    runs = (
+        ([], "own"),
+        (["--cumulative"], "cumulative"),
+        (["--unit-prompts", "relational"], "relational"),
+    )
+    for flags, form in runs:
+        assert main([*base, *flags, "--out", str(tmp_path / form)]) == 0
+        generation = json.loads((tmp_path / form / "images" / "generation.json").read_text())
+        assert generation["unit_prompts"] == form
     units = item.scene.default_units()
-    assert seen == [
-        [item.scene.unit_prompt(u) for u in units],
-        [item.scene.unit_prompt(u, cumulative=True) for u in units],
-    ]
-    assert seen[0][1] != seen[1][1]  # unit 2 told unit 1's subject as well
+    assert seen == [[item.scene.unit_prompt(u, form) for u in units] for _, form in runs]
+    assert len({tuple(s) for s in seen}) == 3  # unit 2 is told something else in each form
     capsys.readouterr()
 
 

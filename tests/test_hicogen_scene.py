@@ -164,9 +164,16 @@ def test_prompt_rendering():
     units = scene.default_units()
     # every unit keeps the scene's background: the canvas each pass draws on
     assert scene.unit_prompt(units[1]) == "A small green square on a white background"
-    assert scene.unit_prompt(units[1], cumulative=True) == (
+    assert scene.unit_prompt(units[1], "cumulative") == (
         "A red circle with a blue outline to the left of a small green square on a white background"
     )
+    # relational: the new subject first, placed against the earlier one named by reference
+    assert scene.unit_prompt(units[1], "relational") == (
+        "A small green square to the right of the red circle on a white background"
+    )
+    assert scene.unit_prompt(units[0], "relational") == scene.unit_prompt(units[0])
+    with pytest.raises(ValueError, match="unit prompt form must be one of"):
+        scene.unit_prompt(units[1], "told")
     plain = Scene(scene.subjects, scene.relations)
     assert plain.unit_prompt(plain.default_units()[1]) == "A small green square"
     explicit = SynthesisUnit(("c",), "a crimson disc")

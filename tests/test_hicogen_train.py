@@ -203,8 +203,10 @@ def test_plan_chain_units_prompts_partial_scenes_and_references():
     merged = plan_chain(scene, "FULL", max_units=2)
     assert [u.subjects for u in merged.units] == [("a",), ("b", "c")]
     assert merged.unit_prompts[1] == "A blue square and a green triangle"
-    cumulative = plan_chain(scene, "FULL", cumulative=True)
+    cumulative = plan_chain(scene, "FULL", form="cumulative")
     assert cumulative.unit_prompts[1] == "A red circle to the left of a blue square"
+    relational = plan_chain(scene, "FULL", form="relational")
+    assert relational.unit_prompts[1] == "A blue square to the right of the red circle"
     # the global part goes with every unit, the style as well as the background
     styled = plan_chain(replace(scene, background="dark grey", style="flat"), "FULL")
     assert all(p.endswith("on a dark grey background, flat style") for p in styled.unit_prompts)
@@ -333,3 +335,22 @@ def test_gpu_hicogen_recipes_carry_the_paper_settings(name):
     assert {"clip", "preference", "detector", "dino", "vlm"} <= set(cfg.hierarchical.models)
     detector = cfg.hierarchical.models["detector"]  # the paper's detector
     assert detector["kind"] == "grounding_dino" and "grounding-dino" in detector["path"]
+
+
+def test_unit_prompt_form_is_chosen_in_the_recipe_and_the_old_switch_still_reads():
+    recipe = ROOT / "configs" / "hicogen_tiny_cpu.yaml"
+    assert load_config(DiffusionTrainConfig, recipe).chain.unit_prompts == "own"
+    told = load_config(DiffusionTrainConfig, recipe, ["chain.unit_prompts=relational"])
+    assert told.chain.unit_prompts == "relational"
+    old = load_config(DiffusionTrainConfig, recipe, ["chain.cumulative_prompts=true"])
+    assert old.chain.unit_prompts == "cumulative"
+    with pytest.raises(ConfigError, match="chain.unit_prompts"):
+        load_config(DiffusionTrainConfig, recipe, ["chain.unit_prompts=told"])
+    with pytest.raises(
+        (ConfigError, ValueError), match="contradicts chain.unit_prompts=relational"
+    ):
+        load_config(
+            DiffusionTrainConfig,
+            recipe,
+            ["chain.cumulative_prompts=true", "chain.unit_prompts=relational"],
+        )

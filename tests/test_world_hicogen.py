@@ -200,7 +200,7 @@ def test_held_out_figures_are_what_vrl_bench_gives_from_its_command_line(tmp_pat
     )
     told = hicogen_rl.bench_accuracy(adapter, prompts, tmp_path / "told", cumulative)
     command = hicogen_rl.bench_command(prompts, tmp_path / "told-cli", cumulative)
-    assert "--cumulative" in command
+    assert command[command.index("--unit-prompts") + 1] == "cumulative"
     assert main(command[1:]) == 0
     capsys.readouterr()
     cli = json.loads((tmp_path / "told-cli" / "exact" / "summary.json").read_text())
@@ -244,7 +244,7 @@ def test_chain_stages_show_a_unit_pass_erasing_what_the_unit_before_drew(tmp_pat
         guidance_scale=smp["guidance_scale"], strength=hicogen_rl.RECIPE["chain"]["strength"],
     )  # fmt: skip
     own = hicogen_rl.chain_stages(adapter, rows, **common)
-    cumulative = hicogen_rl.chain_stages(adapter, rows, cumulative=True, **common)
+    cumulative = hicogen_rl.chain_stages(adapter, rows, prompt_form="cumulative", **common)
     assert own["chains"] == cumulative["chains"] == 32
     assert len(own["first_unit_found"]) == 3  # unit 1, unit 2, final
     assert own["first_unit_found"][0] == cumulative["first_unit_found"][0] >= 0.5

@@ -65,16 +65,23 @@ def test_reference_counts_and_prompts_follow_the_chain():
     with pytest.raises(ValueError, match="pass 4"):
         triple_of(example, 4, "all")
     # told cumulatively, a unit pass hears every subject so far and where it goes
-    told = triple_of(example, 1, "all", cumulative=True)
-    assert told.prompt == scene.unit_prompt(scene.default_units()[1], cumulative=True)
+    told = triple_of(example, 1, "all", "cumulative")
+    assert told.prompt == scene.unit_prompt(scene.default_units()[1], "cumulative")
     relation = scene.relations[0]
     assert {relation.subject, relation.object} == {"s0", "s1"}
     assert scene.noun_phrase("s1").split()[-1] in told.prompt  # the new subject
     assert scene.noun_phrase("s0").split()[-1] in told.prompt and told.prompt != unit.prompt
     assert torch.equal(told.target, unit.target) and len(told.references) == 1
+    placed = triple_of(example, 1, "last", "relational")
+    assert placed.prompt == scene.unit_prompt(scene.default_units()[1], "relational")
+    assert placed.prompt.startswith(
+        scene.noun_phrase("s1")[:1].upper() + scene.noun_phrase("s1")[1:]
+    )
+    assert scene.definite("s0") in placed.prompt  # the earlier subject by reference
+    assert torch.equal(placed.target, unit.target)
 
 
-def test_cumulative_unit_prompts_come_at_their_rate_and_leave_the_old_stream_as_it_was():
+def test_told_unit_prompts_come_at_their_rate_and_leave_the_old_stream_as_it_was():
     def units(stream):
         return [t for _ in range(10) for t in stream.batch(16) if t.kind == "unit"]
 
@@ -83,7 +90,7 @@ def test_cumulative_unit_prompts_come_at_their_rate_and_leave_the_old_stream_as_
     assert [t.prompt for t in units(old)] == [t.prompt for t in units(same)]
     stream = TripleStream(3, fresh=4, cumulative_prob=1.0)
     told, examples = units(stream), stream.pool
-    every = {p for e in examples for p in e.cumulative_prompts}
+    every = {p for e in examples for p in e.told["cumulative"]}
     assert told and all(t.prompt in every for t in told)
     # a unit pass after the first told cumulatively names more than its own subject
     later = [t for t in told if t.references]
@@ -91,6 +98,18 @@ def test_cumulative_unit_prompts_come_at_their_rate_and_leave_the_old_stream_as_
     assert later and not any(t.prompt in own for t in later)
     with pytest.raises(ValueError, match="cumulative_prob"):
         TripleStream(0, cumulative_prob=1.5)
+    # the two told forms share one draw: at 0.5 / 0.5 every later unit pass is told one of them
+    mixed = TripleStream(3, fresh=4, cumulative_prob=0.5, relational_prob=0.5)
+    later = [t for t in units(mixed) if t.references]
+    by_form = {
+        form: {p for e in mixed.pool for p in e.told[form][1:]}
+        for form in ("cumulative", "relational")
+    }
+    counts = {form: sum(t.prompt in prompts for t in later) for form, prompts in by_form.items()}
+    assert counts["cumulative"] > 0.3 * len(later) and counts["relational"] > 0.3 * len(later)
+    assert sum(counts.values()) == len(later)
+    with pytest.raises(ValueError, match="relational_prob"):
+        TripleStream(0, cumulative_prob=0.5, relational_prob=0.6)
 
 
 def test_the_stream_mixes_in_plain_text_to_image_at_its_fraction():

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from vrl.hicogen.scene import UNIT_PROMPT_FORMS
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,8 +70,11 @@ def add_parser(subparsers) -> None:
     g.add_argument("--strength", type=float, default=0.7, help="chain img2img: re-noising sigma")
     g.add_argument("--save-units", action="store_true",
                    help="chain: keep each unit's image too, under <images>/units/")  # fmt: skip
-    g.add_argument("--cumulative", action="store_true",
-                   help="chain: each unit's prompt names every subject so far, not only its own")  # fmt: skip
+    g.add_argument("--unit-prompts", choices=UNIT_PROMPT_FORMS, default="own",
+                   help="chain: a unit's prompt names its own subjects, them and their relations "
+                   "to the earlier ones (relational), or every subject so far (cumulative)")  # fmt: skip
+    g.add_argument("--cumulative", dest="unit_prompts", action="store_const", const="cumulative",
+                   help="chain: the same as --unit-prompts cumulative")  # fmt: skip
     g.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
     j = e.add_argument_group("judging")
     j.add_argument(
@@ -164,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
             "height": args.height, "width": args.width, "num_steps": args.steps,
             "guidance_scale": args.guidance, "seed": args.seed, "chain": args.chain,
             "strength": args.strength if args.chain else None,
-            "cumulative": args.cumulative if args.chain else None,
+            "unit_prompts": args.unit_prompts if args.chain else None,
             **({"context": args.context, "references": args.references,
                 "positions": args.positions, "save_units": args.save_units} if args.chain else {}),
         }  # fmt: skip
@@ -174,9 +179,9 @@ def _eval(args: argparse.Namespace) -> int:
             lambda: load_generator(args.model, args.lora, args.device, args.dtype, args.lora_scale),
             batch_size=args.gen_batch_size,
             **{k: v for k, v in generation.items()
-               if k not in ("model", "lora", "strength", "cumulative", "context", "references",
+               if k not in ("model", "lora", "strength", "unit_prompts", "context", "references",
                             "positions", "save_units")},
-            strength=args.strength, cumulative=args.cumulative, context=args.context,
+            strength=args.strength, prompt_form=args.unit_prompts, context=args.context,
             references=args.references, positions=args.positions,
             save_units=args.save_units and args.chain,
         )  # fmt: skip

@@ -166,7 +166,7 @@ def generate_missing(
     batch_size: int = 4,
     chain: bool = False,
     strength: float = 0.7,
-    cumulative: bool = False,
+    prompt_form: str = "own",
     context: str = "auto",
     references: str = "all",
     positions: str = "kontext",
@@ -179,8 +179,7 @@ def generate_missing(
     prompt goes through the evaluation chain of synthesis (`vrl.hicogen.chain.eval_chain`: one
     unit per subject, then the whole prompt; `context`, `references`, `positions` and
     `strength` as `chain.*` of the trainer), all images of a prompt in one batch from the seed
-    of its image 0; with `cumulative` each unit's prompt names every subject introduced so far,
-    not only its own. `save_units` also keeps each chain's unit images, as
+    of its image 0, its unit prompts in `prompt_form` (`Scene.unit_prompt`). `save_units` also keeps each chain's unit images, as
     ``units/<id>_<k>_unit<j>.png`` under the layout's folder (j = 1, 2, ...), so that what a later
     pass kept of an earlier unit can be read (`unit_path`).
     """
@@ -193,7 +192,7 @@ def generate_missing(
         from vrl.hicogen.chain import resolve_context
 
         settings = {
-            "strength": strength, "cumulative": cumulative, "references": references,
+            "strength": strength, "prompt_form": prompt_form, "references": references,
             "context": resolve_context(adapter, context), "positions": positions,
         }  # fmt: skip
         units = layout.folder / "units" if save_units else None

@@ -92,7 +92,7 @@ class ChainPlan:
 
 
 def plan_chain(
-    scene: Scene, final_prompt: str, *, cumulative: bool = False, max_units: int | None = None
+    scene: Scene, final_prompt: str, *, form: str = "own", max_units: int | None = None
 ) -> ChainPlan:
     """The scene's synthesis units (one per subject if it names none) and their prompts.
 
@@ -105,11 +105,12 @@ def plan_chain(
             raise ValueError(f"max_units must be >= 1, got {max_units}")
         tail = tuple(sid for unit in units[max_units - 1 :] for sid in unit.subjects)
         units = (*units[: max_units - 1], SynthesisUnit(tail))
-    # unit_prompt(cumulative=True) looks a unit up in the scene's own list: give it these units
+    # unit_prompt(form=relational|cumulative) looks a unit up in the scene's own list: give it
+    # these units
     planned = Scene(
         scene.subjects, scene.relations, units, background=scene.background, style=scene.style
     )
-    prompts = tuple(planned.unit_prompt(u, cumulative=cumulative) for u in units)
+    prompts = tuple(planned.unit_prompt(u, form) for u in units)
     return ChainPlan(scene, units, prompts, final_prompt)
 
 
@@ -255,7 +256,7 @@ def eval_chain(
     num_steps: int,
     guidance_scale: float,
     strength: float,
-    cumulative: bool = False,
+    prompt_form: str = "own",
     max_units: int | None = None,
     context: ChainContextMode = "img2img",
     references: Literal["all", "last"] = "all",
@@ -270,7 +271,7 @@ def eval_chain(
     only the final latents are kept. Returns the chain's plan (units, prompts, references) and
     its passes.
     """
-    plan = plan_chain(scene, prompt, cumulative=cumulative, max_units=max_units)
+    plan = plan_chain(scene, prompt, form=prompt_form, max_units=max_units)
     chain = synthesize_chain(
         adapter, transformer, list(plan.unit_prompts), plan.final_prompt, batch_size=images,
         height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,

@@ -16,6 +16,7 @@ import re
 from typing import Literal
 
 __all__ = [
+    "INVERSE_PREDICATES",
     "NUMBER_WORDS",
     "PREDICATE_ALIASES",
     "PREDICATE_CATEGORIES",
@@ -70,6 +71,20 @@ PREDICATE_ALIASES: dict[str, str] = {
     "adjacent to": "next to",
     "bigger than": "larger than",
     "in back of": "behind",
+}
+
+# "A <p> B" holds exactly when "B <inverse> A" does (so a relation can be said from either side).
+# "on" / "in" have no exact inverse ("under" is not "holds up"): they are said from their subject.
+INVERSE_PREDICATES: dict[str, str] = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "in front of": "behind",
+    "behind": "in front of",
+    "next to": "next to",
+    "larger than": "smaller than",
+    "smaller than": "larger than",
 }
 
 # How a canonical predicate reads inside a sentence ("A is <phrase> B").

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vrl.hicogen.phrasing import (
+    INVERSE_PREDICATES,
     NUMBER_WORDS,
     PREDICATE_CATEGORIES,
     PREDICATE_PHRASES,
@@ -38,11 +39,15 @@ __all__ = [
     "Relation",
     "Scene",
     "SceneValidationError",
+    "UNIT_PROMPT_FORMS",
     "Subject",
     "SynthesisUnit",
     "normalize_predicate",
     "predicate_category",
 ]
+
+UNIT_PROMPT_FORMS: tuple[str, ...] = ("own", "relational", "cumulative")
+"""How a chain's unit prompts name the scene (`Scene.unit_prompt`)."""
 
 QuestionLevel = Literal["exist", "attribute", "relation"]
 
@@ -223,40 +228,78 @@ class Scene:
         """Fluent English for the whole scene, rendered from the structure."""
         return self._render({s.id for s in self.subjects}, with_globals=True)
 
-    def unit_prompt(self, unit: SynthesisUnit, cumulative: bool = False) -> str:
-        """The text prompt of one synthesis step.
+    def unit_prompt(self, unit: SynthesisUnit, form: str = "own") -> str:
+        """The text prompt of one synthesis step, in one of `UNIT_PROMPT_FORMS`.
 
-        By default only the subjects this unit introduces (and relations among them): in the chain of
-        synthesis the earlier subjects arrive as visual context, so repeating them in text would ask
-        the model to draw them twice. `cumulative=True` renders every subject introduced up to and
-        including this unit, for pipelines without visual context, which image-to-image from the
-        canvas is not quite: on the shapes world a pass told only its own subject erased the one
-        before it (kept in 23% of the images, against 71% told both; BENCHMARKS.md). A unit's
-        explicit `prompt` wins in the default mode.
+        - ``own`` (default): only the subjects this unit introduces (and relations among them): in
+          the chain of synthesis the earlier subjects arrive as visual context, so repeating them
+          in text would ask the model to draw them twice. A unit's explicit `prompt` wins here.
+        - ``relational``: the unit's own subjects, each followed by its relations to the subjects
+          drawn before it, which are named by reference only ("A blue square to the right of the
+          red circle"): the pass that places a subject is the one told where, relative to what it
+          sees in context. Said from the new subject's side (`INVERSE_PREDICATES`) where the
+          predicate has an inverse.
+        - ``cumulative``: every subject introduced up to and including this unit, for pipelines
+          without visual context, which image-to-image from the canvas is not quite: on the shapes
+          world a pass told only its own subject erased the one before it (kept in 23% of the
+          images, against 71% told both; BENCHMARKS.md).
 
         The scene's global part (background, style) goes with every unit: it is the canvas each
         pass draws on, not a subject to draw twice, and a prompt without it asks the model for its
         default. On the shapes world a named dark-grey background survived the chain in 4 of 128
         images when only the final pass named it, and in 115 of 128 when every unit did.
         """
-        if not cumulative:
+        if form not in UNIT_PROMPT_FORMS:
+            raise ValueError(f"unit prompt form must be one of {UNIT_PROMPT_FORMS}, got {form!r}")
+        if form == "own":
             return unit.prompt or self._render(set(unit.subjects), with_globals=True)
-        introduced: set[str] = set()
+        earlier: set[str] = set()
         for step in self.default_units():
-            introduced.update(step.subjects)
             if step == unit:
-                return self._render(introduced, with_globals=True)
+                if form == "cumulative":
+                    return self._render(earlier | set(step.subjects), with_globals=True)
+                return self._render(set(step.subjects), with_globals=True, context=earlier)
+            earlier.update(step.subjects)
         raise ValueError(f"unit {unit} is not one of this scene's units")
 
-    def _render(self, subject_ids: set[str], with_globals: bool) -> str:
+    def definite(self, subject_id: str) -> str:
+        """A subject named by reference with its attributes: "the red circle", "the blue squares"."""
+        s = self.subject(subject_id)
+        words = " ".join([*s.attributes, s.name])
+        return "the " + (plural(words) if (s.count or 1) > 1 else words)
+
+    def _render(
+        self, subject_ids: set[str], with_globals: bool, context: set[str] = frozenset()
+    ) -> str:
+        """``subject_ids`` in full; with ``context`` (subjects already drawn), each subject is
+        followed by its relations to them, the context named by reference (`definite`)."""
         clauses: list[str] = []
         mentioned: set[str] = set()
 
         def mention(subject_id: str) -> str:
+            if subject_id in context:
+                return self.definite(subject_id)
             if subject_id in mentioned:
                 return f"the {self.reference(subject_id)}"
             mentioned.add(subject_id)
             return self.noun_phrase(subject_id)
+
+        def towards_context(subject_id: str) -> list[str]:
+            """ "<phrase> the <earlier subject>" for each relation of this subject to the context."""
+            phrases = []
+            for r in self.relations:
+                if r.subject == subject_id and r.object in context:
+                    predicate, other = r.predicate, r.object
+                elif (
+                    r.object == subject_id
+                    and r.subject in context
+                    and r.predicate in INVERSE_PREDICATES
+                ):
+                    predicate, other = INVERSE_PREDICATES[r.predicate], r.subject
+                else:
+                    continue
+                phrases.append(f"{PREDICATE_PHRASES.get(predicate, predicate)} {mention(other)}")
+            return phrases
 
         # Clauses follow subject order: at each subject, first the relations whose earlier
         # participant it is, then the subject alone if no relation mentioned it.
@@ -271,8 +314,17 @@ class Scene:
                 if min(order[r.subject], order[r.object]) == order[s.id]:
                     phrase = PREDICATE_PHRASES.get(r.predicate, r.predicate)
                     clauses.append(f"{mention(r.subject)} {phrase} {mention(r.object)}")
+            placed = " and ".join(towards_context(s.id)) if context else ""
             if s.id not in mentioned:
-                clauses.append(mention(s.id))
+                clauses.append(f"{mention(s.id)} {placed}".rstrip())
+            elif placed:  # named already by a relation within the unit
+                clauses.append(f"the {self.reference(s.id)} {placed}")
+        # relations said from the earlier subject's side (no inverse): "the cup on a table"
+        for r in self.relations if context else ():
+            if r.subject in context and r.object in subject_ids:
+                if r.predicate not in INVERSE_PREDICATES:
+                    phrase = PREDICATE_PHRASES.get(r.predicate, r.predicate)
+                    clauses.append(f"{mention(r.subject)} {phrase} the {self.reference(r.object)}")
         text = join_list(clauses)
         if with_globals and self.background:
             background = self.background.strip()

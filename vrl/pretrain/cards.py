@@ -262,11 +262,16 @@ def kontext_card(summary: dict[str, Any]) -> str:
     """world-kontext's README.md: architecture, recipe, seed, CPU time and held-out quality."""
     c, p = summary["config"], summary["parameters"]
     q = summary["quality"]
+    chains = [
+        ("chain", "2-subject chain (test)"),
+        ("relational chain", "2-subject chain, relational (test)"),
+    ]
     rows = "\n".join(
-        f"| {name} | {r['exist']:.1%} | {r['attribute']:.1%} |"
+        f"| {name} | {r['exist']:.1%} | {r['attribute']:.1%} | "
+        f"{'-' if r.get('relation') is None else format(r['relation'], '.1%')} |"
         for name, r in (
             [(k, v) for k, v in q.items() if "exist" in v]
-            + [(f"chain {k}", v) for k, v in q["2-subject chain (test)"].items()]
+            + [(f"{label} {k}", v) for label, key in chains for k, v in q.get(key, {}).items()]
         )
     )
     stages = summary.get("lineage") or []
@@ -294,8 +299,8 @@ Final loss {summary["final_loss"]}.
 
 {c["sample_steps"]} ODE steps, guidance {c["guidance"]}, scored by the exact checker:
 
-| images | exist | attribute |
-|---|---|---|
+| images | exist | attribute | relation |
+|---|---|---|---|
 {rows}
 
 Test scenes hold a (colour, shape) pair never seen in training. One-subject test scenes found,

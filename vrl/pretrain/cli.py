@@ -155,8 +155,10 @@ def kontext_main(args: argparse.Namespace) -> int:
         f"{stats['loss_curve']}"
     )
     print(f"held-out 1-subject: exist {one['exist']:.1%}, by shape {one['by_shape']}")
-    chain = quality["2-subject chain (test)"]
-    print("2-subject chain in context (exist): "
-          + ", ".join(f"{k} {v['exist']:.1%}" for k, v in chain.items()))  # fmt: skip
+    for name in ("2-subject chain (test)", "2-subject chain, relational (test)"):
+        if name in quality:
+            print(f"{name} in context, exist (relation): " + ", ".join(
+                f"{k} {v['exist']:.1%} ({v['relation'] or 0:.1%})" for k, v in quality[name].items()
+            ))  # fmt: skip
     print(f"pipeline: {out}  (model card README.md, samples.png, quality.json)")
     return 0

@@ -63,7 +63,11 @@ class KontextConfig:
     """Chance that a unit pass sees only the last unit image (chain.references=last)."""
     cumulative_prob: float = 0.0
     """Chance that a unit pass is told every subject so far and the relations among them
-    (chain.cumulative_prompts), not only its own subjects: where to put its subject."""
+    (chain.unit_prompts=cumulative), not only its own subjects: where to put its subject."""
+    relational_prob: float = 0.0
+    """Chance that a unit pass is told its subjects and their relations to the earlier ones,
+    named by reference (chain.unit_prompts=relational): where to put its subject relative to
+    what it sees in context."""
     fresh: int = 8
     layers: int = 2
     """Double-stream (joint) blocks."""
@@ -413,6 +417,7 @@ def train(
         plain_fraction=cfg.plain_fraction,
         last_prob=cfg.last_prob,
         cumulative_prob=cfg.cumulative_prob,
+        relational_prob=cfg.relational_prob,
         fresh=cfg.fresh,
         tokenizer=(pipe.tokenizer, pipe.tokenizer_2),
     )

@@ -6,7 +6,7 @@ a final pass with every unit image and the full prompt. The world renders what e
 give exactly, so every pass of every scene is a supervised example:
 
 - unit pass k (0-based): target = the partial scene after unit k (`ChainPlan.partial_scene`),
-  prompt = unit k's own prompt (`Scene.unit_prompt`), references = the partial scenes after
+  prompt = unit k's prompt (`Scene.unit_prompt`: its own subjects, or told where they go), references = the partial scenes after
   units 0..k-1 (``"all"``) or after unit k-1 alone (``"last"``), drawn at random like a chain's
   ``references`` setting; unit 0 has none;
 - the final pass: target = the whole scene, prompt = the full prompt, references = every unit
@@ -33,6 +33,8 @@ import torch
 from vrl.hicogen.scene import Scene
 
 REFERENCE_MODES = ("all", "last")
+TOLD_FORMS = ("relational", "cumulative")
+"""Unit prompt forms beside "own" that a chain example carries."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +65,13 @@ class ChainExample:
     """Subject ids drawn after each unit (cumulative)."""
     full: torch.Tensor
     """(3, H, W) uint8 render of the whole scene."""
-    cumulative_prompts: tuple[str, ...] = ()
-    """Unit prompts naming every subject so far and the relations among them
-    (`Scene.unit_prompt(cumulative=True)`: where unit k puts its subject)."""
+    told: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Unit prompts in the forms that say where unit k puts its subject (`Scene.unit_prompt`):
+    "relational" (its subject and its relations to the earlier ones), "cumulative" (every
+    subject so far and the relations among them)."""
+
+    def unit_prompts_in(self, form: str) -> tuple[str, ...]:
+        return self.unit_prompts if form == "own" else self.told[form]
 
     @property
     def passes(self) -> int:
@@ -89,7 +95,7 @@ def chain_example(
     from vrl.world import layout, render
 
     plan = plan_chain(scene, scene.prompt())
-    told = plan_chain(scene, scene.prompt(), cumulative=True)
+    told = {form: plan_chain(scene, "", form=form).unit_prompts for form in TOLD_FORMS}
     boxes = layout(scene, size, seed)
     partials, subjects = [], []
     for k in range(len(plan.units)):
@@ -104,14 +110,14 @@ def chain_example(
         partials=tuple(partials),
         unit_subjects=tuple(subjects),
         full=full,
-        cumulative_prompts=told.unit_prompts,
+        told=told,
     )
 
 
-def triple_of(example: ChainExample, index: int, mode: str, cumulative: bool = False) -> Triple:
+def triple_of(example: ChainExample, index: int, mode: str, form: str = "own") -> Triple:
     """Pass ``index`` (0..units-1: a unit pass; units: the final pass) of a chain example, its
-    unit passes seeing ``mode`` ("all" or "last") earlier unit images and told, with
-    ``cumulative``, every subject so far and their relations (else their own subjects)."""
+    unit passes seeing ``mode`` ("all" or "last") earlier unit images, their prompts in ``form``
+    (`Scene.unit_prompt`)."""
     if mode not in REFERENCE_MODES:
         raise ValueError(f"reference mode must be one of {REFERENCE_MODES}, got {mode!r}")
     units = len(example.unit_prompts)
@@ -126,7 +132,7 @@ def triple_of(example: ChainExample, index: int, mode: str, cumulative: bool = F
             example.unit_subjects,
         )
     seen = range(index) if mode == "all" else range(max(0, index - 1), index)
-    prompts = example.cumulative_prompts if cumulative else example.unit_prompts
+    prompts = example.unit_prompts_in(form)
     return Triple(
         prompts[index],
         example.partials[index],
@@ -148,8 +154,9 @@ class TripleStream:
     ``subject_mix``) and draws every item from all scenes so far: a plain text-to-image item with
     probability ``plain_fraction``, else one pass of the scene's chain, uniformly, whose unit
     passes see "last" with probability ``last_prob`` and "all" otherwise, and are told every
-    subject so far and their relations with probability ``cumulative_prob`` (else their own
-    subjects only).
+    subject so far and their relations with probability ``cumulative_prob``, their subjects and
+    their relations to the earlier ones with probability ``relational_prob``, else their own
+    subjects only.
     """
 
     def __init__(
@@ -162,6 +169,7 @@ class TripleStream:
         plain_fraction: float = 0.3,
         last_prob: float = 0.5,
         cumulative_prob: float = 0.0,
+        relational_prob: float = 0.0,
         fresh: int = 8,
         tokenizer=None,
     ):
@@ -171,6 +179,11 @@ class TripleStream:
             raise ValueError(f"last_prob must be in [0, 1], got {last_prob}")
         if not 0.0 <= cumulative_prob <= 1.0:
             raise ValueError(f"cumulative_prob must be in [0, 1], got {cumulative_prob}")
+        if not 0.0 <= relational_prob <= 1.0 - cumulative_prob:
+            raise ValueError(
+                f"relational_prob must be in [0, 1 - cumulative_prob], got {relational_prob} "
+                f"(cumulative_prob {cumulative_prob})"
+            )
         if not subject_mix or min(subject_mix) < 0 or sum(subject_mix) <= 0:
             raise ValueError(f"subject_mix must be non-negative weights, got {subject_mix}")
         self.rng = random.Random(seed)
@@ -180,6 +193,7 @@ class TripleStream:
         self.plain_fraction = plain_fraction
         self.last_prob = last_prob
         self.cumulative_prob = cumulative_prob
+        self.relational_prob = relational_prob
         self.fresh = fresh
         self.tokenizer = tokenizer
         self.pool: list[ChainExample] = []
@@ -208,7 +222,15 @@ class TripleStream:
             if not texts:
                 continue
             example = chain_example(scene, self.size, self.rng.getrandbits(32), texts)
-            told = example.cumulative_prompts if self.cumulative_prob > 0 else ()
+            told = [
+                t
+                for form, p in (
+                    ("cumulative", self.cumulative_prob),
+                    ("relational", self.relational_prob),
+                )
+                if p > 0
+                for t in example.told[form]
+            ]
             if all(self._fits(t) for t in (*example.unit_prompts, *told, example.final_prompt)):
                 return example
 
@@ -217,9 +239,15 @@ class TripleStream:
             return plain_of(example, self.rng)
         mode = "last" if self.rng.random() < self.last_prob else "all"
         index = self.rng.randrange(example.passes)
-        # no draw at 0: a stream without cumulative prompts is the one it always was
-        cumulative = self.cumulative_prob > 0 and self.rng.random() < self.cumulative_prob
-        return triple_of(example, index, mode, cumulative)
+        form = "own"
+        # no draw at 0: a stream told nothing more is the one it always was
+        if self.cumulative_prob > 0 or self.relational_prob > 0:
+            r = self.rng.random()
+            if r < self.cumulative_prob:
+                form = "cumulative"
+            elif r < self.cumulative_prob + self.relational_prob:
+                form = "relational"
+        return triple_of(example, index, mode, form)
 
     def batch(self, size: int) -> list[Triple]:
         fresh = [self.draw_example() for _ in range(min(self.fresh, size))]

@@ -41,14 +41,17 @@ def shape_exist(scenes, images) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(found.items())}
 
 
-def chain_quality(adapter, cfg: KontextConfig, count: int, seed: int = 0) -> dict[str, Any]:
+def chain_quality(
+    adapter, cfg: KontextConfig, count: int, seed: int = 0, form: str = "own"
+) -> dict[str, Any]:
     """Two-subject test-split scenes drawn by the in-context chain (unit 1, unit 2 seeing unit 1,
-    the final pass seeing both), every image scored against what it should show."""
+    the final pass seeing both), unit prompts in `form` (`Scene.unit_prompt`), every image
+    scored against what it should show."""
     from vrl.hicogen.chain import plan_chain, synthesize_chain
     from vrl.pretrain.t2i import eval_scenes, score
 
     scenes = eval_scenes(2, "test", count)
-    plans = [plan_chain(s, s.prompt()) for s in scenes]
+    plans = [plan_chain(s, s.prompt(), form=form) for s in scenes]
     chain = synthesize_chain(
         adapter, adapter.transformer,
         [[p.unit_prompts[k] for p in plans] for k in range(2)], [p.final_prompt for p in plans],
@@ -66,7 +69,8 @@ def chain_quality(adapter, cfg: KontextConfig, count: int, seed: int = 0) -> dic
 
 def evaluate(adapter, cfg: KontextConfig, count: int, seed: int = 0) -> dict[str, Any]:
     """Held-out one-subject scenes as plain text-to-image (what unit 1 of every chain is), the
-    same on train-split scenes, and two-subject chains in context."""
+    same on train-split scenes, and two-subject chains in context (told where unit 2 goes too,
+    when the model was trained on it)."""
     from vrl.pretrain.t2i import eval_scenes, generate, score
 
     out: dict[str, Any] = {}
@@ -80,4 +84,8 @@ def evaluate(adapter, cfg: KontextConfig, count: int, seed: int = 0) -> dict[str
             "by_shape": shape_exist(scenes, images),
         }
     out["2-subject chain (test)"] = chain_quality(adapter, cfg, max(4, count // 2), seed)
+    if cfg.relational_prob > 0:
+        out["2-subject chain, relational (test)"] = chain_quality(
+            adapter, cfg, max(4, count // 2), seed, form="relational"
+        )
     return out

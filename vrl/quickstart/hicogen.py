@@ -69,12 +69,13 @@ def world_scenes(
     subjects: tuple[int, int] = (2, 2),
     fits: Callable[[str], bool] | None = None,
     tries: int = 1000,
+    form: str = "own",
 ) -> list[Scene]:
     """n scenes at the 32 px canvas, each subject after the first with one spatial relation to an
     earlier one; the subject count of each scene uniform over `subjects` (lowest, highest).
 
     With `fits` (`token_fit`), a scene is drawn again (with the same subject count) until one of
-    its captions and each of its unit prompts fit the text encoder, as the world models were
+    its captions and each of its unit prompts (in `form`) fit the text encoder, as the world models were
     trained: a truncated prompt asks for what it no longer names. At 24 tokens few three-subject
     scenes fit (about 1 in 13), so drawing the count first keeps them a fair share of the set."""
     from vrl.hicogen.chain import plan_chain
@@ -91,7 +92,7 @@ def world_scenes(
             )  # fmt: skip
             if fits is None or (
                 any(fits(t) for t in captions(scene))
-                and all(fits(t) for t in plan_chain(scene, scene.prompt()).unit_prompts)
+                and all(fits(t) for t in plan_chain(scene, scene.prompt(), form=form).unit_prompts)
             ):
                 scenes.append(scene)
                 break
@@ -147,7 +148,7 @@ def chain_strips(
         _, chain = eval_chain(
             adapter, transformer, item.scene, item.prompt, seed=cfg.run.seed * 7919 + k,
             height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-            guidance_scale=smp.guidance_scale, cumulative=ch.cumulative_prompts,
+            guidance_scale=smp.guidance_scale, prompt_form=ch.unit_prompts,
             max_units=ch.max_units, **settings,
         )  # fmt: skip
         strips.append(torch.cat(chain.images))
@@ -165,7 +166,7 @@ def chain_stages(
     strength: float,
     height: int = 32,
     width: int = 32,
-    cumulative: bool = False,
+    prompt_form: str = "own",
     seed: int = 0,
     context: str = "img2img",
     references: str = "all",
@@ -182,8 +183,7 @@ def chain_stages(
     - "flat": the same for one pass of the final prompt from the chain's own initial noise (no
       chain), the baseline the chain is read against.
 
-    `cumulative` gives every unit the subjects introduced so far in text
-    (`Scene.unit_prompt(cumulative=True)`) instead of its own only; `context` and `references`
+    `prompt_form` is how unit prompts name the scene (`Scene.unit_prompt`); `context` and `references`
     are the chain's (`chain.context`: img2img, in_context, auto). Every scene must make the
     same number of units (e.g. `world_scenes`: two subjects, two units)."""
     from vrl.hicogen.chain import resolve_context
@@ -209,7 +209,7 @@ def chain_stages(
         plan, chain = eval_chain(
             adapter, adapter.transformer, item.scene, item.prompt, seed=seed * 7919 + k,
             images=images_per_scene, height=height, width=width, num_steps=num_steps,
-            guidance_scale=guidance_scale, strength=strength, cumulative=cumulative,
+            guidance_scale=guidance_scale, strength=strength, prompt_form=prompt_form,
             context=context, references=references,
         )  # fmt: skip
         # the chain's first draw is unit 1's initial noise: the flat pass starts from it too
@@ -265,7 +265,7 @@ def bench_command(
     chain = [
         "--chain", "--context", how["context"], "--references", ch.references,
         "--positions", ch.positions, "--strength", str(ch.strength), "--save-units",
-        *(["--cumulative"] if ch.cumulative_prompts else []),
+        *(["--unit-prompts", ch.unit_prompts] if ch.unit_prompts != "own" else []),
     ] if how["chain"] else []  # fmt: skip
     return [
         "vrl", "bench", "eval", "hicoprompt", "--prompts", str(prompts),
@@ -290,7 +290,7 @@ def bench_accuracy(
     how = CONDITIONS[condition]
     chain = {
         "chain": True, "context": how["context"], "references": ch.references,
-        "positions": ch.positions, "strength": ch.strength, "cumulative": ch.cumulative_prompts,
+        "positions": ch.positions, "strength": ch.strength, "prompt_form": ch.unit_prompts,
         "save_units": True,
     } if how["chain"] else {}  # fmt: skip
     items = load_items(prompts)
@@ -307,7 +307,7 @@ def bench_accuracy(
     return {level: summary["dependencies"][level] for level in LEVELS}
 
 
-def carried(prompts: Path, images: Path, cumulative: bool = False) -> dict[str, float | int]:
+def carried(prompts: Path, images: Path, form: str = "own") -> dict[str, float | int]:
     """Whether a chain keeps what its units drew: of the subjects each unit drew (its own
     subjects that the exact checker finds in its unit image), the share it finds in the chain's
     final image. Every image is read against the whole scene, so the checker tells the subjects
@@ -326,7 +326,7 @@ def carried(prompts: Path, images: Path, cumulative: bool = False) -> dict[str, 
     items = load_items(prompts)
     finals = FlatLayout(images).find(items)
     for item in items:
-        plan = plan_chain(item.scene, item.prompt, cumulative=cumulative)
+        plan = plan_chain(item.scene, item.prompt, form=form)
         for k, final_path in enumerate(finals.get(item.id, [])):
             final = check(item.scene, read(final_path)).assignment
             for j, unit in enumerate(plan.units, start=1):
@@ -419,28 +419,25 @@ def run(
     if steps is not None:
         recipe["run"]["max_steps"] = steps
     recipe = apply_overrides(recipe, list(overrides))
-    path = resolve_pipeline_path(recipe["model"]["path"])
-    fits = token_fit(path)
-    train_file = write_prompts(
-        out / "data" / "train.jsonl",
-        world_scenes(train_scenes or TRAIN_SCENES, seed, "train", SUBJECTS, fits),
-        seed,
-        fits,
-    )
-    held_seed = seed + HELD_OUT_SEED_OFFSET
-    held_scenes = world_scenes(HELD_OUT_SCENES, held_seed, "test", SUBJECTS, fits)
-    held_file = write_prompts(out / "data" / "held_out.jsonl", held_scenes, held_seed, fits)
+    train_file, held_file = out / "data" / "train.jsonl", out / "data" / "held_out.jsonl"
     recipe["prompts"].update(train=str(train_file), eval=str(held_file))
     cfg = build_config(DiffusionTrainConfig, recipe, "quickstart HiCoGen recipe")
+    form = cfg.chain.unit_prompts
+    path = resolve_pipeline_path(cfg.model.path)
+    fits = token_fit(path)
+    scenes = world_scenes(train_scenes or TRAIN_SCENES, seed, "train", SUBJECTS, fits, form=form)
+    write_prompts(train_file, scenes, seed, fits)
+    held_seed = seed + HELD_OUT_SEED_OFFSET
+    held_scenes = world_scenes(HELD_OUT_SCENES, held_seed, "test", SUBJECTS, fits, form=form)
+    write_prompts(held_file, held_scenes, held_seed, fits)
     held_out = load_prompts(held_file)
-    cumulative = cfg.chain.cumulative_prompts
 
     def measure(adapter, name: str, condition: str, lora: Path | None = None) -> dict[str, Any]:
         folder = out / "bench" / name
         row: dict[str, Any] = bench_accuracy(adapter, held_file, folder, cfg, condition)
         row["off_palette"] = off_palette(folder / "images")
         if CONDITIONS[condition]["chain"]:
-            row.update(carried(held_file, folder / "images", cumulative))
+            row.update(carried(held_file, folder / "images", form))
         row["found_by_shape"] = found_by_shape(held_file, folder)
         row.update(relation_if_found(held_file, folder))
         row["command"] = bench_command(held_file, folder, cfg, lora, condition)

@@ -210,10 +210,14 @@ class ChainSettings:
         "advantage of its own image, graded against the scene drawn so far",
     )
     max_units: int = field(4, ge=1, help="units past this are merged into the last one")
+    unit_prompts: Literal["own", "relational", "cumulative"] = field(
+        "own",
+        help="what a unit's prompt names: its own subjects (own), them and their relations to "
+        "the earlier subjects, named by reference (relational), or every subject so far "
+        "(cumulative: told only its own, an image-to-image pass may erase its canvas)",
+    )
     cumulative_prompts: bool = field(
-        False,
-        help="unit prompts name every subject so far (default: only the new ones; told only its "
-        "own, an image-to-image pass may erase the subjects on its canvas)",
+        False, help="deprecated: the same as unit_prompts=cumulative (kept for old recipes)"
     )
 
     def chain_kwargs(self, adapter) -> dict[str, Any]:
@@ -229,6 +233,13 @@ class ChainSettings:
         }
 
     def __post_init__(self):
+        if self.cumulative_prompts:
+            if self.unit_prompts not in ("own", "cumulative"):
+                raise ValueError(
+                    f"chain.cumulative_prompts=true contradicts chain.unit_prompts="
+                    f"{self.unit_prompts}: set unit_prompts alone"
+                )
+            self.unit_prompts = "cumulative"
         if self.decompose == "llm" and not self.llm:
             raise ValueError("chain.decompose=llm needs chain.llm (a local model folder)")
 

@@ -351,9 +351,7 @@ def chain_rollout(
     lo = 0
     for index, count in runs:
         item = prompts[index]
-        plan = plan_chain(
-            item.scene, item.prompt, cumulative=ch.cumulative_prompts, max_units=ch.max_units
-        )
+        plan = plan_chain(item.scene, item.prompt, form=ch.unit_prompts, max_units=ch.max_units)
         for start in range(0, count, micro):
             b = min(micro, count - start)
             chain = synthesize_chain(
@@ -505,7 +503,7 @@ class EvalRunner:
             plan, chain = eval_chain(
                 self.adapter, model, item.scene, item.prompt, seed=self.cfg.run.seed + i,
                 height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
-                guidance_scale=smp.guidance_scale, cumulative=ch.cumulative_prompts,
+                guidance_scale=smp.guidance_scale, prompt_form=ch.unit_prompts,
                 max_units=ch.max_units, **ch.chain_kwargs(self.adapter),
             )  # fmt: skip
             images.append(chain.final)
