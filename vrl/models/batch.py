@@ -5,6 +5,7 @@ Kept apart from the adapter so trainers and rewards can type against them withou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -27,6 +28,10 @@ class PromptBatch:
     images_per_prompt: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     """Rendered prompt strings (before image-token expansion), for logging."""
+    image_features: tuple[torch.Tensor, ...] | None = None
+    """The frozen vision tower's output, one (tokens, width) tensor per image in batch order
+    (`VLMAdapter.encode_images`): forwards then take these instead of running the tower on
+    `pixel_values` again. Repeated prompts share one tensor."""
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -41,55 +46,83 @@ class PromptBatch:
 
     def to(self, device: torch.device | str) -> PromptBatch:
         inputs = {k: v.to(device) for k, v in self.model_inputs.items()}
-        return replace(self, model_inputs=inputs)
+        features = self.image_features
+        if features is not None:
+            moved = {id(f): f.to(device) for f in features}  # shared tensors stay shared
+            features = tuple(moved[id(f)] for f in features)
+        return replace(self, model_inputs=inputs, image_features=features)
 
-    def repeat_interleave(self, n: int) -> PromptBatch:
-        """Each prompt repeated `n` times in a row (GRPO's group of completions per prompt).
+    def repeat_interleave(self, n: int | Sequence[int]) -> PromptBatch:
+        """Each prompt repeated in a row: `n` times, or `n[i]` times for prompt i (GRPO's group of
+        completions per prompt; a micro-batch may hold part of a group).
 
         Flat per-patch tensors (Qwen's `pixel_values` (patches, dim) with `image_grid_thw`) are
-        split per image and regrouped, since their first dimension is not the batch.
+        split per image and regrouped, since their first dimension is not the batch; image
+        features (`image_features`) are repeated as references, not copied.
         """
         b = len(self)
+        counts = [n] * b if isinstance(n, int) else [int(k) for k in n]
+        if len(counts) != b or min(counts, default=1) < 0:
+            raise ValueError(f"{len(counts)} repeat counts for {b} prompts: {n!r}")
         inputs: dict[str, torch.Tensor] = {}
         grid = self.model_inputs.get("image_grid_thw")
+        per_prompt = self.images_per_prompt
         for key, value in self.model_inputs.items():
             if key == "pixel_values" and grid is not None:
-                inputs[key] = _repeat_flat_images(value, grid, self.images_per_prompt, n)
+                inputs[key] = _repeat_flat_images(value, grid, per_prompt, counts)
             elif key == "image_grid_thw":
-                inputs[key] = _repeat_groups(list(value.split(1)), self.images_per_prompt, n)
-            elif key == "pixel_values" and value.shape[0] == sum(self.images_per_prompt) != b:
-                inputs[key] = _repeat_groups(list(value.split(1)), self.images_per_prompt, n)
+                inputs[key] = _repeat_groups(list(value.split(1)), per_prompt, counts)
+            elif key == "pixel_values" and value.shape[0] == sum(per_prompt) != b:
+                inputs[key] = _repeat_groups(list(value.split(1)), per_prompt, counts)
             elif value.shape[0] == b:
-                inputs[key] = value.repeat_interleave(n, dim=0)
+                index = torch.arange(b, device=value.device).repeat_interleave(
+                    torch.tensor(counts, device=value.device)
+                )
+                inputs[key] = value.index_select(0, index)
             else:
                 raise NotImplementedError(
                     f"don't know how to repeat input {key!r} of shape {tuple(value.shape)}"
                 )
+        features = None
+        if self.image_features is not None:
+            features = tuple(_repeat_groups_list(list(self.image_features), per_prompt, counts))
+
+        def rep(xs):
+            return [x for x, k in zip(xs, counts, strict=True) for _ in range(k)]
+
         return PromptBatch(
             model_inputs=inputs,
-            input_sizes=[s for s in self.input_sizes for _ in range(n)],
-            original_sizes=[s for s in self.original_sizes for _ in range(n)],
-            images_per_prompt=[k for k in self.images_per_prompt for _ in range(n)],
-            texts=[t for t in self.texts for _ in range(n)],
+            input_sizes=rep(self.input_sizes),
+            original_sizes=rep(self.original_sizes),
+            images_per_prompt=rep(per_prompt),
+            texts=rep(self.texts) if self.texts else [],
+            image_features=features,
         )
 
 
-def _repeat_groups(items: list[torch.Tensor], counts: list[int], n: int) -> torch.Tensor:
-    """Concatenate per-prompt groups of items, each group repeated n times in place."""
+def _repeat_groups_list(items: list, counts: list[int], repeats: list[int]) -> list:
+    """Per-prompt groups of items (prompt i has `counts[i]`), group i repeated `repeats[i]` times
+    in place."""
     out, start = [], 0
-    for count in counts:
+    for count, n in zip(counts, repeats, strict=True):
         group = items[start : start + count]
         start += count
         out.extend(group * n)
-    return torch.cat(out, dim=0)
+    return out
+
+
+def _repeat_groups(
+    items: list[torch.Tensor], counts: list[int], repeats: list[int]
+) -> torch.Tensor:
+    return torch.cat(_repeat_groups_list(items, counts, repeats), dim=0)
 
 
 def _repeat_flat_images(
-    pixel_values: torch.Tensor, grid_thw: torch.Tensor, counts: list[int], n: int
+    pixel_values: torch.Tensor, grid_thw: torch.Tensor, counts: list[int], repeats: list[int]
 ) -> torch.Tensor:
     patches_per_image = grid_thw.prod(dim=-1).tolist()  # (n_images,)
     per_image = list(pixel_values.split(patches_per_image, dim=0))
-    return _repeat_groups(per_image, counts, n)
+    return _repeat_groups(per_image, counts, repeats)
 
 
 @dataclass

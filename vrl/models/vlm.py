@@ -19,7 +19,7 @@ import inspect
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -294,10 +294,21 @@ class VLMAdapter:
             top_k=top_k,
             do_sample=do_sample,
         )
-        generator = _unwrap_ddp(model)
+        return self._sample(_unwrap_ddp(model), batch, gen_config)
+
+    def _sample(
+        self, generator: torch.nn.Module, batch: PromptBatch, gen_config, cache=None
+    ) -> Completions:
+        """`generator.generate` on `batch` (continuing from `cache`, which holds all but the last
+        prompt token, when given), cut to the completions."""
         prompt_len = batch.input_ids.shape[1]
+        inputs = self._forward_inputs(batch)
+        if cache is not None:  # the images are in the cache already
+            inputs.pop("pixel_values", None)
+            inputs.pop("mm_encoder_outputs", None)
+            inputs[_cache_keyword(generator)] = cache
         with _eval_mode(generator):
-            sequences = generator.generate(**batch.model_inputs, generation_config=gen_config)
+            sequences = generator.generate(**inputs, generation_config=gen_config)
         ids = sequences[:, prompt_len:]  # (B, L)
         mask = self.completion_mask(ids)  # (B, L)
         ids = ids.masked_fill(mask == 0, self.pad_token_id)
@@ -306,6 +317,105 @@ class VLMAdapter:
             for row, n in zip(ids, mask.sum(dim=1), strict=True)
         ]
         return Completions(ids=ids, mask=mask, texts=texts)
+
+    @torch.no_grad()
+    def generate_groups(
+        self,
+        model: torch.nn.Module,
+        prompts: PromptBatch,
+        counts: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        do_sample: bool = True,
+    ) -> tuple[PromptBatch, Completions]:
+        """`counts[i]` completions of each distinct prompt i (a GRPO group, or the part of one in
+        this micro-batch): the repeated batch and its completions, as `generate` on
+        `prompts.repeat_interleave(counts)` gives them.
+
+        Where the model takes precomputed vision output (`takes_image_features`), each distinct
+        prompt is prefilled once, with its images through the tower once, and its key/value cache
+        is shared by its samples, which then only decode: a group of G costs one prefill, not G.
+        The samples come from the same logits and the same random draws (prefill consumes none),
+        so the completions match `generate`'s within float tolerance.
+        """
+        batch = prompts.repeat_interleave(counts)
+        gen_config = self.generation_config(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            do_sample=do_sample,
+        )
+        generator = _unwrap_ddp(model)
+        if not self.takes_image_features or prompts.input_ids.shape[1] < 2:
+            return batch, self._sample(generator, batch, gen_config)
+        # the returned batch carries image features only if the caller's did: a tower that
+        # trains needs its forward in the loss, not this step's no-grad output
+        encoded = (
+            prompts
+            if prompts.image_features is not None
+            else self.encode_images(generator, prompts)
+        )
+        index = torch.arange(len(prompts), device=prompts.input_ids.device).repeat_interleave(
+            torch.as_tensor(list(counts), device=prompts.input_ids.device)
+        )
+        # all but the last prompt token (left padding puts it in the last column for every
+        # prompt): generate computes that one itself, and its logits give the first sample
+        inputs = self._forward_inputs(encoded)
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            if key in inputs:
+                inputs[key] = inputs[key][:, :-1]
+        with _eval_mode(generator):
+            out = generator(**inputs, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_select_indices(index)
+        inner = _unwrap_all(generator).model
+        if getattr(inner, "rope_deltas", None) is not None:  # M-RoPE offsets of each prompt
+            inner.rope_deltas = inner.rope_deltas.index_select(0, index)
+        return batch, self._sample(generator, batch, gen_config, cache)
+
+    # ------------------------------------------------------------------ work shared per step
+
+    @property
+    def takes_image_features(self) -> bool:
+        """Whether the model's forward takes precomputed vision output (`mm_encoder_outputs`:
+        Qwen2-VL and Qwen2.5-VL in transformers 5): then the frozen tower runs once per distinct
+        image per step and a prompt's prefill is shared by its group (`generate_groups`)."""
+        inner = getattr(_unwrap_all(self.model), "model", None)
+        forward = getattr(inner, "forward", None)
+        return forward is not None and "mm_encoder_outputs" in inspect.signature(forward).parameters
+
+    @torch.no_grad()
+    def encode_images(self, model: torch.nn.Module, batch: PromptBatch) -> PromptBatch:
+        """`batch` with its images through `model`'s vision tower once (`image_features`), which
+        later forwards of the batch (or of its repeats) reuse instead of `pixel_values`. Only for
+        a frozen tower: its output must not need a gradient. Unchanged for a model that cannot
+        take features, or a batch without images."""
+        pixels = batch.model_inputs.get("pixel_values")
+        if pixels is None or not self.takes_image_features:
+            return batch
+        inner = _unwrap_all(model).model
+        with _eval_mode(inner):
+            out = inner.get_image_features(
+                pixels, batch.model_inputs.get("image_grid_thw"), return_dict=True
+            )
+        return replace(batch, image_features=tuple(f.detach() for f in out.pooler_output))
+
+    def _forward_inputs(self, batch: PromptBatch) -> dict[str, Any]:
+        """The model's keyword inputs for `batch`: its tensors, with the vision tower's output in
+        place of the pixels when the batch carries it."""
+        inputs: dict[str, Any] = dict(batch.model_inputs)
+        if batch.image_features is not None:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            inputs.pop("pixel_values", None)
+            inputs["mm_encoder_outputs"] = {
+                "image": BaseModelOutputWithPooling(pooler_output=batch.image_features)
+            }
+        return inputs
 
     def generation_config(
         self,
@@ -382,7 +492,7 @@ class VLMAdapter:
         model supports `logits_to_keep`), and the log-softmax is taken in float32 one row at a
         time, so neither the prompt's logits nor a float32 (B, L, V) copy is ever materialised.
         """
-        inputs = dict(batch.model_inputs)
+        inputs = self._forward_inputs(batch)
         completion_mask = completion_mask.to(batch.attention_mask.dtype)
         length = completion_ids.shape[1]
         inputs["input_ids"] = torch.cat([batch.input_ids, completion_ids], dim=1)  # (B, P+L)
@@ -536,6 +646,13 @@ def _unwrap_all(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """What `generate` calls a key/value cache handed in: `cache` (transformers >= 5.2x) or
+    `past_key_values`."""
+    names = inspect.signature(_unwrap_all(model).forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:

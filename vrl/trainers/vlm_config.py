@@ -116,10 +116,21 @@ class GRPOSettings:
 
 
 @config
+class RolloutSettings:
+    share_prompts: bool = field(
+        True,
+        help="run the frozen vision tower once per distinct image per step (reused by the "
+        "group, the loss forwards and every update) and prefill each prompt once for its group; "
+        "for models that take precomputed vision output (Qwen2-VL, Qwen2.5-VL), else ignored",
+    )
+
+
+@config
 class VLMTrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings, help="the policy model")
     data: DataSettings = field(default_factory=DataSettings, help="training data")
     grpo: GRPOSettings = field(default_factory=GRPOSettings, help="GRPO algorithm")
+    rollout: RolloutSettings = field(default_factory=RolloutSettings, help="how rollouts run")
     optim: OptimSettings = field(default_factory=OptimSettings, help="optimizer")
     run: RunSettings = field(default_factory=RunSettings, help="run folder, steps, logging")
 

@@ -8,8 +8,14 @@ One step reads top to bottom:
     #### ADVANTAGE ####  group advantages from vrl.core
     #### TRAINING ####   num_iterations passes of the clipped surrogate (+ k3 KL), micro-batched
 
+Work done once per step (`rollout.share_prompts`, on models that take precomputed vision
+output): the frozen vision tower runs once per distinct image, and its output serves the group's
+samples, the old/reference log-probs and every update of the rollout; each distinct prompt of a
+micro-batch is prefilled once and its key/value cache shared by its samples
+(`VLMAdapter.generate_groups`). The same seed gives the same completions and loss either way.
+
 Simplifications, stated: the reference model under LoRA is the same model with the adapter
-disabled (no copy in memory); prompts are repeated G times rather than generated with
+disabled (no copy in memory); a group's samples are rows of the batch rather than
 num_return_sequences, so that a group may be split across processes; one optimizer step per pass.
 """
 
@@ -111,6 +117,10 @@ def train(cfg) -> dict[str, Any]:
     # log-probs are scored under the distribution the completions were sampled from
     scoring = {"temperature": grpo.temperature} if grpo.temperature > 0 else {}
     history: list[float] = []
+    # the tower's output is reused by the loss forwards only while no gradient reaches it
+    share_vision = cfg.rollout.share_prompts and not any(
+        p.requires_grad for p in adapter.vision_parameters(unwrapped)
+    )
     undecodable: set[int] = set()  # dataset indices whose images failed to decode mid-run
 
     bar = tqdm(
@@ -132,27 +142,36 @@ def train(cfg) -> dict[str, Any]:
         texts: list[str] = []
         parsed, reward_samples = [], []
         for lo in range(0, n_local, optim.micro_batch_size):
+            # each distinct prompt of the micro-batch once (a group's samples are in a row)
+            distinct, counts = runs(local_items[lo : lo + optim.micro_batch_size])
             # an image that passed validation but fails to decode: the next sample, under
             # data.skip_bad_lines (the same one on every process), else a one-line DataError
             loaded = [
                 load_images_skipping_bad(
                     dataset, i, skip_bad_lines=cfg.data.skip_bad_lines, skipped=undecodable
                 )
-                for i in local_items[lo : lo + optim.micro_batch_size]
+                for i in distinct
             ]
-            samples = [dataset[i] for i, _ in loaded]
-            images = [sample_images for _, sample_images in loaded]
-            messages = [build_messages(s, cfg.data.template) for s in samples]
-            batch = adapter.prepare_inputs(messages, images).to(accelerator.device)
-            out = adapter.generate(
-                unwrapped,
-                batch,
-                max_new_tokens=grpo.max_completion_length,
-                temperature=grpo.temperature,
-                top_p=grpo.top_p,
-                top_k=grpo.top_k,
-                do_sample=grpo.temperature > 0,
-            )
+            messages = [build_messages(dataset[i], cfg.data.template) for i, _ in loaded]
+            prompts = adapter.prepare_inputs(messages, [imgs for _, imgs in loaded])
+            prompts = prompts.to(accelerator.device)
+            if share_vision:
+                prompts = adapter.encode_images(unwrapped, prompts)
+            sampling = {
+                "max_new_tokens": grpo.max_completion_length,
+                "temperature": grpo.temperature,
+                "top_p": grpo.top_p,
+                "top_k": grpo.top_k,
+                "do_sample": grpo.temperature > 0,
+            }
+            if cfg.rollout.share_prompts:
+                batch, out = adapter.generate_groups(unwrapped, prompts, counts, **sampling)
+            else:
+                batch = prompts.repeat_interleave(counts)
+                out = adapter.generate(unwrapped, batch, **sampling)
+            samples = [
+                dataset[i] for (i, _), k in zip(loaded, counts, strict=True) for _ in range(k)
+            ]
             with torch.no_grad():
                 old_logp = None
                 if grpo.num_iterations > 1:  # later passes need the rollout policy's log-probs
@@ -304,6 +323,19 @@ def train(cfg) -> dict[str, Any]:
         "rewards": history,
         "model": unwrapped,
     }
+
+
+def runs(items: list[int]) -> tuple[list[int], list[int]]:
+    """Consecutive equal items as (item, count) lists: [3, 3, 3, 5, 5] -> ([3, 5], [3, 2])."""
+    distinct: list[int] = []
+    counts: list[int] = []
+    for item in items:
+        if distinct and distinct[-1] == item:
+            counts[-1] += 1
+        else:
+            distinct.append(item)
+            counts.append(1)
+    return distinct, counts
 
 
 def reference_logprobs(adapter, unwrapped, ref_model, batch, out, scoring) -> torch.Tensor:
