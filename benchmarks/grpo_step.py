@@ -1,13 +1,21 @@
 """Seconds per GRPO step and peak memory: vrl's trainer next to trl's GRPOTrainer.
 
-    python benchmarks/grpo_step.py                 # vrl, and trl when installed (the `peers` extra)
-    python benchmarks/grpo_step.py --skip-trl --steps 3 --json bench.json
+    python benchmarks/grpo_step.py                 # both setups; trl when installed (`peers` extra)
+    python benchmarks/grpo_step.py --setups tiny --skip-trl --steps 3 --json bench.json
     python benchmarks/grpo_step.py --table bench.json    # the table of a saved report, no run
 
-One fixed, tiny setup, the same on both sides: a tiny random Qwen2.5-VL built offline, the
+Two fixed setups (`SETUPS`), the same on every side: random Qwen2.5-VL models built offline, the
 synthetic "is the image red?" data set, 4 prompts x 8 completions per step, every completion
-exactly 24 new tokens, full fine-tuning of the language model with the vision tower frozen, AdamW
-at lr 1e-5, one CPU thread. A few warm-up steps are run and dropped, then N steps are timed.
+exactly as long as the setup says, full fine-tuning of the language model with the vision tower
+frozen, AdamW at lr 1e-5, one CPU thread:
+
+- tiny: the tests' 1.9M-parameter model, 56 px images (4 image tokens), 24-token completions;
+- realistic: VLM-R1's proportions at a CPU's scale, a wider model (width 256, 4 vision blocks,
+  8.3M parameters), 448 px images (256 image tokens), 128-token completions.
+
+Three trainers per setup and beta: vrl; vrl with `rollout.share_prompts=false` (the vision tower
+per sample and a prefill per sample, what vrl did before it shared them: the "before" of the same
+run); trl. A few warm-up steps are run and dropped, then N steps are timed.
 
 How the two sides are made comparable (beyond the shared constants below):
 - Completion length is forced the same way on both sides: `min_new_tokens = max_new_tokens = 24`
@@ -28,8 +36,9 @@ How the two sides are made comparable (beyond the shared constants below):
 - Wall time is the headline. The process CPU time per step is printed next to it: with one thread
   it moves much less than wall time when other jobs share the cores.
 - Left as each library does it: trl also computes token entropies in its loss forward (its fused
-  LM head), vrl log-softmaxes one row at a time; both run the frozen vision tower on all 32
-  (repeated) images in generation and again in the loss forward.
+  LM head), vrl log-softmaxes one row at a time; trl runs the frozen vision tower on all 32
+  (repeated) images in generation and again in each loss forward and prefills each prompt 8
+  times, vrl runs it once per distinct image per step and prefills each prompt once.
 
 Nothing is downloaded: the model, tokenizer and data are built locally.
 """
@@ -47,22 +56,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-#### THE FIXED SETUP ####
+#### THE FIXED SETUPS ####
 FAMILY = "qwen2_5_vl"
-PROMPTS_PER_STEP = 4
-GROUP_SIZE = 8  # completions per prompt (G)
-NEW_TOKENS = 24  # every completion is exactly this long
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One model and step shape, the same for every trainer."""
+
+    description: str
+    width: int  # text and vision width (vrl.models.tiny.tiny_vlm_config)
+    layers: int  # text decoder blocks
+    vision_depth: int  # vision blocks
+    image: int  # image side in pixels; (image / 28)^2 image tokens after the 2x2 merge
+    prompts: int  # distinct prompts per step
+    group_size: int  # completions per prompt (G)
+    new_tokens: int  # every completion is exactly this long
+    warmup: int  # untimed steps
+    steps: int  # timed steps
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image // 28) ** 2
+
+
+SETUPS: dict[str, Setup] = {
+    # the committed tiny model of the tests (56 px images: 4 image tokens)
+    "tiny": Setup("tiny Qwen2.5-VL", 128, 4, 2, 56, 4, 8, 24, 2, 10),
+    # VLM-R1's proportions at a CPU's scale: 256 image tokens a prompt, 128-token completions
+    "realistic": Setup("wider Qwen2.5-VL", 256, 4, 4, 448, 4, 8, 128, 1, 3),
+}
 BETAS = (0.0, 0.04)  # KL weight; 0 = no reference model
 NUM_ITERATIONS = 1
 LEARNING_RATE = 1e-5
 TEMPERATURE = 1.0
 THREADS = 1
-WARMUP_STEPS = 2
-TIMED_STEPS = 10
 DATA_SIZE = 64
 DATA_SEED = 0
 ASKED_COLOUR = "red"
@@ -75,12 +108,14 @@ MIB = 1024 * 1024
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=TIMED_STEPS, help="timed steps per trainer")
-    p.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="untimed steps run first")
+    p.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS),
+                   help="model and step shapes to measure (SETUPS)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: the setup's)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: the setup's)")
     p.add_argument("--threads", type=int, default=THREADS, help="torch intra-op CPU threads")
-    p.add_argument("--prompts", type=int, default=PROMPTS_PER_STEP, help="prompts per step")
-    p.add_argument("--group-size", type=int, default=GROUP_SIZE, help="completions per prompt")
-    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="tokens per completion")
+    p.add_argument("--prompts", type=int, default=None, help="prompts per step")
+    p.add_argument("--group-size", type=int, default=None, help="completions per prompt")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens per completion")
     p.add_argument(
         "--betas", type=float, nargs="+", default=list(BETAS), help="KL weights to measure"
     )
@@ -101,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # JSON spec of one run
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
+    if (args.steps is not None and args.steps < 1) or (args.warmup is not None and args.warmup < 0):
         p.error("need --steps >= 1 and --warmup >= 0")
     return args
 
@@ -151,6 +186,7 @@ def run_vrl(spec: dict[str, Any]) -> dict[str, Any]:
                 "lora": {"enabled": False},
             },
             "data": {"train_files": spec["jsonl"], "template": TEMPLATE},
+            "rollout": {"share_prompts": spec["trainer"] != "vrl-plain"},
             "grpo": {
                 "group_size": spec["group_size"],
                 "prompts_per_step": spec["prompts"],
@@ -347,7 +383,7 @@ def worker_main(spec: dict[str, Any]) -> None:
     transformers.logging.set_verbosity_error()
     logging.getLogger("vrl").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
-    run = {"vrl": run_vrl, "trl": run_trl}[spec["trainer"]]
+    run = {"vrl": run_vrl, "vrl-plain": run_vrl, "trl": run_trl}[spec["trainer"]]
     result = run(spec)
     result["threads"] = torch.get_num_threads()
     result["import_rss_mib"] = import_rss
@@ -409,37 +445,41 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def format_table(report: dict[str, Any]) -> str:
-    s = report["setup"]
+TRAINER_LABELS = {"vrl": "vrl", "vrl-plain": "vrl, unshared"}
+"""vrl-plain: vrl with rollout.share_prompts=false, the tower per sample and a prefill per sample
+(what vrl did before it shared them: the "before" of the same run)."""
+
+
+def format_setup(name: str, s: dict[str, Any], rows_by_beta: dict[str, Any]) -> list[str]:
     size = (
         f"{s['params'] / 1e6:.1f}M params, {s['trainable_params'] / 1e6:.1f}M trained"
-        if s["params"] is not None
+        if s.get("params") is not None
         else "size unknown"
     )
+    tokens = f", {s['image_tokens']} image tokens" if "image_tokens" in s else ""
     lines = [
-        f"GRPO step, tiny Qwen2.5-VL ({size}), {s['prompts']} prompts x "
-        f"{s['group_size']} completions x {s['new_tokens']} tokens, {s['threads']} thread"
-        f"{'s' if s['threads'] != 1 else ''}, {s['device']}; "
+        f"[{name}] GRPO step, {s.get('description', 'tiny Qwen2.5-VL')} ({size}{tokens}), "
+        f"{s['prompts']} prompts x {s['group_size']} completions x {s['new_tokens']} tokens, "
+        f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}, {s['device']}; "
         f"{s['warmup']} warm-up + {s['steps']} timed steps",
     ]
-    if s.get("load_average_before"):
-        load = ", ".join(f"{x:.2f}" for x in s["load_average_before"])
-        lines.append(f"load average before the run (1, 5, 15 min): {load}")
     memory = "peak CUDA MiB" if s["device"] == "cuda" else "peak RSS MiB"
-    for beta, rows in report["results"].items():
-        lines.append("")
-        lines.append(f"beta={beta}")
+    for beta, rows in rows_by_beta.items():
+        lines += ["", f"beta={beta}"]
         lines.append(
-            f"{'trainer':<12}{'median s/step':<15}{'mean s/step':<13}{memory:<14}median CPU s/step"
+            f"{'trainer':<16}{'median s/step':<15}{'mean s/step':<13}{memory:<14}median CPU s/step"
         )
-        for name, r in rows.items():
+        for trainer, r in rows.items():
             mem = r.get("peak_cuda_mib", r["peak_rss_mib"])
-            label = f"trl {r['version']}" if name == "trl" else name
+            label = f"trl {r['version']}" if trainer == "trl" else TRAINER_LABELS[trainer]
             cpu = f"{r['median_cpu_s']:.3f}" if r.get("median_cpu_s") is not None else "-"
-            lines.append(f"{label:<12}{r['median_s']:<15.3f}{r['mean_s']:<13.3f}{mem:<14.0f}{cpu}")
+            lines.append(f"{label:<16}{r['median_s']:<15.3f}{r['mean_s']:<13.3f}{mem:<14.0f}{cpu}")
+        if "vrl-plain" in rows:
+            speedup = rows["vrl-plain"]["median_s"] / rows["vrl"]["median_s"]
+            lines.append(f"vrl unshared/shared: {speedup:.2f}")
         if "trl" in rows:
             ratio = rows["trl"]["median_s"] / rows["vrl"]["median_s"]
-            lines.append(f"ratio trl/vrl: {ratio:.2f} (goal >= 1: vrl no slower)")
+            lines.append(f"ratio trl/vrl: {ratio:.2f} (goal >= 1.5)")
             cpu_vrl, cpu_trl = rows["vrl"].get("median_cpu_s"), rows["trl"].get("median_cpu_s")
             if cpu_vrl and cpu_trl:
                 lines.append(f"ratio of CPU time, trl/vrl: {cpu_trl / cpu_vrl:.2f}")
@@ -449,15 +489,83 @@ def format_table(report: dict[str, Any]) -> str:
                     f"(trl between step ends, dataloader included: median "
                     f"{statistics.median(between):.3f} s)"
                 )
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    if "setups" not in report:  # a report of the single-setup benchmark (before 2026-12-06)
+        setups = {"tiny": (report["setup"], report["results"])}
+    else:
+        setups = {n: (report["setups"][n], report["results"][n]) for n in report["setups"]}
+    lines: list[str] = []
+    load = report.get("load_average_before") or next(iter(setups.values()))[0].get(
+        "load_average_before"
+    )
+    if load:
+        lines.append(
+            f"load average before the run (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load)}"
+        )
+    for name, (setup, rows) in setups.items():
+        lines += ["", *format_setup(name, setup, rows)]
     if report["trl_skipped"]:
-        lines.append("")
-        lines.append(report["trl_skipped"])
-    return "\n".join(lines)
+        lines += ["", report["trl_skipped"]]
+    return "\n".join(lines).strip("\n")
+
+
+def setup_of(args: argparse.Namespace, name: str) -> Setup:
+    """The named setup with the command line's overrides."""
+    overrides = {
+        k: getattr(args, k)
+        for k in ("steps", "warmup", "prompts", "group_size", "new_tokens")
+        if getattr(args, k) is not None
+    }
+    return replace(SETUPS[name], **overrides)
+
+
+def setup_model(name: str, setup: Setup, root: Path) -> Path:
+    """The setup's model folder, built once under `root` (the tiny one is the tests' model)."""
+    from vrl.models.tiny import tiny_vlm_path
+
+    if name == "tiny":
+        return tiny_vlm_path(FAMILY, root)
+    from vrl.models.build_cache import build_once
+
+    target = (
+        root / f"bench-{name}-w{setup.width}-l{setup.layers}-v{setup.vision_depth}-{setup.image}px"
+    )
+    return build_once(target, "model.safetensors", lambda folder: _save_model(setup, folder))
+
+
+def _save_model(setup: Setup, folder: Path) -> Path:
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vrl.models.tiny import _special_ids, build_tiny_processor, tiny_vlm_config
+
+    processor = build_tiny_processor(FAMILY, max_pixels=setup.image * setup.image)
+    ids = _special_ids(processor.tokenizer)
+    config = tiny_vlm_config(
+        FAMILY, len(processor.tokenizer), width=setup.width, layers=setup.layers,
+        vision_depth=setup.vision_depth, pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def run_all(
-    args: argparse.Namespace, trainers: list[str], work: Path, model_path: Path, jsonl: Path
-) -> dict[str, dict[str, Any]]:
+    args: argparse.Namespace, setup: Setup, trainers: list[str], work: Path, model_path: Path,
+    jsonl: Path,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every trainer at every beta, each in its own subprocess; figures keyed by beta, trainer."""
     results: dict[str, dict[str, Any]] = {}
     for beta in args.betas:
@@ -472,11 +580,11 @@ def run_all(
                 "run_dir": str(run_dir),
                 "result": str(run_dir / "result.json"),
                 "threads": args.threads,
-                "warmup": args.warmup,
-                "steps": args.steps,
-                "prompts": args.prompts,
-                "group_size": args.group_size,
-                "new_tokens": args.new_tokens,
+                "warmup": setup.warmup,
+                "steps": setup.steps,
+                "prompts": setup.prompts,
+                "group_size": setup.group_size,
+                "new_tokens": setup.new_tokens,
                 "lr": args.lr,
             }
             rows[name] = summarise(run_in_subprocess(spec))
@@ -499,9 +607,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from vrl.data.synthetic import write_colour_yes_no
     from vrl.models.paths import cache_root
-    from vrl.models.tiny import tiny_vlm_path
 
-    trainers = ["vrl"]
+    trainers = ["vrl", "vrl-plain"]
     trl_skipped = ""
     if args.skip_trl:
         trl_skipped = "trl skipped (--skip-trl)"
@@ -513,48 +620,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     temporary = args.work_dir is None
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="vrl-bench-grpo-"))
     work.mkdir(parents=True, exist_ok=True)
-    # built here, once, so that neither worker pays (or times) the build
-    model_path = tiny_vlm_path(FAMILY, args.cache_root or cache_root() / "tiny")
-    jsonl = write_colour_yes_no(work / "data", n=DATA_SIZE, seed=DATA_SEED, asked=ASKED_COLOUR)
-
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    setups, results = {}, {}
     try:
-        results = run_all(args, trainers, work, model_path, jsonl)
+        for name in args.setups:
+            setup = setup_of(args, name)
+            # built here, once, so that no worker pays (or times) the build
+            model_path = setup_model(name, setup, args.cache_root or cache_root() / "tiny")
+            jsonl = write_colour_yes_no(
+                work / f"data-{name}", n=DATA_SIZE, seed=DATA_SEED, size=setup.image,
+                asked=ASKED_COLOUR,
+            )  # fmt: skip
+            results[name] = run_all(args, setup, trainers, work, model_path, jsonl)
+            counted = [r for rows in results[name].values() for r in rows.values()]
+            setups[name] = {
+                **asdict(setup),
+                "family": FAMILY,
+                "image_tokens": setup.image_tokens,
+                "params": counted[0]["params"],
+                "trainable_params": counted[0]["trainable_params"],
+                "threads": args.threads,
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "lr": args.lr,
+                "num_iterations": NUM_ITERATIONS,
+            }
     finally:
         if temporary:  # the runs leave checkpoints behind
             shutil.rmtree(work, ignore_errors=True)
 
-    counted = [r for rows in results.values() for r in rows.values() if r["params"] is not None]
-    first = counted[0] if counted else {"params": None, "trainable_params": None}
     report = {
-        "setup": {
-            "family": FAMILY,
-            "params": first["params"],
-            "trainable_params": first["trainable_params"],
-            "prompts": args.prompts,
-            "group_size": args.group_size,
-            "new_tokens": args.new_tokens,
-            "threads": args.threads,
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "warmup": args.warmup,
-            "steps": args.steps,
-            "lr": args.lr,
-            "num_iterations": NUM_ITERATIONS,
-            "load_average_before": load_before,  # other jobs on the machine skew wall time
-        },
+        "setups": setups,
         "results": results,
         "trl_skipped": trl_skipped,
+        "load_average_before": load_before,  # other jobs on the machine skew wall time
     }
     table = format_table(report)
     report["table"] = table
     print(table)
-    for beta, rows in results.items():
-        for name, r in rows.items():
-            if r["completion_length"] != args.new_tokens:
-                print(
-                    f"warning: {name} (beta={beta}) completions averaged "
-                    f"{r['completion_length']:.2f} tokens, not {args.new_tokens}"
-                )
+    for name, by_beta in results.items():
+        for beta, rows in by_beta.items():
+            for trainer, r in rows.items():
+                if r["completion_length"] != setups[name]["new_tokens"]:
+                    print(
+                        f"warning: [{name}] {trainer} (beta={beta}) completions averaged "
+                        f"{r['completion_length']:.2f} tokens, not {setups[name]['new_tokens']}"
+                    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -80,13 +80,14 @@ def test_rollout_benchmark_report_adds_up(tmp_path):
 @pytest.mark.slow
 def test_grpo_step_benchmark_runs_vrl_alone(tmp_path):
     out = tmp_path / "bench.json"
-    args = ["--skip-trl", "--warmup", "1", "--steps", "2", "--betas", "0"]
+    args = ["--skip-trl", "--setups", "tiny", "--warmup", "1", "--steps", "2", "--betas", "0"]
     printed = run_script(
         "benchmarks/grpo_step.py", *args, "--work-dir", str(tmp_path / "work"), "--json", str(out)
     )
     report = json.loads(out.read_text())
 
-    row = report["results"]["0.0"]["vrl"]
+    assert list(report["setups"]) == ["tiny"] and report["setups"]["tiny"]["image_tokens"] == 4
+    row = report["results"]["tiny"]["0.0"]["vrl"]
     assert len(row["seconds"]) == 2 and len(row["cpu_seconds"]) == 2
     assert all(math.isfinite(s) for s in row["seconds"])
     assert row["median_s"] == pytest.approx(statistics.median(row["seconds"]))
@@ -95,7 +96,11 @@ def test_grpo_step_benchmark_runs_vrl_alone(tmp_path):
     assert row["peak_rss_mib"] > 0
     assert row["completion_length"] == 24  # the forced length took effect
     assert row["threads"] == 1
-    assert "trl" not in report["results"]["0.0"]
+    assert "trl" not in report["results"]["tiny"]["0.0"]
+    # the same trainer without shared prompt work, the "before" of the same run
+    plain = report["results"]["tiny"]["0.0"]["vrl-plain"]
+    assert plain["completion_length"] == 24 and len(plain["seconds"]) == 2
+    assert "vrl unshared/shared:" in printed
 
     assert "median s/step" in printed
     vrl_rows = [line for line in printed.splitlines() if line.startswith("vrl ")]
@@ -145,6 +150,29 @@ def test_grpo_step_table_shows_the_ratio_and_says_when_trl_is_missing(tmp_path):
     printed = run_script("benchmarks/grpo_step.py", "--table", str(alone), timeout=60)
     assert "ratio" not in printed
     assert "trl is not installed" in printed
+
+    # the report of several setups: one block each, with the unshared vrl row
+    wide = {**setup, "description": "wider Qwen2.5-VL", "image_tokens": 256, "new_tokens": 128}
+    plain = {**vrl, "median_s": 1.0}
+    several = tmp_path / "several.json"
+    several.write_text(
+        json.dumps(
+            {
+                "setups": {"tiny": setup, "realistic": wide},
+                "results": {
+                    "tiny": {"0.0": {"vrl": vrl, "vrl-plain": plain, "trl": trl}},
+                    "realistic": {
+                        "0.04": {"vrl": vrl, "vrl-plain": plain, "trl": {**trl, "median_s": 1.5}}
+                    },
+                },
+                "trl_skipped": "",
+            }
+        )
+    )
+    printed = run_script("benchmarks/grpo_step.py", "--table", str(several), timeout=60)
+    assert "[tiny]" in printed and "[realistic]" in printed and "256 image tokens" in printed
+    assert printed.count("vrl unshared/shared: 2.00") == 2
+    assert "ratio trl/vrl: 1.50" in printed and "ratio trl/vrl: 3.00" in printed
 
 
 @pytest.mark.slow

@@ -181,8 +181,19 @@ def _special_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     return ids
 
 
-def tiny_vlm_config(family: TinyFamily, vocab_size: int, **special_ids: int) -> PretrainedConfig:
-    """Config of a ~2M-parameter model of the given Qwen VL architecture.
+def tiny_vlm_config(
+    family: TinyFamily,
+    vocab_size: int,
+    *,
+    width: int = 128,
+    layers: int = 4,
+    vision_depth: int = 2,
+    **special_ids: int,
+) -> PretrainedConfig:
+    """Config of a ~2M-parameter model of the given Qwen VL architecture (at the defaults).
+
+    `width` is the text and vision width (heads of 32 channels), `layers` the text decoder's
+    depth and `vision_depth` the vision tower's (its last block attends over the whole image).
 
     `special_ids` may override the token ids (`image_token_id`, `video_token_id`,
     `vision_start_token_id`, `vision_end_token_id`, `eos_token_id`, `pad_token_id`, `bos_token_id`);
@@ -198,6 +209,11 @@ def tiny_vlm_config(family: TinyFamily, vocab_size: int, **special_ids: int) -> 
         "image_token_id": 5,
         "video_token_id": 6,
     }
+    if width % 32 or width < 64 or layers < 1 or vision_depth < 1:
+        raise ValueError(
+            f"tiny VLM needs width a multiple of 32 (>= 64), layers >= 1 and vision_depth >= 1; "
+            f"got width={width}, layers={layers}, vision_depth={vision_depth}"
+        )
     unknown = set(special_ids) - set(ids)
     if unknown:
         raise ValueError(f"unknown special id names {sorted(unknown)}; valid: {sorted(ids)}")
@@ -206,10 +222,10 @@ def tiny_vlm_config(family: TinyFamily, vocab_size: int, **special_ids: int) -> 
     vision_tokens = {k: v for k, v in ids.items() if k not in text_tokens}
     text_config = dict(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 32,
         num_key_value_heads=2,
         max_position_embeddings=4096,
         # head_dim is 32, so the M-RoPE split (temporal, height, width) must sum to 16 frequency
@@ -221,16 +237,16 @@ def tiny_vlm_config(family: TinyFamily, vocab_size: int, **special_ids: int) -> 
         from transformers import Qwen2_5_VLConfig
 
         vision_config = dict(
-            depth=2,
-            hidden_size=128,
-            intermediate_size=256,
-            num_heads=4,
-            out_hidden_size=128,
+            depth=vision_depth,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_heads=width // 32,
+            out_hidden_size=width,
             patch_size=PATCH_SIZE,
             spatial_merge_size=SPATIAL_MERGE_SIZE,
             temporal_patch_size=2,
             window_size=112,
-            fullatt_block_indexes=[1],
+            fullatt_block_indexes=[vision_depth - 1],
         )
         return Qwen2_5_VLConfig(
             text_config=text_config, vision_config=vision_config, **vision_tokens, **text_tokens
@@ -239,11 +255,11 @@ def tiny_vlm_config(family: TinyFamily, vocab_size: int, **special_ids: int) -> 
         from transformers import Qwen2VLConfig
 
         vision_config = dict(
-            depth=2,
-            embed_dim=128,
-            hidden_size=128,  # output width of the patch merger = the text width
+            depth=vision_depth,
+            embed_dim=width,
+            hidden_size=width,  # output width of the patch merger = the text width
             mlp_ratio=2,
-            num_heads=4,
+            num_heads=width // 32,
             patch_size=PATCH_SIZE,
             spatial_merge_size=SPATIAL_MERGE_SIZE,
             temporal_patch_size=2,
