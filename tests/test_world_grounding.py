@@ -48,7 +48,9 @@ def _resolve(question: str, found) -> list:
         anchors = _matching(found, a_size, a_colour, a_shape)
         if len(anchors) != 1:
             return candidates + anchors  # an ambiguous anchor: fail below
-        candidates = [d for d in candidates if predicate in position_relations(d.box, anchors[0].box)]
+        candidates = [
+            d for d in candidates if predicate in position_relations(d.box, anchors[0].box)
+        ]
     return candidates
 
 
@@ -56,7 +58,9 @@ def _resolve(question: str, found) -> list:
     ("split", "subjects", "background"),
     [("train", (2, 3), None), ("test", (2, 3), None), ("train", (4, 4), "dark grey")],
 )
-def test_refer_expressions_name_exactly_one_shape_in_the_picture(tmp_path, split, subjects, background):
+def test_refer_expressions_name_exactly_one_shape_in_the_picture(
+    tmp_path, split, subjects, background
+):
     path = write_world_tasks(
         tmp_path, "refer", 60, seed=5, size=32, split=split,
         min_subjects=subjects[0], max_subjects=subjects[1], background=background,
@@ -93,7 +97,11 @@ def test_world_refer_files_take_the_user_rec_path(tmp_path):
         image.parent.mkdir(exist_ok=True)
         image.write_bytes(Path(sample.images[0]).read_bytes())
         user_lines.append(
-            {"image": image.name, "problem": sample.question, "solution": json.loads(sample.solution)}
+            {
+                "image": image.name,
+                "problem": sample.question,
+                "solution": json.loads(sample.solution),
+            }
         )
     user_file = tmp_path / "user" / "rec.jsonl"
     user_file.write_text("".join(json.dumps(line) + "\n" for line in user_lines))
@@ -108,11 +116,13 @@ def test_world_refer_files_take_the_user_rec_path(tmp_path):
     assert get_reward("rec_iou")(truth, rows) == [1.0] * 8
     assert get_reward("format_rec_answer")(truth, rows) == [1.0] * 8
     shifted = [
-        parse_completion("<answer>{}</answer>".format([v + 20 for v in json.loads(s.solution)]))
+        parse_completion(f"<answer>{[v + 20 for v in json.loads(s.solution)]}</answer>")
         for s in world + user
     ]
     assert max(get_reward("rec_iou")(shifted, rows)) == 0.0
-    assert get_reward("format_rec_answer")([parse_completion("<answer>red</answer>")], rows[:1]) == [0.0]
+    assert get_reward("format_rec_answer")(
+        [parse_completion("<answer>red</answer>")], rows[:1]
+    ) == [0.0]
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,10 @@ DEFAULTS: dict[str, Any] = {
     # 1: every integer 0..image_size is one token (box coordinates in the model's 112 px input
     # convention); 0: numbers spelled digit by digit
     "coordinate_tokens": 0,
-    "held_out_background": "",  # background of the held-out files ("": the default light grey)
+    "held_out_background": "",
+    # base of the language model's M-RoPE; the image tokens' row and column offsets (0-3) turn
+    # the height and width sections, which get the lowest frequencies (see build_model)
+    "rope_theta": 1e6,  # background of the held-out files ("": the default light grey)
 }
 
 
@@ -121,7 +124,11 @@ def single_box(solution: str) -> list[float] | None:
         value = json.loads(solution)
     except ValueError:
         return None
-    if isinstance(value, list) and len(value) == 4 and all(isinstance(v, int | float) for v in value):
+    if (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, int | float) for v in value)
+    ):
         return [float(v) for v in value]
     return None
 
@@ -138,9 +145,16 @@ def tokenizer_corpus(samples: Iterable, template: str) -> Iterator[str]:
 # ---------------------------------------------------------------------- model
 
 
-def build_model(tokenizer, seed: int, vision_depth: int = 2):
+def build_model(tokenizer, seed: int, vision_depth: int = 2, rope_theta: float | None = None):
     """A random tiny Qwen2.5-VL (``vrl.models.tiny.tiny_vlm_config``, ``vision_depth`` blocks in
-    the vision tower, the last one with full attention) for this tokenizer."""
+    the vision tower, the last one with full attention) for this tokenizer.
+
+    ``rope_theta`` replaces the language model's M-RoPE base (1e6). M-RoPE splits the 16
+    frequency pairs of a 32-wide head into time, height and width sections in that order, so the
+    width section holds the slowest ones: at 1e6 an image token one column to the right is turned
+    by at most 2e-4 rad, the language model cannot tell the image tokens' columns apart, and
+    nothing else in the architecture says where a token is (the vision tower's RoPE is relative).
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from vrl.models.tiny import _special_ids, tiny_vlm_config
@@ -157,6 +171,8 @@ def build_model(tokenizer, seed: int, vision_depth: int = 2):
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
     )
+    if rope_theta is not None:
+        config.text_config.rope_parameters["rope_theta"] = float(rope_theta)
     config.vision_config.depth = vision_depth
     config.vision_config.fullatt_block_indexes = [vision_depth - 1]
     with torch.random.fork_rng(devices=[]):
@@ -355,11 +371,15 @@ def pretrain(out: str | Path, seed: int = 0, log=print, **overrides: Any) -> dic
 
     corpus = tokenizer_corpus((s for samples in train.values() for s in samples), template)
     numbers = side + 1 if settings["coordinate_tokens"] else 0
-    tokenizer = build_vlm_tokenizer(corpus, vocab_size=settings["vocab_size"], number_tokens=numbers)
+    tokenizer = build_vlm_tokenizer(
+        corpus, vocab_size=settings["vocab_size"], number_tokens=numbers
+    )
     processor = build_tiny_processor("qwen2_5_vl", tokenizer, side * side, side * side)
     processor.image_processor.image_mean = list(IMAGE_MEAN)
     processor.image_processor.image_std = list(IMAGE_STD)
-    adapter = VLMAdapter(build_model(tokenizer, seed, settings["vision_depth"]), processor)
+    adapter = VLMAdapter(
+        build_model(tokenizer, seed, settings["vision_depth"], settings["rope_theta"]), processor
+    )
     parameters = sum(p.numel() for p in adapter.model.parameters())
     log(f"[world-vlm] {parameters / 1e6:.2f}M parameters, tasks {tasks}, {settings['steps']} steps")
 
