@@ -58,7 +58,7 @@ BASE_EXTRA = {
 }
 TEMPLATE = "rec_answer_only"
 PROMPTS, GROUP = 8, 8
-LR, WARMUP, TEMPERATURE = 3e-4, 5, 1.0
+LR, WARMUP, TEMPERATURE = 1e-4, 5, 0.7
 REWARDS = {"rec_iou": 1.0, "format_rec_answer": 0.1}
 ARMS = ("base", "sft", "rl")
 
@@ -247,11 +247,12 @@ def table(report: dict[str, Any]) -> str:
         for arm in ("sft", "rl")
     ]
     lines.append("time: " + ", ".join(minutes))
-    verdict = "met" if rl_in >= sft_in else "MISSED"
+    # compared in points at the printed precision, so that a tie on the page is a tie
+    verdict = "met" if round(100 * rl_in, 1) >= round(100 * sft_in, 1) else "MISSED"
     lines.append(
         f"goal RL >= SFT in domain (Acc@0.5): {100 * rl_in:.1f} vs {100 * sft_in:.1f}: {verdict}"
     )
-    verdict = "met" if rl_ood >= sft_ood + 0.10 else "MISSED"
+    verdict = "met" if round(100 * rl_ood, 1) >= round(100 * sft_ood, 1) + 10 else "MISSED"
     lines.append(
         f"goal RL >= SFT + 10 points out of domain (Acc@0.5, 3 sets pooled): {100 * rl_ood:.1f} "
         f"vs {100 * sft_ood:.1f} + 10: {verdict}"

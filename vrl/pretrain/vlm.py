@@ -17,6 +17,16 @@ The recipe, top to bottom:
    then ``save_pretrained`` (safetensors) with the processor, so ``VLMAdapter.from_pretrained``
    and ``vrl train vlm`` (``model.path``) load the folder unchanged.
 
+The grounding model of ``benchmarks/vlm_grounding.py`` (the ``refer`` task, ~10 CPU minutes):
+
+    vrl pretrain world-vlm --out runs/vlm_grounding/base --threads 1 --extra tasks=refer \
+        template=rec_answer_only coordinate_tokens=1 rope_theta=20 steps=1200 eval_every=400
+
+Box answers are written in the model's own convention (pixels of its 112 px input; the parser
+maps them back to image pixels before IoU), each coordinate one token (``coordinate_tokens``),
+and the language model's M-RoPE base is 20 so that it can tell the image tokens' rows and
+columns apart (``build_model``); docs/experiments/2026-12-06-world-grounding.md has the figures.
+
 Settings go through ``--extra key=value`` (``DEFAULTS`` lists them). Simplifications: one image
 size, single-image prompts, no packing, the vision tower trained with the rest.
 """

@@ -41,9 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from vrl.geometry import position_relations
-from vrl.hicogen.scene import Scene
-
-from vrl.hicogen.scene import Subject
+from vrl.hicogen.scene import Scene, Subject
 
 from .render import Box, layout, render
 from .scenes import sample_scene
