@@ -63,3 +63,12 @@ def format_answer_reward(
     cheapest way to collect this reward would be "<answer></answer>".
     """
     return [float(bool(c.answer)) for c in completions]
+
+
+@register_reward("format_rec_answer")
+def format_rec_answer_reward(
+    completions: Sequence[Completion], samples: Sequence[Sample]
+) -> list[float | None]:
+    """1.0 iff the completion has an <answer> that holds a box (or says there is no object); no
+    think block required: ``format_rec`` for the ``rec_answer_only`` template."""
+    return [float(bool(c.answer) and (bool(c.boxes) or c.is_none)) for c in completions]

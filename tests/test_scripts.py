@@ -213,3 +213,36 @@ def test_diversity_experiment_table(tmp_path):
         row = next(line for line in printed.splitlines() if line.startswith(label + " "))
         numbers = row[len(label) :].replace("+-", " ").split()
         assert len(numbers) == 9 and all(math.isfinite(float(x)) for x in numbers)
+
+
+def test_grounding_table_reads_the_goals_off_the_report(tmp_path):
+    """benchmarks/vlm_grounding.py --table: means over seeds, and each goal met or MISSED."""
+
+    def scores(in_domain: float, out: float) -> dict:
+        sets = {"in domain": in_domain, "held-out pairs": out, "dark grey": out, "4 subjects": out}
+        return {name: {"acc": acc, "iou": acc / 2} for name, acc in sets.items()}
+
+    def row(sft: tuple, rl: tuple) -> dict:
+        times = {f"{arm}_{k}": 1.0 for arm in ("sft", "rl") for k in ("minutes", "cpu_minutes")}
+        return {"sft": scores(*sft), "rl": scores(*rl), **times}
+
+    report = {
+        "eval": 10,
+        "rule": "test",
+        "before": scores(0.3, 0.1),
+        "seeds": {"0": row((0.40, 0.20), (0.42, 0.31)), "1": row((0.40, 0.20), (0.40, 0.31))},
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    printed = run_script("benchmarks/vlm_grounding.py", "--table", str(path), timeout=60)
+    assert "in domain (Acc@0.5): 41.0 vs 40.0: met" in printed
+    assert "out of domain (Acc@0.5, 3 sets pooled): 31.0 vs 20.0 + 10: met" in printed
+    report["seeds"]["1"] = row((0.40, 0.20), (0.36, 0.29))  # RL behind in domain, +10.0 out
+    path.write_text(json.dumps(report))
+    printed = run_script("benchmarks/vlm_grounding.py", "--table", str(path), timeout=60)
+    assert "41.0 vs 40.0" not in printed and "39.0 vs 40.0: MISSED" in printed
+    assert "30.0 vs 20.0 + 10: met" in printed  # exactly 10 points is enough
+    report["seeds"]["1"] = row((0.40, 0.20), (0.36, 0.27))  # +9.0 out of domain
+    path.write_text(json.dumps(report))
+    printed = run_script("benchmarks/vlm_grounding.py", "--table", str(path), timeout=60)
+    assert "29.0 vs 20.0 + 10: MISSED" in printed

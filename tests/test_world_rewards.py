@@ -182,6 +182,7 @@ REWARD_OF = {
     "colour": "accuracy",
     "relation": "accuracy",
     "detection": "det_ap",
+    "refer": "rec_iou",
 }
 
 

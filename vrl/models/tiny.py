@@ -125,14 +125,16 @@ def _default_corpus(n_samples: int = 1500, seed: int = 0) -> Iterator[str]:
 
 
 def build_vlm_tokenizer(
-    corpus: Iterable[str] | None = None, vocab_size: int = 512
+    corpus: Iterable[str] | None = None, vocab_size: int = 512, number_tokens: int = 0
 ) -> PreTrainedTokenizerFast:
     """Train a small byte-level BPE tokenizer with Qwen's special tokens and chat template.
 
     Digits are split one per token (as in Qwen), so coordinates are spelled digit by digit and any
-    number is representable. `vocab_size` bounds the total, added tokens included. The result is
-    deterministic: the default corpus is generated from a fixed seed and BPE training breaks ties
-    deterministically.
+    number is representable. ``number_tokens`` > 0 adds the integers 0 .. number_tokens - 1 as
+    whole tokens (matched longest first, before the digit split), so a box coordinate on a small
+    image is one token: one choice per coordinate instead of a digit sequence. `vocab_size` bounds
+    the total, added tokens included. The result is deterministic: the default corpus is generated
+    from a fixed seed and BPE training breaks ties deterministically.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -146,13 +148,16 @@ def build_vlm_tokenizer(
     )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(FORMAT_TOKENS),
+        vocab_size=vocab_size - len(FORMAT_TOKENS) - number_tokens,
         special_tokens=QWEN_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(corpus if corpus is not None else _default_corpus(), trainer)
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TOKENS])
+    if number_tokens:
+        numbers = [str(i) for i in range(number_tokens)]
+        backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in numbers])
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -17,6 +17,16 @@ The recipe, top to bottom:
    then ``save_pretrained`` (safetensors) with the processor, so ``VLMAdapter.from_pretrained``
    and ``vrl train vlm`` (``model.path``) load the folder unchanged.
 
+The grounding model of ``benchmarks/vlm_grounding.py`` (the ``refer`` task, ~10 CPU minutes):
+
+    vrl pretrain world-vlm --out runs/vlm_grounding/base --threads 1 --extra tasks=refer \
+        template=rec_answer_only coordinate_tokens=1 rope_theta=20 steps=1200 eval_every=400
+
+Box answers are written in the model's own convention (pixels of its 112 px input; the parser
+maps them back to image pixels before IoU), each coordinate one token (``coordinate_tokens``),
+and the language model's M-RoPE base is 20 so that it can tell the image tokens' rows and
+columns apart (``build_model``); docs/experiments/2026-12-06-world-grounding.md has the figures.
+
 Settings go through ``--extra key=value`` (``DEFAULTS`` lists them). Simplifications: one image
 size, single-image prompts, no packing, the vision tower trained with the rest.
 """
@@ -53,6 +63,13 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 200,  # steps between held-out evaluations (0: only at the end)
     "template": "answer_only",  # prompt template of vrl.data.prompts, shared with GRPO
     "vocab_size": 512,
+    # 1: every integer 0..image_size is one token (box coordinates in the model's 112 px input
+    # convention); 0: numbers spelled digit by digit
+    "coordinate_tokens": 0,
+    "held_out_background": "",
+    # base of the language model's M-RoPE; the image tokens' row and column offsets (0-3) turn
+    # the height and width sections, which get the lowest frequencies (see build_model)
+    "rope_theta": 1e6,  # background of the held-out files ("": the default light grey)
 }
 
 
@@ -71,6 +88,13 @@ HELD_OUT_SEED = 10_000
 
 MAX_ANSWER_TOKENS = 8
 """Greedy decoding budget: ``<answer>``, the answer, ``</answer>``, EOS."""
+
+BOX_TASKS = frozenset({"grounding", "refer"})
+"""Tasks answered by one box, scored by IoU (``vrl.evaluate.evaluate_rec``)."""
+
+MAX_BOX_TOKENS = 24
+"""Greedy budget of a box answer: ``[x1, y1, x2, y2]`` in tags, spelled digit by digit (4 x 3
+digits, 3 separators, brackets and tags); coordinate tokens need about 14."""
 
 
 # ---------------------------------------------------------------------- settings
@@ -91,9 +115,32 @@ def load_task_samples(paths: Sequence[Path]) -> dict[str, list]:
     return by_task
 
 
-def answer_text(sample) -> str:
-    """The SFT target of a sample: its solution in answer tags (what ``answer_only`` asks for)."""
-    return f"<answer>{sample.solution}</answer>"
+def answer_text(sample, box_map=None) -> str:
+    """The SFT target of a sample: its solution in answer tags (what ``answer_only`` asks for).
+
+    A solution that is one box ``[x1, y1, x2, y2]`` (original-image pixels) is written in the
+    model's own coordinate convention when ``box_map`` (original -> model box) is given, rounded
+    to integers: the parser maps the model's answers back with the inverse before any IoU.
+    """
+    solution = sample.solution
+    if box_map is not None and (box := single_box(solution)) is not None:
+        solution = json.dumps([round(v) for v in box_map(box)])
+    return f"<answer>{solution}</answer>"
+
+
+def single_box(solution: str) -> list[float] | None:
+    """The box of a solution that is exactly ``[x1, y1, x2, y2]``, else None."""
+    try:
+        value = json.loads(solution)
+    except ValueError:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, int | float) for v in value)
+    ):
+        return [float(v) for v in value]
+    return None
 
 
 def tokenizer_corpus(samples: Iterable, template: str) -> Iterator[str]:
@@ -108,9 +155,16 @@ def tokenizer_corpus(samples: Iterable, template: str) -> Iterator[str]:
 # ---------------------------------------------------------------------- model
 
 
-def build_model(tokenizer, seed: int, vision_depth: int = 2):
+def build_model(tokenizer, seed: int, vision_depth: int = 2, rope_theta: float | None = None):
     """A random tiny Qwen2.5-VL (``vrl.models.tiny.tiny_vlm_config``, ``vision_depth`` blocks in
-    the vision tower, the last one with full attention) for this tokenizer."""
+    the vision tower, the last one with full attention) for this tokenizer.
+
+    ``rope_theta`` replaces the language model's M-RoPE base (1e6). M-RoPE splits the 16
+    frequency pairs of a 32-wide head into time, height and width sections in that order, so the
+    width section holds the slowest ones: at 1e6 an image token one column to the right is turned
+    by at most 2e-4 rad, the language model cannot tell the image tokens' columns apart, and
+    nothing else in the architecture says where a token is (the vision tower's RoPE is relative).
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from vrl.models.tiny import _special_ids, tiny_vlm_config
@@ -127,6 +181,8 @@ def build_model(tokenizer, seed: int, vision_depth: int = 2):
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
     )
+    if rope_theta is not None:
+        config.text_config.rope_parameters["rope_theta"] = float(rope_theta)
     config.vision_config.depth = vision_depth
     config.vision_config.fullatt_block_indexes = [vision_depth - 1]
     with torch.random.fork_rng(devices=[]):
@@ -154,8 +210,11 @@ def sft_batch(adapter, samples: Sequence, template: str) -> tuple[dict[str, torc
         )
         for s in samples
     ]
-    answers = [answer_text(s) + eos for s in samples]
     images = [load_image(s.images[0]) for s in samples]
+    answers = [
+        answer_text(s, model_box_map(adapter, image.size)) + eos
+        for s, image in zip(samples, images, strict=True)
+    ]
     encoded = adapter.processor(
         text=[p + a for p, a in zip(prompts, answers, strict=True)],
         images=images,
@@ -171,17 +230,40 @@ def sft_batch(adapter, samples: Sequence, template: str) -> tuple[dict[str, torc
     return inputs, labels
 
 
+def model_box_map(adapter, original_size: tuple[int, int]):
+    """Original pixels -> the adapter's box convention for an image of ``original_size``: the
+    inverse of the map the parser applies to the model's answers (the input size is read, as
+    ``VLMAdapter.prepare_inputs`` reads it, from the processor's patch grid)."""
+    from PIL import Image
+
+    ip = adapter.processor.image_processor
+    blank = Image.new("RGB", tuple(original_size))
+    _, grid_h, grid_w = ip(images=[blank], return_tensors="pt")["image_grid_thw"][0].tolist()
+    patch = int(getattr(ip, "patch_size", 14))
+    input_size = (grid_w * patch, grid_h * patch)
+    return lambda box: adapter.box_from_original(box, original_size, input_size)
+
+
 # ---------------------------------------------------------------------- evaluation
 
 
 def held_out_accuracy(
     adapter, model, held_out: dict[str, list], template: str, progress: bool = False
 ) -> dict[str, float]:
-    """Greedy accuracy (the accuracy reward) per task, and their mean under "mean"."""
-    from vrl.evaluate import evaluate_answers
+    """Greedy accuracy (the accuracy reward) per task, and their mean under "mean"; box tasks
+    count Acc@IoU>=0.5 (and add their mean IoU as "<task> iou", outside the mean)."""
+    from vrl.evaluate import evaluate_answers, evaluate_rec
 
-    scores = {
-        task: evaluate_answers(
+    scores, ious = {}, {}
+    for task, samples in held_out.items():
+        if task in BOX_TASKS:
+            rec = evaluate_rec(
+                adapter, model, samples, template, max_new_tokens=MAX_BOX_TOKENS,
+                batch_size=50, progress=progress,
+            )  # fmt: skip
+            scores[task], ious[f"{task} iou"] = rec["acc@0.5"], rec["mean_iou"]
+            continue
+        scores[task] = evaluate_answers(
             adapter,
             model,
             samples,
@@ -190,10 +272,8 @@ def held_out_accuracy(
             batch_size=50,
             progress=progress,
         )["accuracy"]
-        for task, samples in held_out.items()
-    }
     scores["mean"] = sum(scores.values()) / len(scores)
-    return scores
+    return {**scores, **ious}
 
 
 def write_held_out(
@@ -229,9 +309,11 @@ def train_sft(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
     warmup = max(1, settings["warmup"])
 
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to 10%
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to 10% (or constant)
         if step < warmup:
             return (step + 1) / warmup
+        if settings.get("schedule", "cosine") == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -291,15 +373,23 @@ def pretrain(out: str | Path, seed: int = 0, log=print, **overrides: Any) -> dic
         out / "data", tasks, settings["train_per_task"], seed, "train", canvas
     )
     train = load_task_samples(train_files)
-    held_out = write_held_out(out / "data", tasks, settings["held_out_per_task"], canvas)
+    held_out = write_held_out(
+        out / "data", tasks, settings["held_out_per_task"], canvas,
+        background=settings["held_out_background"] or None,
+    )  # fmt: skip
     data_minutes = (time.perf_counter() - t0) / 60
 
     corpus = tokenizer_corpus((s for samples in train.values() for s in samples), template)
-    tokenizer = build_vlm_tokenizer(corpus, vocab_size=settings["vocab_size"])
+    numbers = side + 1 if settings["coordinate_tokens"] else 0
+    tokenizer = build_vlm_tokenizer(
+        corpus, vocab_size=settings["vocab_size"], number_tokens=numbers
+    )
     processor = build_tiny_processor("qwen2_5_vl", tokenizer, side * side, side * side)
     processor.image_processor.image_mean = list(IMAGE_MEAN)
     processor.image_processor.image_std = list(IMAGE_STD)
-    adapter = VLMAdapter(build_model(tokenizer, seed, settings["vision_depth"]), processor)
+    adapter = VLMAdapter(
+        build_model(tokenizer, seed, settings["vision_depth"], settings["rope_theta"]), processor
+    )
     parameters = sum(p.numel() for p in adapter.model.parameters())
     log(f"[world-vlm] {parameters / 1e6:.2f}M parameters, tasks {tasks}, {settings['steps']} steps")
 

@@ -17,6 +17,13 @@ ends, as in ``vrl.data.synthetic``.
 | colour    | What colour is the circle? (options)       | red                     | accuracy exact   |
 | relation  | Is the circle to the left of the square?   | yes / no (balanced)     | accuracy yes_no  |
 | detection | Detect every shape ...                     | [{"bbox_2d", "label"}]  | det_* rewards    |
+| refer     | Locate the blue square left of the circle. | [x1, y1, x2, y2]        | rec_iou          |
+
+``refer`` is referring-expression comprehension written in VLM-R1's REC form (``"problem"``,
+``"solution": [x1, y1, x2, y2]``): its scenes are built so that a third of the expressions name
+the subject by its attributes ("the red circle"), a third need its size ("the larger triangle":
+two triangles, one small, one large) and a third a relation to another subject ("the blue square
+left of the red circle": two identical blue squares, only one of which is left of the circle).
 
 Relation answers come from the rendered boxes (the GenEval rule, "larger than" between a large
 and a small shape), not from the scene's own relations, so any pair can be asked about; a "no"
@@ -34,13 +41,24 @@ from pathlib import Path
 from typing import Any
 
 from vrl.geometry import position_relations
-from vrl.hicogen.scene import Scene
+from vrl.hicogen.scene import Scene, Subject
 
 from .render import Box, layout, render
 from .scenes import sample_scene
-from .vocabulary import COLOURS, INVERSE_RELATION, RELATIONS, SHAPES, SPLITS, shape_spec
+from .vocabulary import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    INVERSE_RELATION,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    SPATIAL_RELATIONS,
+    SPLITS,
+    shape_spec,
+)
 
-TASKS: tuple[str, ...] = ("grounding", "counting", "colour", "relation", "detection")
+TASKS: tuple[str, ...] = ("grounding", "counting", "colour", "relation", "detection", "refer")
 
 DEFAULT_SUBJECTS: dict[str, tuple[int, int]] = {
     "grounding": (1, 4),
@@ -48,6 +66,7 @@ DEFAULT_SUBJECTS: dict[str, tuple[int, int]] = {
     "colour": (1, 4),
     "relation": (2, 4),
     "detection": (1, 4),
+    "refer": (2, 3),
 }
 """(min, max) subjects per scene of each task, unless given."""
 
@@ -159,12 +178,133 @@ def _detection(scene: Scene, boxes: dict[str, Box], rng: random.Random):
     return question, answer
 
 
+REFER_KINDS: tuple[str, ...] = ("attribute", "size", "relation")
+"""How a ``refer`` expression singles out its subject: by colour and shape alone, by being the
+larger or smaller of two shapes, or by a spatial relation to another subject."""
+
+REFER_QUESTION = "Locate the {phrase} in the image."
+
+
+def _refer(
+    rng: random.Random, kind: str, n: int, split: str, background: str | None, size: int, seed: int
+) -> tuple[Scene, dict[str, Box], str, str] | None:
+    """(scene, boxes, phrase, target id) of one ``kind`` of expression on a fresh scene of
+    ``n`` subjects (3 at least for a relation), or None when this draw cannot be laid out or
+    offers no unambiguous relation. ``split`` "test" makes the target a held-out (colour, shape)
+    pair; "train" keeps every subject off them."""
+    every = [(c, s) for c in COLOURS for s in SHAPES]
+    pool = every if split != "train" else [p for p in every if p not in HELD_OUT_PAIRS]
+    colour, shape = rng.choice(sorted(HELD_OUT_PAIRS) if split == "test" else pool)
+    size_word = rng.choice(SIZES)
+    specs = [(size_word, colour, shape)]
+    if kind == "size":  # a second shape of the same kind (and maybe colour), the other size
+        other_size = "small" if size_word == "large" else "large"
+        same_colour = rng.random() < 0.5
+        colours = [c for c, s in pool if s == shape and c != colour]
+        other_colour = colour if same_colour or not colours else rng.choice(colours)
+        specs.append((other_size, other_colour, shape))
+        comparative = "larger" if size_word == "large" else "smaller"
+        noun = f"{colour} {shape}" if other_colour == colour else shape
+
+        def clashes(c: str, s: str) -> bool:
+            return (c, s) == (colour, shape) if other_colour == colour else s == shape
+
+    elif kind == "relation":  # an identical twin, and an anchor named by its own phrase
+        n = max(n, 3)
+        specs.append((size_word, colour, shape))
+        anchor = rng.choice([p for p in pool if p != (colour, shape)])
+        specs.append((rng.choice(SIZES), *anchor))
+
+        def clashes(c: str, s: str) -> bool:
+            return (c, s) in ((colour, shape), anchor)
+
+    else:
+
+        def clashes(c: str, s: str) -> bool:
+            return (c, s) == (colour, shape)
+
+    while len(specs) < n:
+        c, s = rng.choice([p for p in pool if not clashes(*p)])
+        specs.append((rng.choice(SIZES), c, s))
+    order = list(range(len(specs)))
+    rng.shuffle(order)  # the target, twin and anchor anywhere in the subject list
+    subjects = tuple(
+        Subject(f"s{i}", specs[k][2], (specs[k][0], specs[k][1])) for i, k in enumerate(order)
+    )
+    ids = {k: f"s{i}" for i, k in enumerate(order)}  # spec index -> subject id
+    scene = Scene(subjects=subjects, background=background)
+    try:
+        boxes = layout(scene, size, seed=seed)
+    except ValueError:
+        return None
+    target = ids[0]
+    if kind == "attribute":
+        phrase = referring_phrase(scene, target)
+    elif kind == "size":
+        phrase = f"{comparative} {noun}"
+    else:
+        twin, anchor_id = ids[1], ids[2]
+        usable = [
+            p
+            for p in SPATIAL_RELATIONS
+            if p in position_relations(boxes[target], boxes[anchor_id])
+            and p not in position_relations(boxes[twin], boxes[anchor_id])
+        ]
+        if not usable:
+            return None
+        phrase = f"{colour} {shape} {rng.choice(usable)} the {referring_phrase(scene, anchor_id)}"
+    assert phrase is not None  # the target's (colour, shape) is unique outside the twin kinds
+    return scene, boxes, phrase, target
+
+
+def _write_refer(
+    out: Path, n: int, seed: int, size: int, split: str, low: int, high: int, background
+) -> list[dict[str, Any]]:
+    """``refer`` records in VLM-R1's REC form, images written under ``out``."""
+    rng = random.Random(f"vrl.world.tasks/refer/{split}/{seed}")
+    if background not in (None, "random") and background not in BACKGROUNDS:
+        raise ValueError(
+            f"background must be None, 'random' or one of {list(BACKGROUNDS)}, got {background!r}"
+        )
+    records: list[dict[str, Any]] = []
+    for i in range(n):
+        kind = REFER_KINDS[i % len(REFER_KINDS)]  # balanced: a third of each
+        for attempt in range(_TRIES):
+            name = rng.choice(list(BACKGROUNDS)) if background == "random" else background
+            subjects = rng.randint(low, high)
+            drawn = _refer(rng, kind, subjects, split, name, size, seed=i * _TRIES + attempt)
+            if drawn is not None:
+                break
+        else:
+            raise RuntimeError(
+                f"no refer scene of {low}-{high} subjects fits a {size} px canvas in {_TRIES} draws"
+            )
+        scene, boxes, phrase, target = drawn
+        image = f"{IMAGES_SUBDIR}/world_refer_{split}_{i:05d}.png"
+        render(scene, size, boxes=boxes).save(out / image, format="PNG")
+        records.append(
+            {
+                "id": f"world-refer-{split}-{i:05d}",
+                "image": image,
+                "problem": REFER_QUESTION.format(phrase=phrase),
+                "solution": _int_box(boxes[target]),
+                "task": "refer",
+                "split": split,
+                "kind": kind,
+                "target": target,
+                "scene": scene.to_dict(),
+            }
+        )
+    return records
+
+
 _WRITERS = {
     "grounding": _grounding,
     "counting": _counting,
     "colour": _colour,
     "relation": _relation,
     "detection": _detection,
+    "refer": None,  # its own scenes: _write_refer
 }
 
 
@@ -198,7 +338,11 @@ def write_world_tasks(
     (out / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"vrl.world.tasks/{task}/{split}/{seed}")
     records: list[dict[str, Any]] = []
-    for i in range(n):
+    if task == "refer":
+        if low < 2:
+            raise ValueError(f"refer scenes need at least 2 subjects, got min_subjects={low}")
+        records = _write_refer(out, n, seed, size, split, low, high, background)
+    for i in range(n if task != "refer" else 0):
         for _ in range(_TRIES):  # a scene may offer no question of this kind: draw another
             scene = sample_scene(
                 rng,
@@ -250,6 +394,7 @@ TASK_SUBJECTS: dict[str, tuple[int, int]] = {
     "colour": (1, 1),
     "relation": (2, 2),
     "grounding": (1, 2),
+    "refer": (2, 3),
 }
 """(min, max) subjects per scene of each task as the world VLM is trained and tuned on it: few enough that 16 image tokens (one per
 28 x 28 px) keep the shapes apart. Colour questions show one shape: the colour of one of two
