@@ -239,10 +239,9 @@ class Scene:
           red circle"): the pass that places a subject is the one told where, relative to what it
           sees in context. Said from the new subject's side (`INVERSE_PREDICATES`) where the
           predicate has an inverse.
-        - ``cumulative``: every subject introduced up to and including this unit, for pipelines
-          without visual context, which image-to-image from the canvas is not quite: on the shapes
-          world a pass told only its own subject erased the one before it (kept in 23% of the
-          images, against 71% told both; BENCHMARKS.md).
+        - ``cumulative``: every subject introduced up to and including this unit, for chains
+          without visual context (image-to-image: told only its own subject, a pass erased the one
+          before it in 77% of the images on the shapes world).
 
         The scene's global part (background, style) goes with every unit: it is the canvas each
         pass draws on, not a subject to draw twice, and a prompt without it asks the model for its
