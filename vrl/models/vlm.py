@@ -333,16 +333,12 @@ class VLMAdapter:
         model: torch.nn.Module,
         prompts: PromptBatch,
         counts: Sequence[int],
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        do_sample: bool = True,
+        **sampling: Any,
     ) -> tuple[PromptBatch, Completions]:
         """`counts[i]` completions of each distinct prompt i (a GRPO group, or the part of one in
         this micro-batch): the repeated batch and its completions, as `generate` on
-        `prompts.repeat_interleave(counts)` gives them.
+        `prompts.repeat_interleave(counts)` with the same `sampling` settings (`max_new_tokens`,
+        `temperature`, `top_p`, `top_k`, `do_sample`) gives them.
 
         Where the model takes precomputed vision output (`takes_image_features`), each distinct
         prompt is prefilled once, with its images through the tower once, and its key/value cache
@@ -351,13 +347,7 @@ class VLMAdapter:
         so the completions match `generate`'s within float tolerance.
         """
         batch = prompts.repeat_interleave(counts)
-        gen_config = self.generation_config(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            do_sample=do_sample,
-        )
+        gen_config = self.generation_config(**sampling)
         generator = _unwrap_ddp(model)
         if not self.takes_image_features or prompts.input_ids.shape[1] < 2:
             return batch, self._sample(generator, batch, gen_config)
