@@ -162,3 +162,10 @@ def test_the_trainer_gives_the_same_run_with_and_without_shared_prompt_work(tmp_
         shared["model"].named_parameters(), plain["model"].parameters(), strict=True
     ):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_group_runs_split_items_into_runs_of_one_prompt():
+    from vrl.trainers.common import group_runs
+
+    assert group_runs([3, 3, 3, 5, 5, 3]) == ([3, 5, 3], [3, 2, 1])
+    assert group_runs([]) == ([], [])

@@ -15,6 +15,7 @@ Box conventions (see `docs/algorithms.md`, section 2.3):
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Sequence
@@ -378,7 +379,7 @@ class VLMAdapter:
 
     # ------------------------------------------------------------------ work shared per step
 
-    @property
+    @functools.cached_property
     def takes_image_features(self) -> bool:
         """Whether the model's forward takes precomputed vision output (`mm_encoder_outputs`:
         Qwen2-VL and Qwen2.5-VL in transformers 5): then the frozen tower runs once per distinct

@@ -91,6 +91,22 @@ def local_step_items(
     return global_items[rank * n_local : (rank + 1) * n_local]
 
 
+def group_runs(items: list[int]) -> tuple[list[int], list[int]]:
+    """Consecutive equal items as (item, count) lists: [3, 3, 3, 5, 5] -> ([3, 5], [3, 2]).
+
+    A step's items hold each prompt G times in a row (`local_step_items`): the runs are its
+    groups, or the share of a group on this process or in this micro-batch."""
+    distinct: list[int] = []
+    counts: list[int] = []
+    for item in items:
+        if distinct and distinct[-1] == item:
+            counts[-1] += 1
+        else:
+            distinct.append(item)
+            counts.append(1)
+    return distinct, counts
+
+
 def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
     """Seed of the random draws at `step` on `rank`: a resumed run draws the same samples.
 

@@ -53,6 +53,7 @@ from vrl.trainers.common import (
     build_optimizer,
     check_process_split,
     gradient_norm,
+    group_runs,
     local_step_items,
     make_accelerator,
     sample_order,
@@ -342,14 +343,8 @@ def chain_rollout(
 
     smp, ch, micro = cfg.sampling, cfg.chain, cfg.optim.micro_batch_size
     out = ChainRollout([], [], [], [])
-    runs: list[list[int]] = []  # [prompt index, count]
-    for i in local_items:
-        if runs and runs[-1][0] == i:
-            runs[-1][1] += 1
-        else:
-            runs.append([i, 1])
     lo = 0
-    for index, count in runs:
+    for index, count in zip(*group_runs(local_items), strict=True):
         item = prompts[index]
         plan = plan_chain(item.scene, item.prompt, form=ch.unit_prompts, max_units=ch.max_units)
         for start in range(0, count, micro):

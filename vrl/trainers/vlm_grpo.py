@@ -46,6 +46,7 @@ from vrl.trainers.common import (
     build_optimizer,
     check_process_split,
     gradient_norm,
+    group_runs,
     local_step_items,
     make_accelerator,
     sample_order,
@@ -143,7 +144,7 @@ def train(cfg) -> dict[str, Any]:
         parsed, reward_samples = [], []
         for lo in range(0, n_local, optim.micro_batch_size):
             # each distinct prompt of the micro-batch once (a group's samples are in a row)
-            distinct, counts = runs(local_items[lo : lo + optim.micro_batch_size])
+            distinct, counts = group_runs(local_items[lo : lo + optim.micro_batch_size])
             # an image that passed validation but fails to decode: the next sample, under
             # data.skip_bad_lines (the same one on every process), else a one-line DataError
             loaded = [
@@ -323,19 +324,6 @@ def train(cfg) -> dict[str, Any]:
         "rewards": history,
         "model": unwrapped,
     }
-
-
-def runs(items: list[int]) -> tuple[list[int], list[int]]:
-    """Consecutive equal items as (item, count) lists: [3, 3, 3, 5, 5] -> ([3, 5], [3, 2])."""
-    distinct: list[int] = []
-    counts: list[int] = []
-    for item in items:
-        if distinct and distinct[-1] == item:
-            counts[-1] += 1
-        else:
-            distinct.append(item)
-            counts.append(1)
-    return distinct, counts
 
 
 def reference_logprobs(adapter, unwrapped, ref_model, batch, out, scoring) -> torch.Tensor:
