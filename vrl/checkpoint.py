@@ -4,6 +4,9 @@ A checkpoint is a folder `checkpoints/step-<N>` holding the trainable weights (s
 optimizer and LR-scheduler states, each rank's RNG states and a small JSON of trainer state. It is
 written under a temporary name and renamed only when complete, so a run killed mid-save leaves the
 previous checkpoint as the latest one and never a half-written folder that `--resume` would trust.
+
+Under FSDP2 the tensors are gathered whole before they are written and cut back to each process's
+slice when read (`vrl.sharding`), so a sharded run's checkpoint has the layout of an unsharded one.
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from vrl.sharding import (
+    full_tensor,
+    gather_optimizer_state,
+    is_sharded,
+    shard_like,
+    shard_optimizer_state,
+)
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (LoRA weights, or all unfrozen ones)."""
+    """The parameters that training changes (LoRA weights, or all unfrozen ones), whole: a sharded
+    model's are gathered, so every process must call this for it."""
     return {
-        name: p.detach().to("cpu").contiguous()
+        name: full_tensor(p.detach()).to("cpu").contiguous()
         for name, p in model.named_parameters()
         if p.requires_grad
     }
@@ -90,9 +102,15 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    sharded = is_sharded(model)  # then every process takes part in gathering the tensors
+    if accelerator.is_main_process or sharded:
+        weights = trainable_state_dict(model)
+        optimizer_state = optimizer.state_dict()
+        if sharded:
+            optimizer_state = gather_optimizer_state(optimizer_state)
     if accelerator.is_main_process:
-        save_file(trainable_state_dict(model), tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, tmp / "trainable.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         for name, tensors in (extra or {}).items():
             save_file(
@@ -134,8 +152,10 @@ def load_checkpoint(
         )
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(shard_like(value, params[name]))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if is_sharded(model):
+        shard_optimizer_state(optimizer)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-{process_index}.pt"
     if rng_file.exists():

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from vrl.models.batch import Completions, PromptBatch
+from vrl.sharding import is_sharded, root_unsharded
 from vrl.models.vlm_helpers import (
     _accepts_logits_to_keep,
     _cache_keyword,
@@ -317,8 +318,12 @@ class VLMAdapter:
             inputs.pop("pixel_values", None)
             inputs.pop("mm_encoder_outputs", None)
             inputs[_cache_keyword(generator)] = cache
-        with _eval_mode(generator):
-            sequences = generator.generate(**inputs, generation_config=gen_config)
+        # sharded (FSDP2): the root's own weights gathered for the inner model, and a process
+        # whose samples have ended keeps stepping until every process's have (forwards gather)
+        with _eval_mode(generator), root_unsharded(generator):
+            sequences = generator.generate(
+                **inputs, generation_config=gen_config, synced_gpus=is_sharded(generator) or None
+            )
         ids = sequences[:, prompt_len:]  # (B, L)
         mask = self.completion_mask(ids)  # (B, L)
         ids = ids.masked_fill(mask == 0, self.pad_token_id)
@@ -398,7 +403,7 @@ class VLMAdapter:
         if pixels is None or not self.takes_image_features:
             return batch
         inner = _unwrap_all(model).model
-        with _eval_mode(inner):
+        with _eval_mode(inner), root_unsharded(model):  # the tower is called on its own
             out = inner.get_image_features(
                 pixels, batch.model_inputs.get("image_grid_thw"), return_dict=True
             )

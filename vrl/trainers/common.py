@@ -15,6 +15,13 @@ import torch
 from transformers import get_scheduler
 
 from vrl.errors import ConfigError, RunError
+from vrl.sharding import (
+    check_fsdp_version,
+    enable_fsdp_on_cpu,
+    fsdp_requested,
+    full_tensor,
+    shard_like,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +46,20 @@ def has_accelerator_device() -> bool:
 def make_accelerator(run) -> Any:
     """An Accelerator for the run settings; on a machine without an accelerator device it is told
     so (cpu=True), which is what makes `torchrun` processes join one gloo group (MULTI_CPU) instead
-    of each silently training alone."""
+    of each silently training alone. An FSDP launch stays FSDP there too (`vrl.sharding`)."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
+    check_fsdp_version()
+    cpu = run.device == "cpu" or not has_accelerator_device()
     accelerator = Accelerator(
-        cpu=run.device == "cpu" or not has_accelerator_device(),
+        cpu=cpu,
         mixed_precision=run.mixed_precision,
         log_with=run.report_to or None,
         project_dir=run.output_dir,
     )
+    if cpu and fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        enable_fsdp_on_cpu(accelerator)  # accelerate drops the FSDP plugin on CPUs
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RuntimeError(
@@ -186,11 +198,12 @@ class EMA:
                 self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: t.cpu() for n, t in self.shadow.items()}
+        """The averages, whole (gathered under FSDP2: every process calls this)."""
+        return {n: full_tensor(t).cpu() for n, t in self.shadow.items()}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         for name, value in state.items():
-            self.shadow[name].copy_(value)
+            self.shadow[name].copy_(shard_like(value, self.shadow[name]))
 
     @contextlib.contextmanager
     def swapped_in(self, model: torch.nn.Module):

@@ -46,6 +46,7 @@ from vrl.config import to_dict
 from vrl.data.t2i import ImageSample, load_prompts
 from vrl.rewards import WeightedReward
 from vrl.samplers import from_config, sample
+from vrl.sharding import full_tensor, is_sharded
 from vrl.trainers.common import (
     EMA,
     MetricsWriter,
@@ -310,8 +311,11 @@ def train(cfg) -> dict[str, Any]:
             )  # fmt: skip
 
     eval_results["after"] = evaluate(unwrapped, ema, step=cfg.run.max_steps)
-    if cfg.run.save_final and accelerator.is_main_process:
-        save_final(adapter, unwrapped, ema, run_dir / "final", lora=cfg.model.lora.enabled)
+    if cfg.run.save_final and (accelerator.is_main_process or is_sharded(unwrapped)):
+        save_final(
+            adapter, unwrapped, ema, run_dir / "final", lora=cfg.model.lora.enabled,
+            write=accelerator.is_main_process,
+        )  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {
@@ -539,24 +543,36 @@ def generate_images(
     return torch.cat(out)
 
 
-def save_final(adapter, transformer, ema, folder: Path, *, lora: bool) -> None:
+def save_final(adapter, transformer, ema, folder: Path, *, lora: bool, write: bool = True) -> None:
     """The trained weights in the format diffusers loads: LoRA (`pipe.load_lora_weights`) or
-    the full transformer; EMA weights too, in final/ema, when kept."""
+    the full transformer; EMA weights too, in final/ema, when kept. A sharded transformer's
+    weights are gathered whole by every process; the one with `write` writes them."""
     context = [(folder, contextlib.nullcontext())]
     if ema is not None:
         context.append((folder / "ema", ema.swapped_in(transformer)))
     for target, ctx in context:
         with ctx:
+            state = None  # unsharded: each writer reads the model itself
+            if is_sharded(transformer):
+                state = adapter.lora_state_dict() if lora else transformer.state_dict()
+                state = {name: full_tensor(t).cpu() for name, t in state.items()}
+            if not write:
+                continue
             target.mkdir(parents=True, exist_ok=True)
             if lora:
                 # The LoRA config goes into the file: without it diffusers loads the adapter at
                 # alpha = rank (scale 1), whatever alpha it was trained with.
                 type(adapter.pipeline).save_lora_weights(
                     target,
-                    transformer_lora_layers=adapter.lora_state_dict(),
+                    transformer_lora_layers=adapter.lora_state_dict() if state is None else state,
                     transformer_lora_adapter_metadata=adapter.transformer.peft_config[
                         "default"
                     ].to_dict(),
                 )
+            elif state is not None:  # diffusers' save_pretrained would write the slices
+                from safetensors.torch import save_file
+
+                transformer.save_config(target / "transformer")
+                save_file(state, target / "transformer" / "diffusion_pytorch_model.safetensors")
             else:
                 transformer.save_pretrained(target / "transformer")

@@ -34,12 +34,13 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from vrl import core
-from vrl.checkpoint import load_checkpoint, save_checkpoint
+from vrl.checkpoint import load_checkpoint, save_checkpoint, trainable_state_dict
 from vrl.config import to_dict
 from vrl.data.prompts import build_messages
 from vrl.data.sources import load_vlm_dataset
 from vrl.data.vlm_r1 import VLMSample, load_images_skipping_bad
 from vrl.rewards import WeightedReward, parse_completion
+from vrl.sharding import full_tensor, is_sharded
 from vrl.trainers.common import (
     MetricsWriter,
     UpdateGuard,
@@ -310,10 +311,8 @@ def train(cfg) -> dict[str, Any]:
                 keep_last=cfg.run.keep_checkpoints,
             )
 
-    if cfg.run.save_final and accelerator.is_main_process:
-        final = run_dir / "final"
-        unwrapped.save_pretrained(final)
-        adapter.processor.save_pretrained(final)
+    if cfg.run.save_final:
+        save_final(adapter, unwrapped, run_dir / "final", accelerator, lora=cfg.model.lora.enabled)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {
@@ -324,6 +323,23 @@ def train(cfg) -> dict[str, Any]:
         "rewards": history,
         "model": unwrapped,
     }
+
+
+def save_final(adapter, model, folder, accelerator, *, lora: bool) -> None:
+    """The trained model (its LoRA adapter, or all of it) and the processor, in `folder`.
+
+    A sharded model's weights are gathered whole first, which every process takes part in: the
+    LoRA weights under LoRA, the full state otherwise."""
+    state = None
+    if is_sharded(model):
+        state = (
+            trainable_state_dict(model)
+            if lora
+            else {name: full_tensor(t).cpu() for name, t in model.state_dict().items()}
+        )
+    if accelerator.is_main_process:
+        model.save_pretrained(folder, state_dict=state)
+        adapter.processor.save_pretrained(folder)
 
 
 def reference_logprobs(adapter, unwrapped, ref_model, batch, out, scoring) -> torch.Tensor:
