@@ -77,7 +77,9 @@ def test_fsdp2_trains_saves_resumes_like_an_unsharded_run(tmp_path, trainer):
     _launch(False, trainer, unsharded, STEPS)
 
     checkpoint = f"checkpoints/step-{STEPS}"
-    saved = ["trainable.safetensors"] + (["extra-ema.safetensors"] if trainer == "diffusion" else [])
+    saved = ["trainable.safetensors"] + (
+        ["extra-ema.safetensors"] if trainer == "diffusion" else []
+    )
     for name in saved:
         whole = _tensors(sharded, f"{checkpoint}/{name}")
         again = _tensors(resumed, f"{checkpoint}/{name}")

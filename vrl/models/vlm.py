@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from vrl.models.batch import Completions, PromptBatch
-from vrl.sharding import is_sharded, root_unsharded
 from vrl.models.vlm_helpers import (
     _accepts_logits_to_keep,
     _cache_keyword,
@@ -37,6 +36,7 @@ from vrl.models.vlm_helpers import (
     _unwrap_all,
     _unwrap_ddp,
 )
+from vrl.sharding import is_sharded, root_unsharded
 
 if TYPE_CHECKING:
     from PIL.Image import Image
