@@ -113,3 +113,13 @@ def test_fsdp_version_1_is_refused_in_one_line(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="fsdp_version: 2") as caught:
         make_accelerator(RunSettings(output_dir=str(tmp_path)))
     assert "\n" not in str(caught.value)
+
+
+def test_deepspeed_on_cpus_is_refused_in_one_line(monkeypatch, tmp_path):
+    from vrl.trainers.common import make_accelerator
+    from vrl.trainers.settings import RunSettings
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed does not run on CPUs") as caught:
+        make_accelerator(RunSettings(output_dir=str(tmp_path), device="cpu"))
+    assert "\n" not in str(caught.value)

@@ -33,13 +33,20 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def check_fsdp_version() -> None:
-    """vrl runs FSDP2 only (its in-place sharding is what the trainers are written for)."""
+def check_launch(cpu: bool) -> None:
+    """Refuse the launches that would not train as asked: FSDP other than FSDP2 (the in-place
+    sharding the trainers are written for), and DeepSpeed on CPUs, which accelerate 1.16 drops
+    there for plain data parallelism without a word."""
     version = os.environ.get("FSDP_VERSION", "1")
     if fsdp_requested() and version != "2":
         raise ConfigError(
             f"FSDP version {version} is not supported: set fsdp_version: 2 in the accelerate config "
             "(FSDP_VERSION=2)"
+        )
+    if cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError(
+            "DeepSpeed does not run on CPUs under accelerate (it would train unsharded): launch "
+            "with configs/accelerate/fsdp.yaml, or torchrun, on CPUs"
         )
 
 

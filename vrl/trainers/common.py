@@ -16,7 +16,7 @@ from transformers import get_scheduler
 
 from vrl.errors import ConfigError, RunError
 from vrl.sharding import (
-    check_fsdp_version,
+    check_launch,
     enable_fsdp_on_cpu,
     fsdp_requested,
     full_tensor,
@@ -50,8 +50,8 @@ def make_accelerator(run) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    check_fsdp_version()
     cpu = run.device == "cpu" or not has_accelerator_device()
+    check_launch(cpu)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=run.mixed_precision,
