@@ -4,7 +4,8 @@ configs/accelerate/fsdp.yaml (FSDP2) or under `torchrun` (unsharded, the referen
     dist_sharded_train.py vlm|diffusion RUN_DIR STEPS [--resume]
 
 Trains the trainer's tiny CPU recipe with LoRA for STEPS steps (a checkpoint every 2) and writes
-RUN_DIR/launch-rank<k>.json: the distributed type, whether the prepared model was sharded.
+RUN_DIR/launch-rank<k>.json: the distributed type, whether the prepared model was sharded and
+into how many FSDP modules (the root and each wrapped transformer block).
 The VLM's reward is the completion's length, so that a group's rewards differ and the LoRA moves.
 """
 
@@ -18,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from torch.distributed.fsdp import FSDPModule  # noqa: E402
 
 from vrl.config import load_config  # noqa: E402
 from vrl.rewards import register_reward  # noqa: E402
@@ -66,6 +68,7 @@ def main(trainer: str, run_dir: Path, steps: int, resume: bool) -> None:
             world_size=self.num_processes,
             distributed_type=self.distributed_type.name,
             sharded=is_sharded(out[0]),
+            fsdp_modules=sum(isinstance(m, FSDPModule) for m in out[0].modules()),
         )
         return out
 

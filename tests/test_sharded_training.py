@@ -61,6 +61,8 @@ def _launch(sharded: bool, trainer: str, run_dir: Path, steps: int, resume: bool
     assert [r["world_size"] for r in launched] == [2, 2]
     assert {r["distributed_type"] for r in launched} == {"FSDP" if sharded else "MULTI_CPU"}
     assert all(r["sharded"] is sharded for r in launched)
+    if sharded:  # the recipe's TRANSFORMER_BASED_WRAP: each block sharded on its own
+        assert all(r["fsdp_modules"] > 2 for r in launched)
 
 
 def _tensors(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
