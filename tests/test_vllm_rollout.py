@@ -78,3 +78,54 @@ def test_a_model_vllm_cannot_load_here_is_refused_before_any_compute(tmp_path):
     check_engine(rollout, resolve_model_path("tiny-random:qwen2"), world=1)  # takes this one
     with pytest.raises(ConfigError, match="for 2 processes give rollout.vllm_server_url"):
         check_engine(rollout, resolve_model_path("tiny-random:qwen2"), world=2)
+
+
+@pytest.fixture
+def vllm_server(tmp_path):
+    """`vllm serve` of the tiny Qwen2 on a free port, with the dev endpoints the weight updates
+    use; its log goes to tmp_path/server.log."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", resolve_model_path("tiny-random:qwen2"), "--port", str(port),
+        "--dtype", "float32", "--logprobs-mode", "processed_logprobs",
+    ]  # fmt: skip
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, "the vLLM server did not start in 10 minutes"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                time.sleep(2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_training_through_a_vllm_server(tmp_path, vllm_server):
+    """Weights through the shared folder and the server's reload_weights, samples from its
+    /v1/completions: the reward rises and the server's log-probs are the trainer's at every
+    step, which holds only if each update reached the server."""
+    cfg = digit_config(tmp_path, "rollout.engine=vllm", f"rollout.vllm_server_url={vllm_server}")
+    first, last = first_and_last(train(cfg)["rewards"])
+    assert first < 0.1 and last > 0.8
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["engine/logp_abs_diff"] < 1e-3 for r in records), records
+    assert (tmp_path / "run" / "vllm-weights" / "model.safetensors").is_file()
