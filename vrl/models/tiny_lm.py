@@ -3,7 +3,7 @@ trainer (text-only prompts), and the model the vLLM rollout engine is tested wit
 
 It shares the tiny VLMs' tokenizer and chat template (`vrl.models.tiny`). Its attention heads are
 64 wide: vLLM's CPU attention takes no head size below 32, and 64 is the common size it serves on
-every backend. Width 128, 2 layers, ~0.3M parameters: a few dozen GRPO steps run in seconds.
+every backend. Width 128, 2 layers, 0.46M parameters: a few dozen GRPO steps run in seconds.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from vrl.models.build_cache import build_once, default_cache_root
-from vrl.models.tiny import _special_ids, build_vlm_tokenizer
+from vrl.models.tiny import _special_ids, build_vlm_tokenizer, random_qwen_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -44,14 +42,7 @@ def build_tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFa
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
     )
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream alone
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.bos_token_id = ids["<|endoftext|>"]
-    return model, tokenizer
+    return random_qwen_model(Qwen2ForCausalLM, config, ids, seed), tokenizer
 
 
 def save_tiny_lm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
@@ -65,7 +56,7 @@ def save_tiny_lm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
 
 
 def tiny_lm_path(cache_root: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """Path of the cached tiny LM checkpoint, built on first use (atomically, as `tiny_vlm_path`)."""
+    """Path of the cached tiny LM checkpoint, built on first use (atomically, as tiny_vlm_path)."""
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     target = root / f"tiny-qwen2-seed{seed}-v{TINY_LM_VERSION}"
     return build_once(target, "model.safetensors", lambda folder: save_tiny_lm(folder, seed=seed))
