@@ -13,4 +13,5 @@ os.environ.setdefault("VRL_CACHE", tempfile.mkdtemp(prefix="vrl-test-cache-"))
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS, when set, wins: on a shared machine a second thread can make a test 10x slower
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))

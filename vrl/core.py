@@ -197,10 +197,17 @@ def policy_loss(
     max_length: int | None = None,
     num_sequences: int | None = None,
     num_tokens: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> PolicyLoss:
-    """Clipped GRPO loss with optional k3 KL, aggregated; logp/old_logp/mask (B, T), advantages (B,)."""
+    """Clipped GRPO loss with optional k3 KL, aggregated; logp/old_logp/mask (B, T), advantages (B,).
+
+    `is_weights` (B, T), when given, multiplies the surrogate per element (not the KL): the
+    truncated importance-sampling correction for samples drawn by another engine
+    (`truncated_is_weights`)."""
     ratio = importance_ratio(logp, old_logp, mask, ratio_level)  # (B, T)
     per_elem, clipped = clipped_surrogate(ratio, advantages.unsqueeze(-1), eps_low, eps_high)
+    if is_weights is not None:
+        per_elem = per_elem * is_weights.detach()
     kl = torch.zeros_like(per_elem)
     if beta != 0.0:
         if ref_logp is None:
@@ -218,3 +225,34 @@ def policy_loss(
             approx_kl=masked_mean(approx_kl(logp, old_logp), mask),
             ratio_mean=masked_mean(ratio, mask),
         )
+
+
+def truncated_is_weights(
+    trainer_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance sampling (TIS) weights min(exp(logp_trainer - logp_engine), cap), (B, T).
+
+    The rollout engine (vLLM) samples from its own numerics of the policy, not the trainer's; the
+    per-token ratio of the two corrects the policy gradient towards the trainer's distribution,
+    and the cap bounds its variance where the engine gave a token a much lower probability."""
+    if cap <= 0:
+        raise ValueError(f"the TIS cap must be > 0, got {cap}")
+    return torch.exp(trainer_logp.detach() - engine_logp).clamp(max=cap)
+
+
+def engine_mismatch(
+    trainer_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """How far the rollout engine's log-probs of its samples are from the trainer's, (B, T) each:
+    the masked mean of |logp_trainer - logp_engine| and the largest and smallest per-token
+    ratio exp(logp_trainer - logp_engine). 0 / 1 / 1 when the two agree exactly."""
+    diff = (trainer_logp.detach() - engine_logp).float()
+    keep = mask.bool()
+    if not keep.any():
+        return {"logp_abs_diff": 0.0, "ratio_max": 1.0, "ratio_min": 1.0}
+    ratio = torch.exp(diff[keep])
+    return {
+        "logp_abs_diff": masked_mean(diff.abs(), mask).item(),
+        "ratio_max": ratio.max().item(),
+        "ratio_min": ratio.min().item(),
+    }

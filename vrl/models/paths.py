@@ -4,7 +4,7 @@ A model path in a recipe, a CLI flag or the demo is one of
 
 - a folder or hub id: passed through unchanged, so real checkpoints load as they always did;
 - ``tiny-random:<family>``: a tiny random model of a real architecture, built offline once into
-  ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; pipelines: ``sd3``, ``flux``, ``flux_kontext``;
+  ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; the text-only LM ``qwen2``; pipelines: ``sd3``, ``flux``, ``flux_kontext``;
   detectors: ``grounding_dino``);
 - ``world:<name>``: a committed shapes-world checkpoint, ``vrl/world/weights/world-<name>``
   (``world:t2i``, ``world:t2i-shapes``, ``world:kontext``, ``world:vlm``, ``world:clip``).
@@ -51,12 +51,17 @@ def world_weights_path(name: str) -> Path:
 
 
 def resolve_model_path(path: str, seed: int = 0) -> str:
-    """A VLM folder or hub id passes through; ``tiny-random:<family>`` is built offline once;
-    ``world:vlm`` is the committed shapes-world VLM."""
+    """A VLM folder or hub id passes through; ``tiny-random:<family>`` is built offline once
+    (``tiny-random:qwen2``: the text-only tiny LM); ``world:vlm`` is the committed shapes-world
+    VLM."""
     if path.startswith(WORLD_PREFIX):
         return str(world_weights_path(path[len(WORLD_PREFIX) :]))
     if not path.startswith(TINY_PREFIX):
         return path
+    if path == f"{TINY_PREFIX}qwen2":
+        from vrl.models.tiny_lm import tiny_lm_path
+
+        return str(tiny_lm_path(cache_root() / "tiny", seed=seed))
     from vrl.models.tiny import tiny_vlm_path
 
     return str(tiny_vlm_path(path[len(TINY_PREFIX) :], cache_root() / "tiny"))

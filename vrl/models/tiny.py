@@ -336,6 +336,12 @@ def build_tiny_vlm(
     else:
         from transformers import Qwen2VLForConditionalGeneration as model_cls
 
+    return random_qwen_model(model_cls, config, ids, seed), processor
+
+
+def random_qwen_model(model_cls, config, ids: dict[str, int], seed: int) -> PreTrainedModel:
+    """`model_cls(config)` randomly initialised from `seed`, in eval mode, with Qwen's EOS, pad
+    and BOS tokens (`_special_ids`) in its generation config."""
     # Fork the global RNG so that building a model does not disturb the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -344,7 +350,7 @@ def build_tiny_vlm(
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
-    return model, processor
+    return model
 
 
 def save_tiny_vlm(

@@ -29,6 +29,7 @@ from vrl.models.batch import Completions, PromptBatch
 from vrl.models.vlm_helpers import (
     _accepts_logits_to_keep,
     _cache_keyword,
+    _default_family,
     _eval_mode,
     _four,
     _selected_logprobs,
@@ -83,6 +84,13 @@ FAMILIES: dict[str, FamilySpec] = {
         language_pattern=rf".*language_model\..*\.({_LM_PROJECTIONS})",
         nested_images=True,
     ),
+    # a text-only causal LM (e.g. Qwen2) on text-only prompts: no vision tower, no boxes to map
+    "text": FamilySpec(
+        box_convention="original_pixels",
+        model_class="AutoModelForCausalLM",
+        vision_pattern=r"(^|\.)(visual|vision_tower|vision_model)\.",
+        language_pattern=rf"(.*\.)?layers\.\d+\.(self_attn|mlp)\.({_LM_PROJECTIONS})",
+    ),
 }
 
 # Config attributes naming placeholder tokens that must never be sampled: a generated
@@ -112,8 +120,7 @@ class VLMAdapter:
         family: str | None = None,
         box_convention: BoxConvention | None = None,
     ) -> None:
-        model_type = getattr(model.config, "model_type", "")
-        self.family = family or (model_type if model_type in FAMILIES else "generic")
+        self.family = family or _default_family(model.config, FAMILIES)
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; valid: {sorted(FAMILIES)}")
         self.spec = FAMILIES[self.family]
@@ -144,15 +151,14 @@ class VLMAdapter:
         """Load a checkpoint folder or hub id (resolved through the local HF cache as usual).
 
         The family comes from `config.model_type` (`family="generic"` forces the
-        `AutoModelForImageTextToText` path). `dtype` defaults to float32, full precision, which
+        `AutoModelForImageTextToText` path; a text-only causal LM gets the "text" family). `dtype` defaults to float32, full precision, which
         is what a CPU wants; pass `"auto"` for the checkpoint's own dtype (e.g. bf16 on a GPU).
         `min_pixels` / `max_pixels` override the image processor's resize bounds (Qwen).
         """
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         config = AutoConfig.from_pretrained(path)
-        if family is None:
-            family = config.model_type if config.model_type in FAMILIES else "generic"
+        family = family or _default_family(config, FAMILIES)
         spec = FAMILIES.get(family)
         if spec is None:
             raise ValueError(f"unknown family {family!r}; valid: {sorted(FAMILIES)}")

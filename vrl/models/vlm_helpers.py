@@ -1,6 +1,6 @@
 """What `VLMAdapter` needs from torch and transformers beyond the model's own API: unwrapping
-DDP and peft, the generation keywords of the installed transformers, float32 log-probs of the
-sampled tokens, a Qwen image processor's pixel bounds."""
+DDP and peft, the family of a config, the generation keywords of the installed transformers,
+float32 log-probs of the sampled tokens, a Qwen image processor's pixel bounds."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def _set_pixel_bounds(processor, min_pixels: int | None, max_pixels: int | None)
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
         if value is not None and hasattr(image_processor, name):  # older transformers read these
             setattr(image_processor, name, value)
+
+
+def _default_family(config, families) -> str:
+    """The adapter family of a model config: its model_type when listed, "text" for a text-only
+    causal LM (no image-text-to-text class in transformers), else "generic"."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", "")
+    if model_type in families:
+        return model_type
+    if (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    ):
+        return "text"
+    return "generic"
 
 
 def _four(box: Sequence[float]) -> Box:

@@ -13,7 +13,8 @@ class ModelSettings:
     path: str = field(
         "tiny-random:qwen2_5_vl",
         help="model folder or hub id (loads from the local cache); 'tiny-random:qwen2_5_vl' or "
-        "'tiny-random:qwen2_vl' builds a tiny random model of that architecture offline; "
+        "'tiny-random:qwen2_vl' builds a tiny random model of that architecture offline "
+        "('tiny-random:qwen2': a text-only causal LM, for text-only prompts); "
         "'world:vlm' is the committed shapes-world VLM (vrl pretrain world-vlm)",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
@@ -123,6 +124,66 @@ class RolloutSettings:
         "group, the loss forwards and every update) and prefill each prompt once for its group; "
         "for models that take precomputed vision output (Qwen2-VL, Qwen2.5-VL), else ignored",
     )
+    engine: Literal["hf", "vllm"] = field(
+        "hf",
+        help="what samples the completions: hf (transformers' generate on the policy) or vllm "
+        "(the policy's weights pushed to vLLM after each update; the loss re-scores vLLM's "
+        "samples with the trainer's own log-probs, and logs the mismatch as engine/*)",
+    )
+    vllm_server_url: str | None = field(
+        None,
+        help="engine vllm: http://host:port of a running `vllm serve` of the same model, started "
+        "with VLLM_SERVER_DEV_MODE=1 and --logprobs-mode processed_logprobs; None: vLLM runs "
+        "inside the training process (colocated)",
+    )
+    vllm_weights_dir: str | None = field(
+        None,
+        help="server: the folder, at the same path for trainer and server, where the policy's "
+        "weights (LoRA merged) are written for the server to reload after each update; None = "
+        "<run folder>/vllm-weights",
+    )
+    vllm_memory_fraction: float = field(
+        0.3,
+        gt=0,
+        le=1,
+        help="colocated: share of the GPU's memory vLLM takes (weights + KV cache); on the CPU "
+        "vLLM sizes its KV cache by the VLLM_CPU_KVCACHE_SPACE environment variable (GiB)",
+    )
+    vllm_sleep: bool = field(
+        True,
+        help="colocated: offload vLLM's weights and drop its KV cache between rollouts (vLLM's "
+        "sleep mode, level 1), freeing memory for training; where vLLM has no sleep mode (CPU) "
+        "it stays awake",
+    )
+    vllm_max_model_len: int | None = field(
+        None, ge=1, help="colocated: longest prompt + completion vLLM serves; None = the model's"
+    )
+    tis_cap: float | None = field(
+        None,
+        gt=0,
+        help="engine vllm: truncated importance sampling, each token's surrogate weighted by "
+        "min(exp(logp_trainer - logp_vllm), tis_cap), e.g. 2.0; None = off",
+    )
+
+    def __post_init__(self):
+        if self.engine == "hf":
+            for name in ("vllm_server_url", "tis_cap"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"rollout.{name} is for rollout.engine=vllm (it is hf)")
+        elif self.vllm_server_url is None:
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError(
+                    "rollout.engine=vllm runs vLLM in this process, but vLLM is not installed: "
+                    "pip install 'vrl[vllm]' (its own environment: it pins torch), or give "
+                    "rollout.vllm_server_url"
+                )
+        elif not self.vllm_server_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"rollout.vllm_server_url must start with http:// or https:// "
+                f"(got {self.vllm_server_url!r})"
+            )
 
 
 @config

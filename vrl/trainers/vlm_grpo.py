@@ -14,6 +14,12 @@ samples, the old/reference log-probs and every update of the rollout; each disti
 micro-batch is prefilled once and its key/value cache shared by its samples
 (`VLMAdapter.generate_groups`). The same seed gives the same completions and loss either way.
 
+With `rollout.engine: vllm` vLLM samples the completions instead (`vrl.models.vllm_engine`), on
+the policy's weights as pushed to it after each update. The loss scores vLLM's samples with the
+trainer's own log-probs (the ratio's old policy is the trainer's, never vLLM's numerics); vLLM's
+log-probs give the train/inference mismatch (engine/* metrics) and, with `rollout.tis_cap`, the
+truncated importance-sampling weight min(exp(logp_trainer - logp_vllm), C) of each token.
+
 Simplifications, stated: the reference model under LoRA is the same model with the adapter
 disabled (no copy in memory); a group's samples are rows of the batch rather than
 num_return_sequences, so that a group may be split across processes; one optimizer step per pass.
@@ -39,6 +45,7 @@ from vrl.config import to_dict
 from vrl.data.prompts import build_messages
 from vrl.data.sources import load_vlm_dataset
 from vrl.data.vlm_r1 import VLMSample, load_images_skipping_bad
+from vrl.models.paths import resolve_model_path
 from vrl.rewards import WeightedReward, parse_completion
 from vrl.sharding import full_tensor, is_sharded
 from vrl.trainers.common import (
@@ -71,6 +78,8 @@ class RolloutChunk:
     ref_logp: torch.Tensor | None  # (b, L) under the reference; None when beta == 0
     advantages: torch.Tensor | None = None  # (b,)
     keep: torch.Tensor | None = None  # (b,) bool, False for filtered zero-std groups
+    engine_logp: torch.Tensor | None = None  # (b, L) under vLLM's numerics; None with hf
+    is_weights: torch.Tensor | None = None  # (b, L) truncated IS weights (rollout.tis_cap)
 
 
 def train(cfg) -> dict[str, Any]:
@@ -86,6 +95,10 @@ def train(cfg) -> dict[str, Any]:
     folder = open_run_folder(cfg, accelerator)  # before anything loads: a refusal costs nothing
     run_dir = folder.path
     set_seed(cfg.run.seed)
+    if cfg.rollout.engine == "vllm":  # vLLM and the model checked before any compute
+        from vrl.models.vllm_engine import check_engine
+
+        check_engine(cfg.rollout, resolve_model_path(cfg.model.path), world)
 
     # data is validated whole before any model is loaded
     with accelerator.main_process_first():
@@ -98,6 +111,17 @@ def train(cfg) -> dict[str, Any]:
     policy, optimizer = accelerator.prepare(policy, optimizer)
     unwrapped = accelerator.unwrap_model(policy)
     guard = UpdateGuard(cfg.run.max_bad_updates)
+    engine = None
+    if cfg.rollout.engine == "vllm":
+        from vrl.models.vllm_engine import open_engine
+
+        engine = open_engine(
+            cfg.rollout,
+            resolve_model_path(cfg.model.path),
+            dtype=next(unwrapped.parameters()).dtype,
+            seed=cfg.run.seed,
+            run_dir=run_dir,
+        )
 
     start_step = 0
     if folder.checkpoint is not None:
@@ -143,6 +167,12 @@ def train(cfg) -> dict[str, Any]:
         chunks: list[RolloutChunk] = []
         texts: list[str] = []
         parsed, reward_samples = [], []
+        sync_seconds = 0.0
+        if engine is not None:  # the weights of the last update (or a resumed run's)
+            t_sync = time.perf_counter()
+            engine.sync(unwrapped, accelerator.is_main_process)
+            accelerator.wait_for_everyone()
+            sync_seconds = time.perf_counter() - t_sync
         for lo in range(0, n_local, optim.micro_batch_size):
             # each distinct prompt of the micro-batch once (a group's samples are in a row)
             distinct, counts = group_runs(local_items[lo : lo + optim.micro_batch_size])
@@ -166,7 +196,15 @@ def train(cfg) -> dict[str, Any]:
                 "top_k": grpo.top_k,
                 "do_sample": grpo.temperature > 0,
             }
-            if cfg.rollout.share_prompts:
+            engine_logp = None
+            if engine is not None:
+                batch = prompts.repeat_interleave(counts)
+                out, engine_logp = engine_rollout(
+                    engine, adapter, prompts, [imgs for _, imgs in loaded], counts, sampling,
+                    seed=step_seed(cfg.run.seed, step, rank) * 4096 + lo,
+                    device=accelerator.device,
+                )  # fmt: skip
+            elif cfg.rollout.share_prompts:
                 batch, out = adapter.generate_groups(unwrapped, prompts, counts, **sampling)
             else:
                 batch = prompts.repeat_interleave(counts)
@@ -185,7 +223,9 @@ def train(cfg) -> dict[str, Any]:
                     ref_logp = reference_logprobs(
                         adapter, unwrapped, ref_model, batch, out, scoring
                     )
-            chunks.append(RolloutChunk(batch, out.ids, out.mask, old_logp, ref_logp))
+            chunks.append(
+                RolloutChunk(batch, out.ids, out.mask, old_logp, ref_logp, engine_logp=engine_logp)
+            )
             texts.extend(out.texts)
             for s, text, inp, orig in zip(
                 samples, out.texts, batch.input_sizes, batch.original_sizes, strict=True
@@ -226,9 +266,10 @@ def train(cfg) -> dict[str, Any]:
         stats: dict[str, list[float]] = {
             k: [] for k in ("loss", "kl", "clip_fraction", "approx_kl", "ratio")
         }
+        mismatch: list[dict[str, float]] = []
         grad_norm = torch.tensor(0.0)
         skipped = guard.total
-        for _ in range(grpo.num_iterations):
+        for iteration in range(grpo.num_iterations):
             for i, chunk in enumerate(chunks):
                 last = i == len(chunks) - 1
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(policy)
@@ -237,6 +278,15 @@ def train(cfg) -> dict[str, Any]:
                         policy, chunk.batch, chunk.completion_ids, chunk.completion_mask, **scoring
                     )
                     old = chunk.old_logp if chunk.old_logp is not None else logp.detach()
+                    if iteration == 0 and chunk.engine_logp is not None:
+                        # the rollout policy's log-probs under both engines, once per rollout
+                        mismatch.append(
+                            core.engine_mismatch(old, chunk.engine_logp, chunk.completion_mask)
+                        )
+                        if cfg.rollout.tis_cap is not None:
+                            chunk.is_weights = core.truncated_is_weights(
+                                old, chunk.engine_logp, cfg.rollout.tis_cap
+                            )
                     out = core.policy_loss(
                         logp,
                         old,
@@ -251,6 +301,7 @@ def train(cfg) -> dict[str, Any]:
                         max_length=grpo.max_completion_length,
                         num_sequences=max(num_seqs, 1),
                         num_tokens=max(num_tokens, 1.0),
+                        is_weights=chunk.is_weights,
                     )
                     accelerator.backward(out.loss)
                 stats["loss"].append(out.loss.item())
@@ -285,6 +336,7 @@ def train(cfg) -> dict[str, Any]:
             "lr": scheduler.get_last_lr()[0],
             "reward_errors": result.num_errors,
             "skipped_updates": guard.total - skipped,
+            **engine_metrics(mismatch, chunks, sync_seconds),
             "seconds": time.perf_counter() - t0,
         }
         if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.max_steps:
@@ -314,6 +366,8 @@ def train(cfg) -> dict[str, Any]:
     if cfg.run.save_final:
         save_final(adapter, unwrapped, run_dir / "final", accelerator, lora=cfg.model.lora.enabled)
     accelerator.wait_for_everyone()
+    if engine is not None:
+        engine.close()
     accelerator.end_training()
     return {
         "run_dir": str(run_dir),
@@ -340,6 +394,42 @@ def save_final(adapter, model, folder, accelerator, *, lora: bool) -> None:
     if accelerator.is_main_process:
         model.save_pretrained(folder, state_dict=state)
         adapter.processor.save_pretrained(folder)
+
+
+def engine_rollout(engine, adapter, prompts, images, counts, sampling, *, seed, device):
+    """counts[i] completions of prompt i sampled by the rollout engine, as `Completions`, with
+    the engine's log-probs of them (b, L); the samples of prompt i use seeds seed + offset_i,
+    seed + offset_i + 1, ... (one per sample of the micro-batch), so a resumed step redraws them."""
+    from vrl.models.vllm_engine import engine_prompts, sampling_args, to_completions
+
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    samples = engine.sample(
+        engine_prompts(prompts, images),
+        counts,
+        sampling_args(adapter, sampling),
+        [(seed + o) % 2**63 for o in offsets],
+    )
+    return to_completions(adapter, samples, device)
+
+
+def engine_metrics(mismatch, chunks, sync_seconds: float) -> dict[str, float]:
+    """engine/* metrics of a step: how far vLLM's log-probs of its samples are from the trainer's
+    (mean |logp_trainer - logp_vllm| over the tokens, the extreme per-token ratios), the mean TIS
+    weight, and the seconds the weight push took; none with the hf engine."""
+    if not mismatch:
+        return {}
+    record = {
+        "engine/logp_abs_diff": _mean([m["logp_abs_diff"] for m in mismatch]),
+        "engine/ratio_max": max(m["ratio_max"] for m in mismatch),
+        "engine/ratio_min": min(m["ratio_min"] for m in mismatch),
+        "engine/sync_seconds": sync_seconds,
+    }
+    weighted = [c for c in chunks if c.is_weights is not None]
+    if weighted:
+        total = sum(float((c.is_weights * c.completion_mask).sum()) for c in weighted)
+        tokens = sum(float(c.completion_mask.sum()) for c in weighted)
+        record["engine/tis_weight_mean"] = total / max(tokens, 1.0)
+    return record
 
 
 def reference_logprobs(adapter, unwrapped, ref_model, batch, out, scoring) -> torch.Tensor:
