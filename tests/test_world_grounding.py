@@ -223,3 +223,28 @@ def test_the_committed_grounding_checkpoint_answers_boxes_the_rec_path_reads(tmp
     assert sum(v >= 0.5 for v in ious) >= 4  # the card: ~40% in domain on 200 questions
     scores, _ = evaluate_sets(adapter, untrained_model(adapter), {"in domain": samples})
     assert scores["in domain"]["acc"] == 0.0
+
+
+def test_pretrain_world_vlm_rec_writes_the_card_with_the_four_sets(tmp_path, capsys):
+    """`vrl pretrain world-vlm-rec` (tiny settings): the grounding recipe, a loadable folder, and
+    a card that gives the command and each evaluation set's figures from summary.json."""
+    from vrl.cli import main
+    from vrl.models.vlm import VLMAdapter
+    from vrl.pretrain.grounding import SETS, SFT_RECIPE
+
+    out = tmp_path / "rec"
+    extra = ["steps=2", "train_per_task=8", "held_out_per_task=2", "batch_size=4", "eval_every=2"]
+    argv = ["pretrain", "world-vlm-rec", "--out", str(out), "--threads", "1", "--extra", *extra]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: summary["settings"][k] for k in ("tasks", "template", "rope_theta")} == {
+        k: SFT_RECIPE[k] for k in ("tasks", "template", "rope_theta")
+    }
+    assert list(summary["sets"]) == list(SETS)
+    card = (out / "model" / "README.md").read_text()
+    assert "vrl pretrain world-vlm-rec --seed 0 --threads 1 --extra" in card
+    for name, row in summary["sets"].items():
+        assert f"| {name} | {row['acc']:.1%} | {row['iou']:.1%} |" in card
+    printed = capsys.readouterr().out
+    assert re.search(r"in domain +Acc@0\.5 +\d+\.\d%", printed)
+    assert VLMAdapter.from_pretrained(out / "model").box_convention == "resized_pixels"
