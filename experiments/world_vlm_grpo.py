@@ -3,7 +3,7 @@
     python experiments/world_vlm_grpo.py --seeds 0 1 2 --threads 1 --json world_vlm_grpo.json
     python experiments/world_vlm_grpo.py --seeds 0 --steps 20 grpo.temperature=1.2   # overrides
 
-Each seed runs `vrl.quickstart.vlm.run`: the recipe of `configs/quickstart_vlm.yaml` from the
+Each seed runs `vrl.quickstart.colour_shift.run`: the recipe of `configs/vlm_world_grpo.yaml` from the
 committed SFT checkpoint (`world:vlm`), training prompts written from train-split scenes with
 that seed, and greedy held-out accuracy (the `accuracy` reward) on the same test-split questions
 before and after; the same questions on the SFT's own grey background are the control (what RL
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vrl.quickstart.vlm import HELD_OUT_PER_TASK, run
+    from vrl.quickstart.colour_shift import HELD_OUT_PER_TASK, run
 
     torch.set_num_threads(args.threads)
     results = []

@@ -4,12 +4,15 @@ import functools
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 from vrl.cli import main
 from vrl.quickstart import _vlm_rows
 from vrl.quickstart import hicogen as hicogen_rl
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -20,7 +23,7 @@ def small_held_out(monkeypatch):
 
     monkeypatch.setattr(hicogen_rl, "HELD_OUT_SCENES", 4)
     monkeypatch.setattr(hicogen_rl, "TRAIN_SCENES", 8)
-    monkeypatch.setattr(vlm_rl, "run", functools.partial(vlm_rl.run, held_out_per_task=8))
+    monkeypatch.setattr(vlm_rl, "run", functools.partial(vlm_rl.run, per_set=8))
 
 
 @pytest.mark.slow
@@ -37,16 +40,7 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
     # image integrity beside the levels: the share of off-palette pixels of the bench images
     assert all(0.0 <= hico["off_palette"][when] < 0.5 for when in ("before", "after"))
     assert set(hico["before"]) == {"exist", "attribute", "relation"}
-    vlm_rows = _vlm_rows(vlm)  # the shifted background, then the light-grey control
-    assert [label for label, _, _ in vlm_rows] == [
-        f"colour ({vlm['background']})",
-        "colour (light grey, control)",
-    ]
-    for label, before, after in vlm_rows:
-        assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
-        # every figure in the summary is in the report's table, with its change
-        row = f"| {label} | {before:.1%} | {after:.1%} | {after - before:+.1%} |"
-        assert row in report, row
+    assert_vlm_table(vlm, report, printed)
     # HiCoGen: four ways of drawing the held-out scenes, each through vrl bench, each in the
     # report's table with the command that redraws its images
     table = hico["table"]
@@ -89,7 +83,6 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
         change = a["found"] - b["found"]
         row = f"| {shape} | {b['subjects']} | {b['found']:.1%} | {a['found']:.1%} | {change:+.1%} |"
         assert row in report, row
-    assert re.search(r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", printed)
     pngs = ("reward_curves.png", "hicogen_img2img.png", "hicogen_before.png", "hicogen_after.png")
     for png in pngs:
         assert (tmp_path / png).stat().st_size > 1000, png
@@ -103,20 +96,76 @@ def test_quickstart_runs_both_halves_and_reports_what_it_measured(tmp_path, caps
         assert grid.height == 4 * (32 * STRIP_SCALE + 2) + 2
 
 
+def assert_vlm_table(vlm: dict, report: str, printed: str) -> None:
+    """The VLM half's table: before SFT, after SFT and after RL, Acc@0.5 and mean IoU, on each
+    evaluation set and the out-of-domain ones pooled, in the report and printed; and its grid."""
+    from PIL import Image
+
+    from vrl.pretrain.grounding import OUT_OF_DOMAIN, SETS
+    from vrl.quickstart import GROUNDING_GRID, OUT_OF_DOMAIN_ROW
+    from vrl.quickstart.vlm import GRID_PER_SET, GRID_SCALE, grid_size
+
+    rows = _vlm_rows(vlm)
+    assert [(name, metric) for name, metric, *_ in rows] == [
+        (name, metric) for name in [*SETS, OUT_OF_DOMAIN_ROW] for metric in ("Acc@0.5", "mean IoU")
+    ]
+    assert set(vlm["scores"]) == {"before", "sft", "rl"}
+    for name, metric, before, sft, rl in rows:
+        assert all(0.0 <= x <= 1.0 for x in (before, sft, rl))
+        line = f"| {name} | {metric} | {before:.1%} | {sft:.1%} | {rl:.1%} | {rl - sft:+.1%} |"
+        assert line in report, line
+        assert re.search(
+            rf"{re.escape(name)} +{metric} +{before:.1%} +{sft:.1%} +{rl:.1%}", printed
+        )
+    pooled = [r for r in rows if r[0] == OUT_OF_DOMAIN_ROW and r[1] == "Acc@0.5"][0]
+    for arm, value in zip(("before", "sft", "rl"), pooled[2:], strict=True):
+        mean = sum(vlm["scores"][arm][name]["acc"] for name in OUT_OF_DOMAIN) / 3
+        assert value == pytest.approx(mean)
+    # the grid: a column per held-out image (GRID_PER_SET of each set), a row per model
+    assert (
+        vlm["grid"].endswith(GROUNDING_GRID) and f"![grounding boxes]({GROUNDING_GRID})" in report
+    )
+    assert len(vlm["grid_questions"]) == GRID_PER_SET * len(SETS)
+    with Image.open(vlm["grid"]) as grid:
+        assert grid.size == grid_size(GRID_PER_SET * len(SETS))
+        assert grid.height > 3 * 32 * GRID_SCALE
+
+
 def test_one_half_runs_alone_and_the_report_has_only_its_table(tmp_path, capsys, small_held_out):
-    """The fast tier's run of the quickstart driver (the whole job is in the slow tier)."""
+    """The fast tier's run of the quickstart driver (the whole job is in the slow tier): the
+    VLM half from the committed grounding checkpoint, one GRPO step."""
     argv = ["quickstart", "--out", str(tmp_path), "--only", "vlm", "--steps", "1"]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     report = (tmp_path / "report.md").read_text()
     assert "hicogen" not in summary and summary["vlm"]["steps"] == 1
-    for label, before, after in _vlm_rows(summary["vlm"]):
-        assert f"| {label} | {before:.1%} | {after:.1%} | {after - before:+.1%} |" in report
-    assert "## VLM-R1" in report and "## HiCoGen" not in report
+    assert summary["vlm"]["model"] == "world:vlm-rec" and summary["vlm"]["per_set"] == 8
+    assert_vlm_table(summary["vlm"], report, capsys.readouterr().out)
+    assert "## VLM-R1: referring-expression grounding" in report and "## HiCoGen" not in report
     assert (tmp_path / "reward_curves.png").stat().st_size > 1000
-    assert re.search(
-        r"held-out colour \(dark grey\) +\d+\.\d% -> +\d+\.\d%", capsys.readouterr().out
-    )
+    # the SFT checkpoint grounds and the untrained init does not (8 questions per set)
+    scores = summary["vlm"]["scores"]
+    assert scores["sft"]["in domain"]["iou"] > scores["before"]["in domain"]["iou"]
+
+
+def test_the_quickstart_recipe_is_grounding_grpo_from_the_committed_checkpoint():
+    import yaml
+
+    from vrl.config import load_config
+    from vrl.models.paths import resolve_model_path
+    from vrl.pretrain.grounding import REWARDS, TEMPLATE, WEIGHTS_DIR
+    from vrl.quickstart import vlm as vlm_rl
+    from vrl.trainers.vlm_config import VLMTrainConfig
+
+    path = ROOT / "configs" / "quickstart_vlm.yaml"
+    assert vlm_rl.RECIPE == yaml.safe_load(path.read_text())
+    cfg = load_config(VLMTrainConfig, path)
+    assert cfg.model.path == "world:vlm-rec"
+    assert resolve_model_path(cfg.model.path) == str(WEIGHTS_DIR)
+    assert cfg.data.train_files == "world:refer" and cfg.data.template == TEMPLATE
+    assert cfg.grpo.rewards == REWARDS
+    # one pass over the training scenes
+    assert cfg.data.synthetic_size == cfg.run.max_steps * cfg.grpo.prompts_per_step
 
 
 def test_an_unknown_half_is_refused(tmp_path):

@@ -247,3 +247,31 @@ def test_grounding_table_reads_the_goals_off_the_report(tmp_path):
     path.write_text(json.dumps(report))
     printed = run_script("benchmarks/vlm_grounding.py", "--table", str(path), timeout=60)
     assert "29.0 vs 20.0 + 10: MISSED" in printed
+
+
+@pytest.mark.slow
+def test_grounding_benchmark_starts_from_the_committed_checkpoint(tmp_path):
+    """benchmarks/vlm_grounding.py with no --base: world:vlm-rec, and the SFT's training scenes
+    written again (the same seed-0 file as the checkpoint's), not a rebuilt SFT."""
+    out = tmp_path / "report.json"
+    args = [
+        "--seeds",
+        "0",
+        "--steps",
+        "1",
+        "--eval",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--json",
+        str(out),
+    ]
+    printed = run_script("benchmarks/vlm_grounding.py", *args)
+    report = json.loads(out.read_text())
+    assert report["base"].endswith("world-vlm-rec") and not (tmp_path / "base").exists()
+    lines = (tmp_path / "sft-data" / "world_refer_train.jsonl").read_text().splitlines()
+    assert len(lines) == 4000
+    assert set(report["before"]) == set(report["seeds"]["0"]["rl"]) == {
+        "in domain", "held-out pairs", "dark grey", "4 subjects",
+    }  # fmt: skip
+    assert "goal RL >= SFT in domain" in printed

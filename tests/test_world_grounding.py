@@ -190,3 +190,61 @@ def test_refer_rejects_bad_arguments(tmp_path):
         write_world_tasks(tmp_path, "refer", 1, min_subjects=1, max_subjects=2)
     with pytest.raises(ValueError, match="background must be"):
         write_world_tasks(tmp_path, "refer", 1, background="purple")
+
+
+def test_the_committed_grounding_checkpoint_answers_boxes_the_rec_path_reads(tmp_path):
+    """world:vlm-rec loads by name, answers held-out questions with boxes that the REC parser
+    reads and maps back to image pixels, and grounds well above its untrained init."""
+    from vrl.evaluate import greedy_completions
+    from vrl.models.paths import resolve_model_path
+    from vrl.models.vlm import VLMAdapter
+    from vrl.pretrain.grounding import NAME, TEMPLATE, WEIGHTS_DIR, evaluate_sets, untrained_model
+    from vrl.pretrain.vlm import MAX_BOX_TOKENS
+
+    folder = Path(resolve_model_path(NAME))
+    assert folder == WEIGHTS_DIR
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= names
+    assert (folder / "model.safetensors").stat().st_size < 15e6
+    card = (folder / "README.md").read_text()
+    assert "vrl pretrain world-vlm-rec --seed 0" in card and "| in domain |" in card
+    adapter = VLMAdapter.from_pretrained(folder)
+    assert adapter.family == "qwen2_5_vl" and adapter.box_convention == "resized_pixels"
+    samples = load_vlm_r1_jsonl(write_world_tasks(tmp_path, "refer", 24, seed=10_000, size=32))
+    results = greedy_completions(
+        adapter, adapter.model, samples, TEMPLATE, max_new_tokens=MAX_BOX_TOKENS, progress=False
+    )
+    for _, text, parsed in results:
+        assert re.fullmatch(r"<answer>\[\d+, \d+, \d+, \d+\]</answer>", text), text
+        (box,) = parsed.boxes  # in the 32 px image's pixels, mapped back from the 112 px input
+        assert all(-1 <= v <= 33 for v in box), box
+    rows = [{"solution": s.solution} for s in samples]
+    ious = get_reward("rec_iou")([p for _, _, p in results], rows)
+    assert sum(v >= 0.5 for v in ious) >= 4  # the card: ~40% in domain on 200 questions
+    scores, _ = evaluate_sets(adapter, untrained_model(adapter), {"in domain": samples})
+    assert scores["in domain"]["acc"] == 0.0
+
+
+def test_pretrain_world_vlm_rec_writes_the_card_with_the_four_sets(tmp_path, capsys):
+    """`vrl pretrain world-vlm-rec` (tiny settings): the grounding recipe, a loadable folder, and
+    a card that gives the command and each evaluation set's figures from summary.json."""
+    from vrl.cli import main
+    from vrl.models.vlm import VLMAdapter
+    from vrl.pretrain.grounding import SETS, SFT_RECIPE
+
+    out = tmp_path / "rec"
+    extra = ["steps=2", "train_per_task=8", "held_out_per_task=2", "batch_size=4", "eval_every=2"]
+    argv = ["pretrain", "world-vlm-rec", "--out", str(out), "--threads", "1", "--extra", *extra]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: summary["settings"][k] for k in ("tasks", "template", "rope_theta")} == {
+        k: SFT_RECIPE[k] for k in ("tasks", "template", "rope_theta")
+    }
+    assert list(summary["sets"]) == list(SETS)
+    card = (out / "model" / "README.md").read_text()
+    assert "vrl pretrain world-vlm-rec --seed 0 --threads 1 --extra" in card
+    for name, row in summary["sets"].items():
+        assert f"| {name} | {row['acc']:.1%} | {row['iou']:.1%} |" in card
+    printed = capsys.readouterr().out
+    assert re.search(r"in domain +Acc@0\.5 +\d+\.\d%", printed)
+    assert VLMAdapter.from_pretrained(out / "model").box_convention == "resized_pixels"

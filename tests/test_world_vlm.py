@@ -1,6 +1,6 @@
 """The shapes world's VLM: the committed checkpoint loads through the project's adapter and the
 trainer's resolver, answers the SFT task format, and `vrl pretrain world-vlm` writes a loadable
-folder; the GRPO recipe file is the recipe the measurement runs."""
+folder; the colour-shift GRPO recipe file is the recipe its measurement runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vrl.models.paths import resolve_model_path, world_weights_path
 from vrl.models.vlm import VLMAdapter
 from vrl.pretrain import cli as pretrain_cli
 from vrl.pretrain import vlm as wv
-from vrl.quickstart import vlm as vlm_rl
+from vrl.quickstart import colour_shift
 from vrl.world.tasks import parse_world_data, write_task_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +98,12 @@ def test_pretrain_command_writes_a_loadable_folder(tmp_path):
         assert loaded.model(**batch.model_inputs).logits.isfinite().all()
 
 
-def test_the_quickstart_recipe_is_the_yaml_file_and_a_valid_config():
+def test_the_colour_shift_recipe_is_the_yaml_file_and_a_valid_config():
     from vrl.config import load_config
     from vrl.trainers.vlm_config import VLMTrainConfig
 
-    path = ROOT / "configs" / "quickstart_vlm.yaml"
-    assert vlm_rl.RECIPE == yaml.safe_load(path.read_text())
+    path = ROOT / "configs" / "vlm_world_grpo.yaml"
+    assert colour_shift.RECIPE == yaml.safe_load(path.read_text())
     cfg = load_config(VLMTrainConfig, path)
     assert cfg.data.train_files == "world:colour@dark grey+light grey"
     assert cfg.grpo.rewards == {"accuracy": 1.0, "format_answer": 0.1}
@@ -116,7 +116,7 @@ def test_grpo_runs_from_the_world_checkpoint_on_world_tasks(tmp_path):
 
     cfg = load_config(
         VLMTrainConfig,
-        ROOT / "configs" / "quickstart_vlm.yaml",
+        ROOT / "configs" / "vlm_world_grpo.yaml",
         [
             f"run.output_dir={tmp_path}",
             "run.max_steps=1",
@@ -192,7 +192,7 @@ def test_a_background_mixture_shares_the_samples_out_in_sub_folders(tmp_path):
 def test_run_trains_and_measures_before_and_after(tmp_path):
     from safetensors.torch import load_file
 
-    result = vlm_rl.run(
+    result = colour_shift.run(
         tmp_path,
         seed=0,
         steps=2,

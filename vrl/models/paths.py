@@ -7,7 +7,8 @@ A model path in a recipe, a CLI flag or the demo is one of
   ``$VRL_CACHE/tiny`` (VLMs: ``qwen2_5_vl``, ``qwen2_vl``; the text-only LM ``qwen2``; pipelines: ``sd3``, ``flux``, ``flux_kontext``;
   detectors: ``grounding_dino``);
 - ``world:<name>``: a committed shapes-world checkpoint, ``vrl/world/weights/world-<name>``
-  (``world:t2i``, ``world:t2i-shapes``, ``world:kontext``, ``world:vlm``, ``world:clip``).
+  (``world:t2i``, ``world:t2i-shapes``, ``world:kontext``, ``world:vlm``, ``world:vlm-rec``,
+  ``world:clip``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
     vrl pretrain world-t2i     # text-to-image flow model (SD3 architecture) + its text encoders
     vrl pretrain world-vlm     # Qwen2.5-VL-architecture VLM + tokenizer, SFT on world tasks
+    vrl pretrain world-vlm-rec # the same VLM, SFT on referring-expression grounding (boxes)
     vrl pretrain world-clip    # open_clip CLIP for the global reward
     vrl pretrain world-kontext # in-context model (FLUX.1 Kontext architecture), tiny VAE
 
-One module per model and its training (``t2i``, ``vlm``, ``clip``, ``kontext``); ``cards`` writes the model
+One module per model and its training (``t2i``, ``vlm``, ``clip``, ``kontext``; ``grounding``
+holds world-vlm-rec's recipe and evaluation sets); ``cards`` writes the model
 cards and ``cli`` runs the commands. The committed checkpoints live in
 ``vrl/world/weights/world-<name>/``. Only the argument parser is defined here: the training
 modules load when their command runs, so ``vrl --help`` stays fast.
@@ -36,6 +38,10 @@ def machine_description() -> str:
 MODELS: dict[str, tuple[str, str]] = {
     "world-t2i": ("t2i_main", "text-to-image flow model (SD3 architecture)"),
     "world-vlm": ("vlm_main", "Qwen2.5-VL-architecture VLM, SFT on world tasks"),
+    "world-vlm-rec": (
+        "vlm_rec_main",
+        "the same VLM, SFT on referring-expression grounding (the refer task, boxes)",
+    ),
     "world-clip": ("clip_main", "open_clip CLIP for the global reward"),
     "world-kontext": (
         "kontext_main",

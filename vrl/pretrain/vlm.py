@@ -17,10 +17,10 @@ The recipe, top to bottom:
    then ``save_pretrained`` (safetensors) with the processor, so ``VLMAdapter.from_pretrained``
    and ``vrl train vlm`` (``model.path``) load the folder unchanged.
 
-The grounding model of ``benchmarks/vlm_grounding.py`` (the ``refer`` task, ~10 CPU minutes):
+The grounding model ``world:vlm-rec`` (the ``refer`` task, ~10 CPU minutes; the settings are
+``vrl.pretrain.grounding.SFT_RECIPE``, and the command also scores its four evaluation sets):
 
-    vrl pretrain world-vlm --out runs/vlm_grounding/base --threads 1 --extra tasks=refer \
-        template=rec_answer_only coordinate_tokens=1 rope_theta=20 steps=1200 eval_every=400
+    vrl pretrain world-vlm-rec --seed 0 --threads 1
 
 Box answers are written in the model's own convention (pixels of its 112 px input; the parser
 maps them back to image pixels before IoU), each coordinate one token (``coordinate_tokens``),

@@ -2,18 +2,18 @@
 
 Two halves on the shapes world (`vrl.world`), each from a committed tiny checkpoint:
 
-- VLM-R1: GRPO from the world VLM's SFT checkpoint with the rule rewards (exact answer, answer
-  format). The SFT saw only the world's light-grey background; GRPO trains on scenes half on dark
-  grey, half on light grey. Greedy held-out accuracy on dark-grey test-split scenes (they hold the
-  (colour, shape) pairs never seen in training) before and after, and on the same questions on
-  light grey as a control of what RL costs where the SFT was already right.
+- VLM-R1: referring-expression grounding ("Locate the blue square left of the red circle in the
+  image." -> a box). The world VLM before its grounding SFT (untrained init), after it (the
+  committed `world:vlm-rec`), and after GRPO from it with the box-IoU reward; greedy Acc@0.5 and
+  mean IoU on held-out scenes in domain and on three out-of-domain sets (held-out (colour, shape)
+  pairs, a dark background, 4 subjects), and a grid of the three models' boxes on held-out images.
 - HiCoGen: the in-context world model (world:kontext) trained over the chain of synthesis in
   context, with the decaying noise schedule and the world's exact hierarchical reward; per-level
   held-out accuracy (exist, attribute, relation, DSG dependencies) by the exact checker of a flat
   pass, the image-to-image chain, the chain in context, and the chain in context after RL.
 
 The run folder gets `report.md` (what was measured, including what did not improve),
-`summary.json`, PNG reward curves and before/after chain grids.
+`summary.json`, PNG reward curves, the grounding grid and before/after chain grids.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def run_quickstart(
     if "vlm" in halves:
         from vrl.quickstart import vlm as vlm_half
 
-        print("[vrl quickstart] 1/2 VLM-R1 GRPO on the shapes world (world:vlm, CPU)")
-        result["vlm"] = vlm_half.run(out / "vlm", seed=seed, steps=steps)
+        print("[vrl quickstart] 1/2 VLM-R1 grounding: SFT checkpoint world:vlm-rec, then GRPO")
+        result["vlm"] = vlm_half.run(
+            out / "vlm", seed=seed, steps=steps, grid_path=out / GROUNDING_GRID
+        )
         _print_vlm(result["vlm"])
     if "hicogen" in halves:
         from vrl.quickstart import hicogen as hicogen_half
@@ -80,25 +82,37 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _vlm_rows(v: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """(label, before, after) per held-out task: on the shifted background, then the control."""
-    rows = [(f"{t} ({v['background']})", v["before"][t], v["after"][t]) for t in _tasks(v)]
-    rows += [
-        (f"{t} (light grey, control)", v["control_before"][t], v["control_after"][t])
-        for t in _tasks(v)
+GROUNDING_GRID = "vlm_grounding.png"
+"""The grid of the VLM half's boxes on held-out images, beside the report."""
+VLM_METRICS = {"acc": "Acc@0.5", "iou": "mean IoU"}
+OUT_OF_DOMAIN_ROW = "out of domain (3 sets pooled)"
+
+
+def _vlm_rows(v: dict[str, Any]) -> list[tuple[str, str, float, float, float]]:
+    """(set, metric, before SFT, after SFT, after RL) per evaluation set and metric, then the
+    out-of-domain sets pooled (their mean: the sets are of equal size)."""
+    from vrl.pretrain.grounding import out_of_domain
+
+    scores = v["scores"]
+    rows = [
+        (name, label, *(scores[m][name][metric] for m in ("before", "sft", "rl")))
+        for name in scores["sft"]
+        for metric, label in VLM_METRICS.items()
     ]
+    rows += [
+        (OUT_OF_DOMAIN_ROW, label, *(out_of_domain(scores[m], metric) for m in ("before", "sft", "rl")))
+        for metric, label in VLM_METRICS.items()
+    ]  # fmt: skip
     return rows
 
 
-def _tasks(v: dict[str, Any]) -> list[str]:
-    return [t for t in v["before"] if t != "mean"]
-
-
 def _print_vlm(v: dict[str, Any]) -> None:
-    for label, before, after in _vlm_rows(v):
-        print(f"  held-out {label:<28} {before:6.1%} -> {after:6.1%}")
-    print(f"  ({v['held_out_per_task']} questions each, {v['steps']} steps, "
-          f"{v['train_minutes']:.1f} min of training)")  # fmt: skip
+    print(f"  {'held-out (' + str(v['per_set']) + ' per set)':<32} {'':<9}"
+          f"{'before SFT':>11}{'after SFT':>11}{'after RL':>10}")  # fmt: skip
+    for name, metric, before, sft, rl in _vlm_rows(v):
+        print(f"  {name:<32} {metric:<9}{before:11.1%}{sft:11.1%}{rl:10.1%}")
+    print(f"  ({v['steps']} GRPO steps, {v['train_minutes']:.1f} min of training, "
+          f"{v['minutes']:.1f} min for the half)")  # fmt: skip
 
 
 CONDITION_LABELS = {
@@ -185,7 +199,10 @@ def _plot_curves(result: dict[str, Any], path: Path) -> None:
     if not halves:
         return
     fig, axes = plt.subplots(1, len(halves), figsize=(5 * len(halves), 3.2), squeeze=False)
-    titles = {"vlm": "VLM-R1 GRPO (world:vlm)", "hicogen": "HiCoGen (world:kontext, chain)"}
+    titles = {
+        "vlm": "VLM-R1 grounding GRPO (world:vlm-rec)",
+        "hicogen": "HiCoGen (world:kontext, chain)",
+    }
     for ax, half in zip(axes[0], halves, strict=True):
         rewards = result[half]["rewards"]
         ax.plot(range(1, len(rewards) + 1), rewards, lw=1, alpha=0.5, label="per step")
@@ -208,29 +225,7 @@ def report(result: dict[str, Any]) -> str:
         "",
     ]
     if "vlm" in result:
-        v = result["vlm"]
-        lines += [
-            "## VLM-R1: GRPO on the shapes world",
-            "",
-            "The world VLM (Qwen2.5-VL architecture, 1.9M parameters) was SFT-trained on scenes on "
-            "the light-grey background only. GRPO with the exact-answer and answer-format rewards "
-            f"trains it on fresh scenes, half on {v['background']} and half on light grey. "
-            f"Held-out: greedy decoding on {v['held_out_per_task']} test-split questions per "
-            f"task on {v['background']}, and the same questions on light grey (control).",
-            "",
-            "| held-out accuracy | before | after | change |",
-            "|---|---|---|---|",
-        ]
-        for label, b, a in _vlm_rows(v):
-            lines.append(f"| {label} | {b:.1%} | {a:.1%} | {a - b:+.1%} |")
-        before = {label: b for label, b, _ in _vlm_rows(v)}
-        after = {label: a for label, _, a in _vlm_rows(v)}
-        lines += [
-            "",
-            f"{v['steps']} GRPO steps, {v['train_minutes']:.1f} min of training. "
-            + _verdict(before, after, v["held_out_per_task"]),
-            "",
-        ]
+        lines += _vlm_report(result["vlm"])
     if "hicogen" in result:
         h = result["hicogen"]
         low, high = h.get("subjects", (2, 2))
@@ -286,12 +281,57 @@ def report(result: dict[str, Any]) -> str:
     lines += [
         "![training reward](reward_curves.png)",
         "",
-        "One seed is one draw: `python experiments/world_vlm_grpo.py --seeds 0 1 2` and "
+        "One seed is one draw: `python benchmarks/vlm_grounding.py --seeds 0 1 2` and "
         "`python benchmarks/hicogen_chain.py --seeds 0 1 2` give the spread over seeds "
         "(BENCHMARKS.md holds the latest figures).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _vlm_report(v: dict[str, Any]) -> list[str]:
+    """The VLM section of the report: the table, RL against SFT by sampling noise, the grid."""
+    n = v["per_set"]
+    lines = [
+        "## VLM-R1: referring-expression grounding on the shapes world",
+        "",
+        "The world VLM (Qwen2.5-VL architecture, 1.9M parameters, every integer 0..112 one token) "
+        'answers "Locate the blue square left of the red circle in the image." with a box. '
+        "*Before SFT*: its untrained init (the grounding SFT's starting point); *after SFT*: "
+        f"`{v['model']}`, SFT-trained on such questions about scenes of 2-3 subjects on light "
+        "grey (`vrl pretrain world-vlm-rec`); *after RL*: GRPO from it on fresh scenes of the same "
+        "kind, rewarded by the IoU of its box (`configs/quickstart_vlm.yaml`). Held-out: greedy "
+        f"answers to {n} questions per set, never trained on: new scenes (in domain), targets "
+        "that are a (colour, shape) pair never seen in training, a dark-grey background, 4 "
+        "subjects.",
+        "",
+        "| held-out set | metric | before SFT | after SFT | after RL | RL - SFT |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, metric, before, sft, rl in _vlm_rows(v):
+        lines.append(
+            f"| {name} | {metric} | {before:.1%} | {sft:.1%} | {rl:.1%} | {rl - sft:+.1%} |"
+        )
+    acc = {name: (sft, rl) for name, metric, _, sft, rl in _vlm_rows(v) if metric == "Acc@0.5"}
+    pooled = acc.pop(OUT_OF_DOMAIN_ROW)
+    sets = _verdict({k: a for k, (a, _) in acc.items()}, {k: b for k, (_, b) in acc.items()}, n)
+    ood = _verdict({OUT_OF_DOMAIN_ROW: pooled[0]}, {OUT_OF_DOMAIN_ROW: pooled[1]}, 3 * n)
+    lines += [
+        "",
+        f"{v['steps']} GRPO steps, {v['train_minutes']:.1f} min of training, "
+        f"{v['minutes']:.1f} min for the half with its evaluation. After RL against after SFT "
+        f"(Acc@0.5; a change within twice the standard error is called unchanged): {sets} "
+        f"{ood} `python benchmarks/vlm_grounding.py` sets RL against as many steps of "
+        "continued SFT, over seeds.",
+        "",
+        f"Boxes on {len(v['grid_questions'])} held-out images (columns: the set and the "
+        "expression; rows: before SFT, after SFT, after RL; the true box in lime, the model's "
+        "in magenta, its IoU under each image):",
+        "",
+        f"![grounding boxes]({Path(v['grid']).name})",
+        "",
+    ]
+    return lines
 
 
 def _shape_table(h: dict[str, Any]) -> list[str]:

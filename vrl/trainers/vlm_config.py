@@ -15,7 +15,8 @@ class ModelSettings:
         help="model folder or hub id (loads from the local cache); 'tiny-random:qwen2_5_vl' or "
         "'tiny-random:qwen2_vl' builds a tiny random model of that architecture offline "
         "('tiny-random:qwen2': a text-only causal LM, for text-only prompts); "
-        "'world:vlm' is the committed shapes-world VLM (vrl pretrain world-vlm)",
+        "'world:vlm' is the committed shapes-world VLM (vrl pretrain world-vlm), "
+        "'world:vlm-rec' its grounding one (vrl pretrain world-vlm-rec)",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         "auto", help="weights dtype; auto = bfloat16 on a GPU that supports it, float32 on the CPU"
