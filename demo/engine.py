@@ -27,7 +27,14 @@ from vrl.data.t2i import ImageSample
 from vrl.demo.examples import example_scenes
 from vrl.demo.rewards import RewardReport, build_reward, score_images
 from vrl.demo.settings import DemoSettings, Limits
-from vrl.hicogen.chain import img2img_start, iter_chain, plan_chain, resolve_context
+from vrl.hicogen.chain import (
+    ChainPlan,
+    img2img_start,
+    iter_chain,
+    plan_boxes,
+    plan_chain,
+    resolve_context,
+)
 from vrl.hicogen.decompose import decompose_template, fallback_scene
 from vrl.hicogen.scene import Scene, SynthesisUnit
 from vrl.samplers import ConstantNoise, DecayingNoise, NoiseSchedule, WindowNoise
@@ -437,6 +444,13 @@ class DemoEngine:
         )
         schedule = noise_schedule(request, shortest)
         units = dec.unit_prompts if request.chain else ()
+        boxes = None
+        if units and context == "in_context" and self.settings.shows_boxes:
+            plan = ChainPlan(dec.scene, dec.units, dec.unit_prompts, dec.final_prompt)
+            try:
+                boxes = plan_boxes(plan, size)
+            except ValueError as err:
+                state.notes.append(f"{err}: each unit is placed by its prompt alone.")
         # one chain per label, each from its own generator on the same seed; the passes are made
         # one at a time, in turn, each with its label's adapter state (`iter_chain` works lazily)
         chains = {
@@ -452,6 +466,7 @@ class DemoEngine:
                 guidance_scale=request.guidance,
                 strength=request.strength,
                 context=context,
+                box_images=boxes,
                 step=request.sampler,
                 schedule=schedule,
                 generator=torch.Generator(adapter.device).manual_seed(request.seed),

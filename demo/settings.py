@@ -18,6 +18,7 @@ chain), a diffusers flow-matching pipeline folder, a hub id in the local cache, 
 tiny-random:<sd3|flux|flux_kontext>."""
 
 REWARD_CHOICES = ("auto", "world", "tiny-random", "none")
+BOX_CHOICES = ("auto", "world", "none")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,21 @@ class DemoSettings:
     else 28."""
     default_guidance: float | None = None
     """Guidance shown when the page opens; default: 1 (off) for tiny-random models, else 4."""
+    boxes: str = "auto"
+    """Whether a chain in context shows each unit its boxes (`chain.boxes`): "world" (the shapes
+    world's layout, for prompts it can lay out), "none", or "auto" (world for world: models,
+    which are trained on them; other models never saw a box image)."""
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if self.reward not in REWARD_CHOICES:
             raise ValueError(f"reward must be one of {REWARD_CHOICES}, got {self.reward!r}")
+        if self.boxes not in BOX_CHOICES:
+            raise ValueError(f"boxes must be one of {BOX_CHOICES}, got {self.boxes!r}")
+
+    @property
+    def shows_boxes(self) -> bool:
+        return self.boxes == "world" or (self.boxes == "auto" and self.model.startswith("world:"))
 
     @property
     def is_tiny(self) -> bool:
@@ -114,6 +125,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decomposer", default=None, help="local instruction-tuned LM folder for free-text prompts"
     )
+    parser.add_argument(
+        "--boxes",
+        default="auto",
+        choices=BOX_CHOICES,
+        help="chain in context: show each unit where its subjects go, laid out by the shapes "
+        "world (auto: for world: models)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--size", type=int, default=None, help="image height and width in pixels")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all)")
@@ -132,6 +150,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         lora=args.lora,
         reward=args.reward,
         decomposer=args.decomposer,
+        boxes=args.boxes,
         device=args.device,
         size=args.size,
     )

@@ -194,3 +194,36 @@ def test_the_chain_runs_in_context_on_flux_and_sd3_refuses_it_in_one_line(
         "sd3 "
         "does not: use img2img or auto"
     )
+
+
+def test_the_chain_shows_each_unit_its_boxes_with_boxes_world(tmp_path, monkeypatch, capsys):
+    import vrl.hicogen.chain as chain_module
+
+    lines = build_world_split(tmp_path, n=6).read_text().splitlines()
+    prompts = tmp_path / "two.jsonl"
+    prompts.write_text(next(x for x in lines if len(json.loads(x)["scene"]["subjects"]) > 1) + "\n")
+    seen = []
+    real = chain_module.synthesize_chain
+
+    def spy(adapter, transformer, unit_prompts, final_prompt, **kwargs):
+        seen.append((len(unit_prompts), kwargs["box_images"]))
+        return real(adapter, transformer, unit_prompts, final_prompt, **kwargs)
+
+    monkeypatch.setattr(chain_module, "synthesize_chain", spy)
+    base = ["bench", "eval", "hicoprompt", "--prompts", str(prompts), "--limit", "1",
+            "--height", "32", "--width", "32", "--steps", "1", "--chain", "--judge", "exact",
+            "--no-plots", "--boxes", "world"]  # fmt: skip
+    out = tmp_path / "flux"
+    assert main([*base, "--model", "tiny-random:flux_kontext", "--out", str(out)]) == 0
+    (units, boxes), = seen
+    assert len(boxes) == units >= 2 and all(b.shape == (3, 32, 32) for b in boxes)
+    white = [b[0] > 0 for b in boxes]  # one subject per unit, each in a box of its own
+    assert all(w.any() for w in white) and not (white[0] & white[1]).any()
+    generation = json.loads((out / "images" / "generation.json").read_text())
+    assert generation["boxes"] == "world"
+    capsys.readouterr()
+    sd3 = ["--model", "tiny-random:sd3", "--context", "img2img", "--out", str(tmp_path / "sd3")]
+    assert main([*base, *sd3]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "vrl bench eval: chain boxes are reference images: they need context in_context"
+    )

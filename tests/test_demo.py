@@ -28,7 +28,7 @@ from vrl.demo.engine import (
 )
 from vrl.demo.rewards import score_images
 from vrl.demo.settings import DemoSettings, Limits
-from vrl.hicogen.chain import synthesize_chain
+from vrl.hicogen.chain import ChainPlan, plan_boxes, synthesize_chain
 from vrl.rewards.hierarchical import HierarchicalReward
 from vrl.samplers import DecayingNoise
 
@@ -145,18 +145,49 @@ def test_demo_passes_are_exactly_the_chain_of_synthesis():
     request = check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "steps": 3, "num_images": 2})
     state = list(engine.generate(request))[-1]
     dec = state.decomposition
+    # the default model, world:kontext, takes references and was trained on box images
+    plan = ChainPlan(dec.scene, dec.units, dec.unit_prompts, dec.final_prompt)
     chain = synthesize_chain(
         engine.adapter, engine.adapter.transformer, list(dec.unit_prompts), dec.final_prompt,
         batch_size=2, height=32, width=32, num_steps=3, strength=0.7, step="sde",
         schedule=DecayingNoise(eta_max=0.7, eta_min=0.07),
-        generator=torch.Generator().manual_seed(0),
-        context="in_context",  # the default model, world:kontext, takes references
+        generator=torch.Generator().manual_seed(0), context="in_context",
+        box_images=plan_boxes(plan, 32),
     )  # fmt: skip
     shown = [p.images for p in state.passes["model"]]
     assert len(shown) == len(chain.images) == 3
     for ours, theirs in zip(shown, chain.images, strict=True):
         torch.testing.assert_close(ours, theirs.cpu(), rtol=0, atol=1e-6)
     assert not torch.allclose(shown[0][0], shown[0][1])  # two images, two different draws
+
+
+def test_boxes_are_shown_where_the_world_lays_the_prompt_out_and_said_where_not(monkeypatch):
+    import vrl.demo.engine as engine_module
+
+    engine = unscored_engine()
+    seen = []
+    real = engine_module.iter_chain
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["box_images"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "iter_chain", spy)
+    request = check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "steps": 1})
+    list(engine.generate(request))
+    assert seen[-1] is not None and len(seen[-1]) == len(engine.decompose(PROMPT).units)
+    outside = "a red dragon and a blue castle"  # no shape the world can draw
+    request = check_request(LIMITS, outside, **{**PAGE_DEFAULTS, "steps": 1})
+    states = list(engine.generate(request))
+    assert seen[-1] is None
+    assert any("no world layout for" in n and "placed by its prompt alone" in n
+               for n in states[-1].notes)  # fmt: skip
+    plain = DemoEngine(dataclasses.replace(engine.settings, boxes="none"),
+                       adapter=engine.adapter, reward=("none", None))  # fmt: skip
+    list(plain.generate(check_request(LIMITS, PROMPT, **{**PAGE_DEFAULTS, "steps": 1})))
+    assert seen[-1] is None
+    with pytest.raises(ValueError, match="boxes must be one of"):
+        DemoSettings(boxes="yes")
 
 
 def test_units_past_the_limit_merge_into_the_last_one():

@@ -73,6 +73,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--unit-prompts", choices=UNIT_PROMPT_FORMS, default="own",
                    help="chain: a unit's prompt names its own subjects, them and their relations "
                    "to the earlier ones (relational), or every subject so far (cumulative)")  # fmt: skip
+    g.add_argument("--boxes", choices=["none", "world"], default="none",
+                   help="chain in context: each unit pass also sees its subjects' boxes, laid "
+                   "out by the shapes world's planner (world prompts)")  # fmt: skip
     g.add_argument("--cumulative", dest="unit_prompts", action="store_const", const="cumulative",
                    help="chain: the same as --unit-prompts cumulative")  # fmt: skip
     g.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
@@ -171,7 +174,8 @@ def _eval(args: argparse.Namespace) -> int:
             "strength": args.strength if args.chain else None,
             "unit_prompts": args.unit_prompts if args.chain else None,
             **({"context": args.context, "references": args.references,
-                "positions": args.positions, "save_units": args.save_units} if args.chain else {}),
+                "positions": args.positions, "save_units": args.save_units,
+                "boxes": args.boxes} if args.chain else {}),
         }  # fmt: skip
         t0 = time.perf_counter()
         n = generate_missing(
@@ -180,9 +184,9 @@ def _eval(args: argparse.Namespace) -> int:
             batch_size=args.gen_batch_size,
             **{k: v for k, v in generation.items()
                if k not in ("model", "lora", "strength", "unit_prompts", "context", "references",
-                            "positions", "save_units")},
+                            "positions", "save_units", "boxes")},
             strength=args.strength, prompt_form=args.unit_prompts, context=args.context,
-            references=args.references, positions=args.positions,
+            references=args.references, positions=args.positions, boxes=args.boxes,
             save_units=args.save_units and args.chain,
         )  # fmt: skip
         print(f"generated {n} images in {time.perf_counter() - t0:.1f} s into {image_dir}")

@@ -170,6 +170,7 @@ def generate_missing(
     context: str = "auto",
     references: str = "all",
     positions: str = "kontext",
+    boxes: str = "none",
     save_units: bool = False,
 ) -> int:
     """Draw every missing image (deterministic ODE sampling); returns how many were written.
@@ -179,7 +180,8 @@ def generate_missing(
     prompt goes through the evaluation chain of synthesis (`vrl.hicogen.chain.eval_chain`: one
     unit per subject, then the whole prompt; `context`, `references`, `positions` and
     `strength` as `chain.*` of the trainer), all images of a prompt in one batch from the seed
-    of its image 0, its unit prompts in `prompt_form` (`Scene.unit_prompt`). `save_units` also keeps each chain's unit images, as
+    of its image 0, its unit prompts in `prompt_form` (`Scene.unit_prompt`), its unit passes
+    shown their boxes with ``boxes="world"``. `save_units` also keeps each chain's unit images, as
     ``units/<id>_<k>_unit<j>.png`` under the layout's folder (j = 1, 2, ...), so that what a later
     pass kept of an earlier unit can be read (`unit_path`).
     """
@@ -194,6 +196,7 @@ def generate_missing(
         settings = {
             "strength": strength, "prompt_form": prompt_form, "references": references,
             "context": resolve_context(adapter, context), "positions": positions,
+            "boxes": boxes,
         }  # fmt: skip
         units = layout.folder / "units" if save_units else None
         by_item: dict[str, list[int]] = {}

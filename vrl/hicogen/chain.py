@@ -11,6 +11,12 @@ prompt, sees the earlier passes in one of two ways (`context`):
   sigma = `strength` and is denoised with its prompt. Measured on the shapes world, a unit pass
   may erase the subject before it (docs/experiments/2026-12-06-chain-stages.md).
 
+A unit pass can also be told where its subjects go (`boxes`): one more reference image, white
+boxes on black, from a layout planner of the whole scene (``"world"``: the shapes world's, whose
+boxes satisfy every relation), so that placing each subject in its box makes the relations hold.
+Text alone did not teach the world models placement (docs/experiments/
+2026-12-06-relational-unit-prompts.md); copying a position from context they already do.
+
 With N units the chain returns N + 1 images. Simplifications, stated: earlier passes are carried
 as latents (what a VAE round trip of the decoded image would give back, minus the VAE's error);
 every chain in a batch shares its unit prompts (a GRPO group: G samples of one scene).
@@ -23,6 +29,7 @@ evaluation, `vrl bench` and the quickstart draw.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -36,6 +43,7 @@ from vrl.samplers import from_config, sample
 from vrl.samplers.loop import Trajectory
 
 ChainContextMode = Literal["in_context", "img2img"]
+BoxPlanner = Literal["none", "world"]
 
 
 def resolve_context(adapter, context: str) -> ChainContextMode:
@@ -114,6 +122,30 @@ def plan_chain(
     return ChainPlan(scene, units, prompts, final_prompt)
 
 
+def box_image(boxes: Sequence[Sequence[float]], height: int, width: int) -> torch.Tensor:
+    """(3, H, W) float image in [0, 1]: the pixels each box (x1, y1, x2, y2) covers white, the
+    rest black. What a unit pass sees of where its subjects go."""
+    image = torch.zeros(3, height, width)
+    for x1, y1, x2, y2 in boxes:
+        rows = slice(max(0, int(y1)), min(height, math.ceil(y2)))
+        cols = slice(max(0, int(x1)), min(width, math.ceil(x2)))
+        image[:, rows, cols] = 1.0
+    return image
+
+
+def plan_boxes(plan: ChainPlan, size: int, seed: int = 0) -> list[torch.Tensor]:
+    """One box image per unit of `plan` (`box_image`, ``size`` x ``size``): its subjects' boxes in
+    one layout of the whole scene by the shapes world's planner (`vrl.world.layout`, every
+    relation satisfied). A scene outside the world's vocabulary gets a ValueError naming it."""
+    from vrl.world import layout
+
+    try:
+        boxes = layout(plan.scene, size, seed)
+    except ValueError as err:
+        raise ValueError(f"no world layout for {plan.final_prompt!r}: {err}") from None
+    return [box_image([boxes[s] for s in unit.subjects], size, size) for unit in plan.units]
+
+
 @dataclass
 class ChainStep:
     prompt: str | Sequence[str]  # one for the batch, or one per sample
@@ -158,6 +190,7 @@ def iter_chain(
     context: Literal["auto", "in_context", "img2img"] = "img2img",
     references: Literal["all", "last"] = "all",
     positions: ReferencePositions = "kontext",
+    box_images: Sequence[torch.Tensor] | None = None,
     step: Literal["sde", "cps", "ode"] = "sde",
     schedule=None,
     generator: torch.Generator | None = None,
@@ -174,7 +207,8 @@ def iter_chain(
     number of units then run as one batch.
 
     `context`, `references` and `positions`: how a pass sees the earlier ones (module docstring;
-    `strength` is for img2img only).
+    `strength` is for img2img only). `box_images`, in context only: one image per unit ((3, H, W)
+    for the batch or (B, 3, H, W), in [0, 1]; `plan_boxes`), the unit pass's last reference.
 
     `generator` draws the initial and SDE noise, pass after pass; `level_generator` (CPU) draws
     a schedule's random choices (a window's position), so that processes sharing it train the
@@ -189,6 +223,11 @@ def iter_chain(
     canvas: torch.Tensor | None = None  # latents of the previous pass's image
     unit_latents: list[torch.Tensor] = []  # in context: the unit passes' final latents
     prompts = [*unit_prompts, final_prompt]
+    if box_images is not None:
+        if context != "in_context":
+            raise ConfigError("chain boxes are reference images: they need context in_context")
+        if len(box_images) != len(unit_prompts):
+            raise ValueError(f"{len(box_images)} box images for {len(unit_prompts)} units")
     for k, prompt in enumerate(prompts):
         noise = adapter.initial_noise(batch_size, height, width, generator)
         if canvas is None or context == "in_context":
@@ -206,9 +245,18 @@ def iter_chain(
         if len(texts) != batch_size:
             raise ValueError(f"{len(texts)} prompts for a batch of {batch_size}")
         embeds = encode(texts)
-        if unit_latents:  # in context: earlier passes as reference tokens
-            final = k == len(prompts) - 1
-            seen = unit_latents if final or references == "all" else unit_latents[-1:]
+        final = k == len(prompts) - 1
+        seen = unit_latents if final or references == "all" else unit_latents[-1:]
+        if box_images is not None and not final:  # encoded once per pass, not per step
+            box = box_images[k]
+            if tuple(box.shape) not in ((batch_size, 3, height, width), (3, height, width)):
+                raise ValueError(
+                    f"box image of unit {k + 1} has shape {tuple(box.shape)}, expected "
+                    f"({batch_size}, 3, {height}, {width}) or (3, {height}, {width})"
+                )
+            box = box if box.dim() == 4 else box.expand(batch_size, -1, -1, -1)
+            seen = [*seen, adapter.encode_images(box)]
+        if seen:  # in context: earlier passes (and the unit's boxes) as reference tokens
             embeds = embeds.with_references(
                 adapter.references_from_latents(seen, (height, width), positions)
             )
@@ -261,6 +309,7 @@ def eval_chain(
     context: ChainContextMode = "img2img",
     references: Literal["all", "last"] = "all",
     positions: ReferencePositions = "kontext",
+    boxes: BoxPlanner = "none",
 ) -> tuple[ChainPlan, ChainResult]:
     """The deterministic evaluation chain of a prompt and its scene: ODE passes, every noise
     draw from one generator seeded with `seed` on the adapter's device, `images` chains in one
@@ -268,15 +317,21 @@ def eval_chain(
 
     The trainer's evaluation, `vrl bench` and the quickstart all draw their chains here, each
     with its own seed per prompt (the run seed plus the prompt's index; a CRC of the prompt id);
-    only the final latents are kept. Returns the chain's plan (units, prompts, references) and
+    only the final latents are kept. With ``boxes="world"`` every unit pass also sees its
+    subjects' boxes (`plan_boxes`). Returns the chain's plan (units, prompts, references) and
     its passes.
     """
     plan = plan_chain(scene, prompt, form=prompt_form, max_units=max_units)
+    if boxes not in ("none", "world"):
+        raise ConfigError(f"chain boxes must be none or world, got {boxes!r}")
+    if boxes == "world" and height != width:
+        raise ConfigError(f"chain boxes=world lays out square canvases, not {height}x{width}")
+    box_images = plan_boxes(plan, height) if boxes == "world" else None
     chain = synthesize_chain(
         adapter, transformer, list(plan.unit_prompts), plan.final_prompt, batch_size=images,
         height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,
         strength=strength, context=context, references=references, positions=positions,
-        step="ode", generator=torch.Generator(adapter.device).manual_seed(seed),
+        box_images=box_images, step="ode", generator=torch.Generator(adapter.device).manual_seed(seed),
         store_trajectory=False,
     )  # fmt: skip
     return plan, chain

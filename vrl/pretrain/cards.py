@@ -340,6 +340,7 @@ def kontext_card(summary: dict[str, Any]) -> str:
     chains = [
         ("chain", "2-subject chain (test)"),
         ("relational chain", "2-subject chain, relational (test)"),
+        ("chain with boxes", "2-subject chain, boxes (test)"),
     ]
     rows = "\n".join(
         f"| {name} | {r['exist']:.1%} | {r['attribute']:.1%} | "

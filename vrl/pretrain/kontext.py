@@ -68,6 +68,9 @@ class KontextConfig:
     """Chance that a unit pass is told its subjects and their relations to the earlier ones,
     named by reference (chain.unit_prompts=relational): where to put its subject relative to
     what it sees in context."""
+    boxes_prob: float = 0.0
+    """Chance that a unit pass sees its subjects' boxes as one more reference (chain.boxes=world):
+    where to put them."""
     fresh: int = 8
     layers: int = 2
     """Double-stream (joint) blocks."""
@@ -418,6 +421,7 @@ def train(
         last_prob=cfg.last_prob,
         cumulative_prob=cfg.cumulative_prob,
         relational_prob=cfg.relational_prob,
+        boxes_prob=cfg.boxes_prob,
         fresh=cfg.fresh,
         tokenizer=(pipe.tokenizer, pipe.tokenizer_2),
     )

@@ -14,6 +14,10 @@ give exactly, so every pass of every scene is a supervised example:
 - plain text-to-image (no references, any caption of the whole scene), mixed in at
   ``plain_fraction``: unit 1 and a flat pass need it.
 
+A unit pass may also see where its subjects go (``boxes_prob``; the chain's ``boxes="world"``):
+one more reference after the unit images, the unit's boxes in the scene's layout
+(`vrl.hicogen.chain.box_image`), which its target fills.
+
 Every image of a scene is rendered with the whole scene's layout (`render(..., boxes=)`), so a
 subject sits at the same pixels in every reference and in the target: the model can copy it.
 
@@ -49,7 +53,9 @@ class Triple:
     kind: str
     """"unit" (a unit pass), "final" (the chain's last pass) or "plain" (text-to-image)."""
     subjects: tuple[tuple[str, ...], ...] = ()
-    """Subject ids drawn in each reference (for tests and inspection)."""
+    """Subject ids drawn in each unit-image reference (for tests and inspection)."""
+    boxed: bool = False
+    """The last reference is the unit's box image, not a unit image."""
 
 
 @dataclasses.dataclass
@@ -65,6 +71,8 @@ class ChainExample:
     """Subject ids drawn after each unit (cumulative)."""
     full: torch.Tensor
     """(3, H, W) uint8 render of the whole scene."""
+    boxes: tuple[torch.Tensor, ...] = ()
+    """(3, H, W) uint8 box image of each unit's subjects in the scene's layout."""
     told: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """Unit prompts in the forms that say where unit k puts its subject (`Scene.unit_prompt`):
     "relational" (its subject and its relations to the earlier ones), "cumulative" (every
@@ -91,7 +99,7 @@ def chain_example(
 ) -> ChainExample:
     """Lay ``scene`` out once at ``size`` px (layout ``seed``) and render every partial scene of
     its chain with those boxes."""
-    from vrl.hicogen.chain import plan_chain
+    from vrl.hicogen.chain import box_image, plan_chain
     from vrl.world import layout, render
 
     plan = plan_chain(scene, scene.prompt())
@@ -110,14 +118,20 @@ def chain_example(
         partials=tuple(partials),
         unit_subjects=tuple(subjects),
         full=full,
+        boxes=tuple(
+            (box_image([boxes[s] for s in unit.subjects], size, size) * 255).to(torch.uint8)
+            for unit in plan.units
+        ),
         told=told,
     )
 
 
-def triple_of(example: ChainExample, index: int, mode: str, form: str = "own") -> Triple:
+def triple_of(
+    example: ChainExample, index: int, mode: str, form: str = "own", boxed: bool = False
+) -> Triple:
     """Pass ``index`` (0..units-1: a unit pass; units: the final pass) of a chain example, its
     unit passes seeing ``mode`` ("all" or "last") earlier unit images, their prompts in ``form``
-    (`Scene.unit_prompt`)."""
+    (`Scene.unit_prompt`), and with ``boxed`` their box image last."""
     if mode not in REFERENCE_MODES:
         raise ValueError(f"reference mode must be one of {REFERENCE_MODES}, got {mode!r}")
     units = len(example.unit_prompts)
@@ -133,12 +147,14 @@ def triple_of(example: ChainExample, index: int, mode: str, form: str = "own") -
         )
     seen = range(index) if mode == "all" else range(max(0, index - 1), index)
     prompts = example.unit_prompts_in(form)
+    references = tuple(example.partials[j] for j in seen)
     return Triple(
         prompts[index],
         example.partials[index],
-        tuple(example.partials[j] for j in seen),
+        (*references, example.boxes[index]) if boxed else references,
         "unit",
         tuple(example.unit_subjects[j] for j in seen),
+        boxed,
     )
 
 
@@ -156,7 +172,7 @@ class TripleStream:
     passes see "last" with probability ``last_prob`` and "all" otherwise, and are told every
     subject so far and their relations with probability ``cumulative_prob``, their subjects and
     their relations to the earlier ones with probability ``relational_prob``, else their own
-    subjects only.
+    subjects only, and see their box image with probability ``boxes_prob``.
     """
 
     def __init__(
@@ -170,6 +186,7 @@ class TripleStream:
         last_prob: float = 0.5,
         cumulative_prob: float = 0.0,
         relational_prob: float = 0.0,
+        boxes_prob: float = 0.0,
         fresh: int = 8,
         tokenizer=None,
     ):
@@ -184,6 +201,8 @@ class TripleStream:
                 f"relational_prob must be in [0, 1 - cumulative_prob], got {relational_prob} "
                 f"(cumulative_prob {cumulative_prob})"
             )
+        if not 0.0 <= boxes_prob <= 1.0:
+            raise ValueError(f"boxes_prob must be in [0, 1], got {boxes_prob}")
         if not subject_mix or min(subject_mix) < 0 or sum(subject_mix) <= 0:
             raise ValueError(f"subject_mix must be non-negative weights, got {subject_mix}")
         self.rng = random.Random(seed)
@@ -194,6 +213,7 @@ class TripleStream:
         self.last_prob = last_prob
         self.cumulative_prob = cumulative_prob
         self.relational_prob = relational_prob
+        self.boxes_prob = boxes_prob
         self.fresh = fresh
         self.tokenizer = tokenizer
         self.pool: list[ChainExample] = []
@@ -247,7 +267,9 @@ class TripleStream:
                 form = "cumulative"
             elif r < self.cumulative_prob + self.relational_prob:
                 form = "relational"
-        return triple_of(example, index, mode, form)
+        # no draw at 0 (as above); the final pass has no boxes
+        boxed = self.boxes_prob > 0 and self.rng.random() < self.boxes_prob
+        return triple_of(example, index, mode, form, boxed and index < len(example.unit_prompts))
 
     def batch(self, size: int) -> list[Triple]:
         fresh = [self.draw_example() for _ in range(min(self.fresh, size))]

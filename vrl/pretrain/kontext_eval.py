@@ -42,22 +42,27 @@ def shape_exist(scenes, images) -> dict[str, float]:
 
 
 def chain_quality(
-    adapter, cfg: KontextConfig, count: int, seed: int = 0, form: str = "own"
+    adapter, cfg: KontextConfig, count: int, seed: int = 0, form: str = "own", boxes=False
 ) -> dict[str, Any]:
     """Two-subject test-split scenes drawn by the in-context chain (unit 1, unit 2 seeing unit 1,
-    the final pass seeing both), unit prompts in `form` (`Scene.unit_prompt`), every image
-    scored against what it should show."""
-    from vrl.hicogen.chain import plan_chain, synthesize_chain
+    the final pass seeing both), unit prompts in `form` (`Scene.unit_prompt`), with `boxes` each
+    unit pass seeing its box image too (`plan_boxes`), every image scored against what it
+    should show."""
+    from vrl.hicogen.chain import plan_boxes, plan_chain, synthesize_chain
     from vrl.pretrain.t2i import eval_scenes, score
 
     scenes = eval_scenes(2, "test", count)
     plans = [plan_chain(s, s.prompt(), form=form) for s in scenes]
+    box_images = None
+    if boxes:
+        per_plan = [plan_boxes(p, IMAGE_SIZE) for p in plans]
+        box_images = [torch.stack([b[k] for b in per_plan]) for k in range(2)]
     chain = synthesize_chain(
         adapter, adapter.transformer,
         [[p.unit_prompts[k] for p in plans] for k in range(2)], [p.final_prompt for p in plans],
         batch_size=len(scenes), height=IMAGE_SIZE, width=IMAGE_SIZE,
         num_steps=cfg.sample_steps, guidance_scale=cfg.guidance, context="in_context",
-        references="all", step="ode", generator=torch.Generator().manual_seed(seed),
+        references="all", box_images=box_images, step="ode", generator=torch.Generator().manual_seed(seed),
         store_trajectory=False,
     )  # fmt: skip
     return {
@@ -87,5 +92,9 @@ def evaluate(adapter, cfg: KontextConfig, count: int, seed: int = 0) -> dict[str
     if cfg.relational_prob > 0:
         out["2-subject chain, relational (test)"] = chain_quality(
             adapter, cfg, max(4, count // 2), seed, form="relational"
+        )
+    if cfg.boxes_prob > 0:
+        out["2-subject chain, boxes (test)"] = chain_quality(
+            adapter, cfg, max(4, count // 2), seed, boxes=True
         )
     return out

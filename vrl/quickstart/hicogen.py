@@ -143,6 +143,7 @@ def chain_strips(
     settings = ch.chain_kwargs(adapter)
     if context is not None:
         settings["context"] = context
+    settings["boxes"] = ch.boxes if settings["context"] == "in_context" else "none"
     strips = []
     for k, item in enumerate(samples):
         _, chain = eval_chain(
@@ -266,6 +267,7 @@ def bench_command(
         "--chain", "--context", how["context"], "--references", ch.references,
         "--positions", ch.positions, "--strength", str(ch.strength), "--save-units",
         *(["--unit-prompts", ch.unit_prompts] if ch.unit_prompts != "own" else []),
+        *(["--boxes", ch.boxes] if ch.boxes != "none" and how["context"] != "img2img" else []),
     ] if how["chain"] else []  # fmt: skip
     return [
         "vrl", "bench", "eval", "hicoprompt", "--prompts", str(prompts),
@@ -291,7 +293,7 @@ def bench_accuracy(
     chain = {
         "chain": True, "context": how["context"], "references": ch.references,
         "positions": ch.positions, "strength": ch.strength, "prompt_form": ch.unit_prompts,
-        "save_units": True,
+        "boxes": ch.boxes if how["context"] != "img2img" else "none", "save_units": True,
     } if how["chain"] else {}  # fmt: skip
     items = load_items(prompts)
     layout = FlatLayout(out / "images")

@@ -192,6 +192,13 @@ class ChainSettings:
         help="in_context: reference position ids, kontext = reference k at index k (FLUX.1 "
         "Kontext), uno = offset diagonally past the image and earlier references (UNO)",
     )
+    boxes: Literal["none", "world"] = field(
+        "none",
+        help="in_context: a unit pass also sees where its subjects go, their boxes as one more "
+        "reference image; world = laid out by the shapes world's planner, every relation "
+        "satisfied (world scenes and square images only; the model must be trained on it: "
+        "world-kontext boxes_prob)",
+    )
     decompose: Literal["auto", "llm"] = field(
         "auto",
         help="scenes for prompts without scene metadata: auto = the rule-based template parser, "
@@ -240,6 +247,8 @@ class ChainSettings:
                     f"{self.unit_prompts}: set unit_prompts alone"
                 )
             self.unit_prompts = "cumulative"
+        if self.boxes != "none" and self.context == "img2img":
+            raise ValueError("chain.boxes are reference images: they need chain.context in_context")
         if self.decompose == "llm" and not self.llm:
             raise ValueError("chain.decompose=llm needs chain.llm (a local model folder)")
 
@@ -317,6 +326,11 @@ class DiffusionTrainConfig:
             raise ValueError(
                 "model.reference_lora (UNO's LoRA) was trained with UNO's position ids: set "
                 "chain.positions=uno"
+            )
+        if self.chain.boxes == "world" and self.sampling.height != self.sampling.width:
+            raise ValueError(
+                f"chain.boxes=world lays out square images: sampling.height "
+                f"{self.sampling.height} != sampling.width {self.sampling.width}"
             )
         if not self.grpo.rewards and not self.hierarchical.weights:
             raise ValueError(

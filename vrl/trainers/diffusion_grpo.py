@@ -343,7 +343,7 @@ def chain_rollout(
     """One chain of synthesis per run of equal prompts (a group's share on this process) and
     micro-batch. Every pass becomes a trainable chunk; the final images are what the rewards see,
     with each subject's unit image as its reference (R_subject's DINO term)."""
-    from vrl.hicogen.chain import plan_chain, synthesize_chain
+    from vrl.hicogen.chain import plan_boxes, plan_chain, synthesize_chain
 
     smp, ch, micro = cfg.sampling, cfg.chain, cfg.optim.micro_batch_size
     out = ChainRollout([], [], [], [])
@@ -351,13 +351,14 @@ def chain_rollout(
     for index, count in zip(*group_runs(local_items), strict=True):
         item = prompts[index]
         plan = plan_chain(item.scene, item.prompt, form=ch.unit_prompts, max_units=ch.max_units)
+        boxes = plan_boxes(plan, smp.height) if ch.boxes == "world" else None
         for start in range(0, count, micro):
             b = min(micro, count - start)
             chain = synthesize_chain(
                 adapter, model, plan.unit_prompts, plan.final_prompt, batch_size=b,
                 height=smp.height, width=smp.width, num_steps=smp.num_steps,
                 guidance_scale=smp.guidance_scale, step=smp.step, schedule=schedule,
-                generator=noise_gen, encode=encode, level_generator=level_gen,
+                generator=noise_gen, encode=encode, level_generator=level_gen, box_images=boxes,
                 **ch.chain_kwargs(adapter),
             )  # fmt: skip
             for k, pass_ in enumerate(chain.steps):
@@ -503,7 +504,7 @@ class EvalRunner:
                 self.adapter, model, item.scene, item.prompt, seed=self.cfg.run.seed + i,
                 height=smp.height, width=smp.width, num_steps=smp.eval_num_steps,
                 guidance_scale=smp.guidance_scale, prompt_form=ch.unit_prompts,
-                max_units=ch.max_units, **ch.chain_kwargs(self.adapter),
+                max_units=ch.max_units, boxes=ch.boxes, **ch.chain_kwargs(self.adapter),
             )  # fmt: skip
             images.append(chain.final)
             samples.append(item.with_references(plan.references(chain, 0)))
