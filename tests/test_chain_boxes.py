@@ -107,7 +107,7 @@ def test_each_unit_pass_sees_its_box_last_and_the_final_pass_none(kontext):
     seq = chain.steps[0].trajectory.final.shape[1]
     for k in range(2):  # the box's tokens are its VAE latents, after the unit images
         tokens = chain.steps[k].embeds.references.tokens[:, -seq:]
-        assert torch.equal(tokens, kontext.encode_images(boxes[k].expand(2, -1, -1, -1)))
+        assert torch.equal(tokens, kontext.encode_images(boxes[k][None]).expand(2, -1, -1))
     final = chain.steps[-1].embeds.references.tokens
     assert torch.equal(final, torch.cat([s.trajectory.final for s in chain.steps[:2]], dim=1))
     # a stored transition re-scores bit for bit with the box among its references

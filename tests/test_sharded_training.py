@@ -88,7 +88,10 @@ def test_fsdp2_trains_saves_resumes_like_an_unsharded_run(tmp_path, trainer):
         assert whole.keys() == again.keys() and whole
         for key in whole:  # resumed from a sharded checkpoint: the same weights, bit for bit
             assert torch.equal(whole[key], again[key]), (name, key)
-    moments = [torch.load(d / checkpoint / "optimizer.pt") for d in (sharded, resumed, unsharded)]
+    moments = [
+        torch.load(d / checkpoint / "optimizer.pt", weights_only=True)
+        for d in (sharded, resumed, unsharded)
+    ]
     for index, entry in moments[2]["state"].items():  # saved whole, in the unsharded layout
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(moments[0]["state"][index][key], moments[1]["state"][index][key])

@@ -254,8 +254,11 @@ def iter_chain(
                     f"box image of unit {k + 1} has shape {tuple(box.shape)}, expected "
                     f"({batch_size}, 3, {height}, {width}) or (3, {height}, {width})"
                 )
-            box = box if box.dim() == 4 else box.expand(batch_size, -1, -1, -1)
-            seen = [*seen, adapter.encode_images(box)]
+            if box.dim() == 3:  # one image for the batch: one VAE encode, its latents shared
+                tokens = adapter.encode_images(box[None]).expand(batch_size, -1, -1)
+            else:
+                tokens = adapter.encode_images(box)
+            seen = [*seen, tokens]
         if seen:  # in context: earlier passes (and the unit's boxes) as reference tokens
             embeds = embeds.with_references(
                 adapter.references_from_latents(seen, (height, width), positions)
