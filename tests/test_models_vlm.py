@@ -20,7 +20,8 @@ from vrl.models.tiny import (
     build_vlm_tokenizer,
     tiny_vlm_path,
 )
-from vrl.models.vlm import VLMAdapter, _accepts_logits_to_keep
+from vrl.models.vlm import VLMAdapter
+from vrl.models.vlm_helpers import _accepts_logits_to_keep
 
 FAMILIES = ["qwen2_5_vl", "qwen2_vl"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]

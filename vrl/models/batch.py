@@ -32,6 +32,10 @@ class PromptBatch:
     """The frozen vision tower's output, one (tokens, width) tensor per image in batch order
     (`VLMAdapter.encode_images`): forwards then take these instead of running the tower on
     `pixel_values` again. Repeated prompts share one tensor."""
+    group_sizes: list[int] | None = None
+    """Set by `VLMAdapter.generate_groups`: the rows are runs of one prompt repeated (run i is
+    `group_sizes[i]` rows), so a scoring forward may run each prompt once for its run
+    (`vrl.models.vlm_scoring`). None: no such promise."""
 
     @property
     def input_ids(self) -> torch.Tensor:

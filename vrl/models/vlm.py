@@ -27,7 +27,6 @@ import torch
 
 from vrl.models.batch import Completions, PromptBatch
 from vrl.models.vlm_helpers import (
-    _accepts_logits_to_keep,
     _cache_keyword,
     _default_family,
     _eval_mode,
@@ -37,6 +36,7 @@ from vrl.models.vlm_helpers import (
     _unwrap_all,
     _unwrap_ddp,
 )
+from vrl.models.vlm_scoring import can_share_prompts, plain_logits, shared_prompt_logits
 from vrl.sharding import is_sharded, root_unsharded
 
 if TYPE_CHECKING:
@@ -386,6 +386,7 @@ class VLMAdapter:
         inner = _unwrap_all(generator).model
         if getattr(inner, "rope_deltas", None) is not None:  # M-RoPE offsets of each prompt
             inner.rope_deltas = inner.rope_deltas.index_select(0, index)
+        batch = replace(batch, group_sizes=[int(k) for k in counts])  # scored a prompt at once
         return batch, self._sample(generator, batch, gen_config, cache)
 
     # ------------------------------------------------------------------ work shared per step
@@ -499,24 +500,17 @@ class VLMAdapter:
         pi is the distribution `generate` samples from: softmax(logits / temperature) over the
         vocabulary without the image placeholder tokens (which `generate` never emits), so these
         values equal `log_softmax` of generate's `output_scores` when top-k/top-p are off.
-        One forward over prompt + completion. Only the L + 1 last positions get logits (when the
-        model supports `logits_to_keep`), and the log-softmax is taken in float32 one row at a
-        time, so neither the prompt's logits nor a float32 (B, L, V) copy is ever materialised.
+        One forward over prompt + completion, or, for a batch of `generate_groups` (rows sharing
+        a prompt), one over each distinct prompt and one over the completions on its repeated
+        cache (`vrl.models.vlm_scoring`). Only the completion positions get logits, and the
+        log-softmax is taken in float32 one row at a time, so neither the prompt's logits nor a
+        float32 (B, L, V) copy is ever materialised.
         """
         inputs = self._forward_inputs(batch)
         completion_mask = completion_mask.to(batch.attention_mask.dtype)
-        length = completion_ids.shape[1]
-        inputs["input_ids"] = torch.cat([batch.input_ids, completion_ids], dim=1)  # (B, P+L)
-        inputs["attention_mask"] = torch.cat([batch.attention_mask, completion_mask], dim=1)
-        if "mm_token_type_ids" in inputs:  # completion tokens are text (type 0) for M-RoPE
-            types = inputs["mm_token_type_ids"]
-            inputs["mm_token_type_ids"] = torch.cat(
-                [types, types.new_zeros(completion_ids.shape)], 1
-            )
-        if _accepts_logits_to_keep(model):
-            inputs["logits_to_keep"] = length + 1
-        logits = model(**inputs, use_cache=False).logits  # (B, L+1 or P+L, V)
-        logits = logits[:, -(length + 1) : -1]  # (B, L, V): position t predicts token t+1
+        # each repeated prompt through the model once where it can be, else prompt + completion
+        score = shared_prompt_logits if can_share_prompts(model, batch) else plain_logits
+        logits = score(model, batch, inputs, completion_ids, completion_mask)  # (B, L, V)
         suppressed = torch.tensor(self.suppressed_token_ids, device=logits.device, dtype=torch.long)
         logprobs = torch.stack(
             [
