@@ -28,10 +28,10 @@ import torch
 from vrl.models.batch import Completions, PromptBatch
 from vrl.models.vlm_helpers import (
     _cache_keyword,
+    _completion_logprobs,
     _default_family,
     _eval_mode,
     _four,
-    _selected_logprobs,
     _set_pixel_bounds,
     _unwrap_all,
     _unwrap_ddp,
@@ -503,8 +503,9 @@ class VLMAdapter:
         One forward over prompt + completion, or, for a batch of `generate_groups` (rows sharing
         a prompt), one over each distinct prompt and one over the completions on its repeated
         cache (`vrl.models.vlm_scoring`). Only the completion positions get logits, and the
-        log-softmax is taken in float32 one row at a time, so neither the prompt's logits nor a
-        float32 (B, L, V) copy is ever materialised.
+        log-softmax is taken in float32 over as many rows at a time as fit 64 MiB (one row of a
+        150k vocabulary), so neither the prompt's logits nor a float32 (B, L, V) copy of a large
+        vocabulary is ever materialised.
         """
         inputs = self._forward_inputs(batch)
         completion_mask = completion_mask.to(batch.attention_mask.dtype)
@@ -512,12 +513,7 @@ class VLMAdapter:
         score = shared_prompt_logits if can_share_prompts(model, batch) else plain_logits
         logits = score(model, batch, inputs, completion_ids, completion_mask)  # (B, L, V)
         suppressed = torch.tensor(self.suppressed_token_ids, device=logits.device, dtype=torch.long)
-        logprobs = torch.stack(
-            [
-                _selected_logprobs(row, ids, temperature, suppressed)
-                for row, ids in zip(logits, completion_ids, strict=True)
-            ]
-        )  # (B, L)
+        logprobs = _completion_logprobs(logits, completion_ids, temperature, suppressed)  # (B, L)
         return logprobs * completion_mask.to(logprobs.dtype)
 
     # ------------------------------------------------------------------ boxes

@@ -65,17 +65,36 @@ def _four(box: Sequence[float]) -> Box:
 def _selected_logprobs(
     logits: torch.Tensor, ids: torch.Tensor, temperature: float, suppressed: torch.Tensor
 ) -> torch.Tensor:
-    """log softmax(logits / T)[ids] over the unsuppressed vocabulary, for one row, in float32.
+    """log softmax(logits / T)[ids] over the unsuppressed vocabulary, in float32.
 
-    logits (L, V), ids (L,) -> (L,).
+    logits (..., L, V), ids (..., L) -> (..., L).
     """
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     if suppressed.numel():
         logits = logits.index_fill(-1, suppressed, float("-inf"))
-    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (L,)
+    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (..., L)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+_LOGSOFTMAX_ELEMENTS = 1 << 24
+"""Most logits (64 MiB in float32) log-softmaxed at once by `_completion_logprobs`."""
+
+
+def _completion_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float, suppressed: torch.Tensor
+) -> torch.Tensor:
+    """`_selected_logprobs` of a batch, logits (B, L, V), ids (B, L) -> (B, L), over as many rows
+    at once as keep the float32 copy within `_LOGSOFTMAX_ELEMENTS` (one row at least): one pass
+    for a small vocabulary, one row at a time for a 150k one."""
+    rows = max(1, _LOGSOFTMAX_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
+    return torch.cat(
+        [
+            _selected_logprobs(logits[i : i + rows], ids[i : i + rows], temperature, suppressed)
+            for i in range(0, logits.shape[0], rows)
+        ]
+    )
 
 
 def _unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
