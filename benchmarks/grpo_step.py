@@ -14,8 +14,9 @@ frozen, AdamW at lr 1e-5, one CPU thread:
   8.3M parameters), 448 px images (256 image tokens), 128-token completions.
 
 Three trainers per setup and beta: vrl; vrl with `rollout.share_prompts=false` (the vision tower
-per sample and a prefill per sample, what vrl did before it shared them: the "before" of the same
-run); trl. A few warm-up steps are run and dropped, then N steps are timed.
+per sample, a prefill per sample and prompt + completion per sample in the loss forward, what vrl
+did before it shared them: the "before" of the same run); trl. A few warm-up steps are run and
+dropped, then N steps are timed.
 
 How the two sides are made comparable (beyond the shared constants below):
 - Completion length is forced the same way on both sides: `min_new_tokens = max_new_tokens = 24`
@@ -38,7 +39,8 @@ How the two sides are made comparable (beyond the shared constants below):
 - Left as each library does it: trl also computes token entropies in its loss forward (its fused
   LM head), vrl log-softmaxes one row at a time; trl runs the frozen vision tower on all 32
   (repeated) images in generation and again in each loss forward and prefills each prompt 8
-  times, vrl runs it once per distinct image per step and prefills each prompt once.
+  times, vrl runs it once per distinct image per step, prefills each prompt once, and in its loss
+  (and reference) forward runs each prompt once for its group, the completions on its cache.
 
 Nothing is downloaded: the model, tokenizer and data are built locally.
 """
@@ -310,8 +312,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 
 TRAINER_LABELS = {"vrl": "vrl", "vrl-plain": "vrl, unshared"}
-"""vrl-plain: vrl with rollout.share_prompts=false, the tower per sample and a prefill per sample
-(what vrl did before it shared them: the "before" of the same run)."""
+"""vrl-plain: vrl with rollout.share_prompts=false, the tower, the prefill and the loss forward's
+prompt per sample (what vrl did before it shared them: the "before" of the same run)."""
 
 
 def format_setup(name: str, s: dict[str, Any], rows_by_beta: dict[str, Any]) -> list[str]:
