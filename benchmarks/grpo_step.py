@@ -36,11 +36,12 @@ How the two sides are made comparable (beyond the shared constants below):
   fetch before `on_step_begin`, so the JSON also has trl's end-to-end interval between steps.
 - Wall time is the headline. The process CPU time per step is printed next to it: with one thread
   it moves much less than wall time when other jobs share the cores.
-- Left as each library does it: trl also computes token entropies in its loss forward (its fused
-  LM head), vrl only log-softmaxes the completion logits; trl runs the frozen vision tower on all 32
-  (repeated) images in generation and again in each loss forward and prefills each prompt 8
-  times, vrl runs it once per distinct image per step, prefills each prompt once, and in its loss
-  (and reference) forward runs each prompt once for its group, the completions on its cache.
+- Left as each library does it: trl also computes token entropies in its loss forward (its
+  fused LM head), vrl only log-softmaxes the completion logits; trl runs the frozen vision tower
+  on all 32 (repeated) images in generation and again in each loss forward and prefills each
+  prompt 8 times, vrl runs it once per distinct image per step, prefills each prompt once, and in
+  its loss (and reference) forward runs each prompt once for its group, the completions on its
+  cache.
 
 Nothing is downloaded: the model, tokenizer and data are built locally.
 """
