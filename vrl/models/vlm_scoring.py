@@ -33,6 +33,8 @@ def can_share_prompts(model: torch.nn.Module, batch: PromptBatch) -> bool:
         return False  # no promise, or no prompt repeats: nothing to save
     if batch.image_features is None and "pixel_values" in batch.model_inputs:
         return False  # a tower that trains runs in the loss forward, per row
+    if "video_grid_thw" in batch.model_inputs:
+        return False  # videos: not exercised here
     if isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_sharded(model):
         return False
     base = _unwrap_all(model)
@@ -97,11 +99,13 @@ def shared_prompt_logits(
         input_ids=ids,
         inputs_embeds=None,
         image_grid_thw=inputs.get("image_grid_thw"),
-        video_grid_thw=inputs.get("video_grid_thw"),
+        video_grid_thw=None,
         attention_mask=mask,
         cache=None,
         mm_token_type_ids=types,
-    )  # (3, B, P+L), or None: the model's default positions, which the cache offset continues
+    )  # (3, B, P+L)
+    if positions is None:  # no M-RoPE index (no images): the plain forward's own positions
+        return plain_logits(model, batch, inputs, completion_ids, completion_mask)
 
     prompt_inputs = {
         key: inputs[key].index_select(0, first)
@@ -120,8 +124,7 @@ def shared_prompt_logits(
         prompt_inputs["mm_encoder_outputs"] = {
             "image": BaseModelOutputWithPooling(pooler_output=features)
         }
-    if positions is not None:
-        prompt_inputs["position_ids"] = positions[:, first, :prompt_len]
+    prompt_inputs["position_ids"] = positions[:, first, :prompt_len]
     out = model(**prompt_inputs, use_cache=True, logits_to_keep=1)
     head = out.logits[:, -1:].index_select(0, index)  # (B, 1, V): predicts completion token 0
     if length == 1:
@@ -131,10 +134,9 @@ def shared_prompt_logits(
     rest_inputs: dict[str, Any] = {
         "input_ids": completion_ids[:, :-1],
         "attention_mask": mask[:, : prompt_len + length - 1],
+        "position_ids": positions[:, :, prompt_len : prompt_len + length - 1],
         _cache_keyword(model): cache,
     }
-    if positions is not None:
-        rest_inputs["position_ids"] = positions[:, :, prompt_len : prompt_len + length - 1]
     rest = model(**rest_inputs, use_cache=True).logits  # (B, L-1, V)
     return torch.cat([head, rest], dim=1)
 
