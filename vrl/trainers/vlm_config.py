@@ -122,8 +122,10 @@ class RolloutSettings:
     share_prompts: bool = field(
         True,
         help="run the frozen vision tower once per distinct image per step (reused by the "
-        "group, the loss forwards and every update) and prefill each prompt once for its group; "
-        "for models that take precomputed vision output (Qwen2-VL, Qwen2.5-VL), else ignored",
+        "group, the loss forwards and every update), prefill each prompt once for its group, and "
+        "run each prompt once in the loss forward (its group's completions on its cache; not "
+        "under DDP/FSDP, gradient checkpointing or active dropout); for models that take "
+        "precomputed vision output (Qwen2-VL, Qwen2.5-VL), else ignored",
     )
     engine: Literal["hf", "vllm"] = field(
         "hf",
