@@ -503,8 +503,8 @@ class VLMAdapter:
         One forward over prompt + completion, or, for a batch of `generate_groups` (rows sharing
         a prompt), one over each distinct prompt and one over the completions on its repeated
         cache (`vrl.models.vlm_scoring`). Only the completion positions get logits, and the
-        log-softmax is taken in float32 over as many rows at a time as fit 64 MiB (one row of a
-        150k vocabulary), so neither the prompt's logits nor a float32 (B, L, V) copy of a large
+        log-softmax is taken in float32 over as many rows at a time as fit 64 MiB (a row or a few
+        of a 150k vocabulary), so neither the prompt's logits nor a float32 (B, L, V) copy of a large
         vocabulary is ever materialised.
         """
         inputs = self._forward_inputs(batch)

@@ -87,7 +87,7 @@ def _completion_logprobs(
 ) -> torch.Tensor:
     """`_selected_logprobs` of a batch, logits (B, L, V), ids (B, L) -> (B, L), over as many rows
     at once as keep the float32 copy within `_LOGSOFTMAX_ELEMENTS` (one row at least): one pass
-    for a small vocabulary, one row at a time for a 150k one."""
+    for a small vocabulary, a row or a few at a time for a 150k one."""
     rows = max(1, _LOGSOFTMAX_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
     return torch.cat(
         [
