@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vrl.errors import ConfigError
-from vrl.hicogen.chain import box_image, plan_boxes, plan_chain, synthesize_chain
+from vrl.hicogen.chain import BOX_GAP_SCALE, box_image, plan_boxes, plan_chain, synthesize_chain
 from vrl.models.diffusion import FlowMatchingAdapter
 from vrl.models.paths import resolve_pipeline_path
 from vrl.pretrain.kontext_data import TripleStream, chain_example, triple_of
@@ -37,13 +37,60 @@ def test_shapes_drawn_in_their_unit_boxes_satisfy_every_relation(seed):
     plan = plan_chain(scene, scene.prompt())
     images = plan_boxes(plan, 32)
     assert len(images) == len(plan.units) == 3
-    boxes = layout(scene, 32, 0)
+    boxes = {}
     for unit, image in zip(plan.units, images, strict=True):
         (sid,) = unit.subjects
+        boxes[sid] = _white_box(image)
         assert torch.equal(image, box_image([boxes[sid]], 32, 32))
     drawn = render(scene, 32, boxes=boxes)
     assert all(check(scene, drawn).correct.values())
     assert scene.relations  # relation_prob=1: the test reads relations
+
+
+def _white_box(image: torch.Tensor) -> tuple[float, float, float, float]:
+    rows = image[0].any(dim=1).nonzero().flatten()
+    cols = image[0].any(dim=0).nonzero().flatten()
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def _min_gap(boxes) -> float:
+    """The fewest empty pixels between two of the boxes (along the axis that separates them)."""
+    return min(
+        max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3])
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+    )
+
+
+def test_the_chain_plans_its_boxes_further_apart_than_the_world_renders_them():
+    """The chain's planner leaves BOX_GAP_SCALE times the world's gap between boxes where the scene
+    has room (a model's strokes spill past a box), and the world's own gap where it has not."""
+    from vrl.world.vocabulary import layout_gap
+
+    wide = BOX_GAP_SCALE * layout_gap(32)
+    widened = 0
+    for seed in range(6):
+        scene = _scene(3, seed)
+        plan = plan_chain(scene, scene.prompt())
+        boxes = [_white_box(image) for image in plan_boxes(plan, 32)]
+        assert _min_gap(boxes) >= wide
+        widened += _min_gap(list(layout(scene, 32).values())) < wide
+    assert widened  # some of these scenes are tighter at the world's own gap
+    crowded = next(  # 4 large subjects: no room for the wider gap on 32 px
+        s for s in (_scene(4, k) for k in range(200))
+        if _fails(lambda s=s: layout(s, 32, gap=wide)) and not _fails(lambda s=s: layout(s, 32))
+    )  # fmt: skip
+    plan = plan_chain(crowded, crowded.prompt())
+    boxes = [_white_box(image) for image in plan_boxes(plan, 32)]
+    assert boxes == [tuple(layout(crowded, 32)[sid]) for u in plan.units for sid in u.subjects]
+
+
+def _fails(fn) -> bool:
+    try:
+        fn()
+    except ValueError:
+        return True
+    return False
 
 
 def test_a_scene_outside_the_world_has_no_layout_and_says_which():

@@ -162,25 +162,28 @@ def _axis_plan(scene: Scene) -> list[dict[str, tuple[float, float]]]:
     return plans
 
 
-def layout(scene: Scene, size: int, seed: int = 0) -> dict[str, Box]:
+def layout(scene: Scene, size: int, seed: int = 0, *, gap: int | None = None) -> dict[str, Box]:
     """Boxes for every subject on a ``size`` x ``size`` canvas that satisfy all relations.
 
-    Deterministic in (scene, size, seed). Shapes keep ``layout_gap(size)`` empty pixels between
-    their boxes and one pixel from the border. Raises ValueError naming the problem: a word
-    outside the world's vocabulary, contradictory size relations, or no placement found (too many
-    or too large shapes for the canvas, or spatial relations that cannot all hold).
+    Deterministic in (scene, size, seed, gap). Shapes keep ``gap`` empty pixels between their
+    boxes (default ``layout_gap(size)``, what every world render uses) and one pixel from the
+    border. Raises ValueError naming the problem: a word outside the world's vocabulary,
+    contradictory size relations, or no placement found (too many or too large shapes for the
+    canvas, or spatial relations that cannot all hold).
     """
-    return _layout(scene, size, seed)
+    return _layout(scene, size, seed, gap=gap)
 
 
-def _layout(scene: Scene, size: int, seed: int, largest: bool = False) -> dict[str, Box]:
+def _layout(
+    scene: Scene, size: int, seed: int, largest: bool = False, gap: int | None = None
+) -> dict[str, Box]:
     if size < MIN_CANVAS:
         raise ValueError(f"canvas size must be at least {MIN_CANVAS} pixels, got {size}")
     specs = {s.id: shape_spec(s) for s in scene.subjects}
     _check_relations(scene)
     background_name(scene)  # fail on an unknown background here, not after the search
     rng = _rng_for(scene, size, seed)
-    gap = layout_gap(size)
+    gap = layout_gap(size) if gap is None else gap
     partners: dict[str, list[tuple[str, str, bool]]] = {sid: [] for sid in specs}
     for r in scene.relations:  # (other id, predicate, this subject is the relation's subject)
         partners[r.subject].append((r.object, r.predicate, True))
