@@ -11,9 +11,11 @@ the realistic benchmark setups the scoring forward/backward handles about half a
 tokens.
 
 Used by `VLMAdapter.token_logprobs` on batches from `generate_groups` (`PromptBatch.group_sizes`)
-where nothing makes the two forwards differ: not under DDP or FSDP (one forward per backward
-there), gradient checkpointing (it turns the cache off) or active dropout (a prompt's dropout mask
-would be shared by its group instead of drawn per row); otherwise the plain forward runs.
+where nothing makes the two forwards differ: not for a forward with its gradient under DDP or
+FSDP (one model call per backward there; their no-grad forwards, the old and reference
+log-probs, do share, so a sharded and an unsharded run score alike), not with gradient
+checkpointing (it turns the cache off) or active dropout (a prompt's dropout mask would be
+shared by its group instead of drawn per row); otherwise the plain forward runs.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def can_share_prompts(model: torch.nn.Module, batch: PromptBatch) -> bool:
         return False  # a tower that trains runs in the loss forward, per row
     if "video_grid_thw" in batch.model_inputs:
         return False  # videos: not exercised here
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_sharded(model):
-        return False
+    distributed = isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_sharded(model)
+    if distributed and torch.is_grad_enabled():
+        return False  # DDP and FSDP expect one model call per backward
     base = _unwrap_all(model)
     inner = getattr(base, "model", None)
     if not hasattr(inner, "compute_3d_position_ids"):
