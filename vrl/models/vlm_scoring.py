@@ -20,6 +20,7 @@ shared by its group instead of drawn per row); otherwise the plain forward runs.
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -91,7 +92,7 @@ def shared_prompt_logits(
     index = torch.arange(len(sizes), device=device).repeat_interleave(
         torch.as_tensor(sizes, device=device)
     )  # (B,) the run of each row
-    first = torch.as_tensor([sum(sizes[:i]) for i in range(len(sizes))], device=device)
+    first = torch.as_tensor([0, *accumulate(sizes)][:-1], device=device)  # each run's row 0
     ids = torch.cat([batch.input_ids, completion_ids], dim=1)  # (B, P+L)
     mask = torch.cat([batch.attention_mask, completion_mask], dim=1)
     types = inputs.get("mm_token_type_ids")
@@ -118,7 +119,7 @@ def shared_prompt_logits(
     if "mm_encoder_outputs" in inputs:  # the image features of each run's first row
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        starts = [sum(batch.images_per_prompt[:r]) for r in range(len(batch))]
+        starts = [0, *accumulate(batch.images_per_prompt)]  # row r's first image
         features = tuple(
             f
             for r in first.tolist()

@@ -132,6 +132,12 @@ def token_fit(path: str | Path) -> Callable[[str], bool] | None:
     return lambda text: len(tokenizer(text, verbose=False).input_ids) <= limit
 
 
+def boxes_for(ch, context: str) -> str:
+    """The recipe's box planner (`chain.boxes`) for a chain drawn with this context: none for
+    image-to-image, which has no reference inputs to show boxes in."""
+    return "none" if context == "img2img" else ch.boxes
+
+
 @torch.no_grad()
 def chain_strips(
     adapter, transformer, samples: Sequence[ImageSample], cfg, context: str | None = None
@@ -143,7 +149,7 @@ def chain_strips(
     settings = ch.chain_kwargs(adapter)
     if context is not None:
         settings["context"] = context
-    settings["boxes"] = ch.boxes if settings["context"] == "in_context" else "none"
+    settings["boxes"] = boxes_for(ch, settings["context"])
     strips = []
     for k, item in enumerate(samples):
         _, chain = eval_chain(
@@ -267,7 +273,7 @@ def bench_command(
         "--chain", "--context", how["context"], "--references", ch.references,
         "--positions", ch.positions, "--strength", str(ch.strength), "--save-units",
         *(["--unit-prompts", ch.unit_prompts] if ch.unit_prompts != "own" else []),
-        *(["--boxes", ch.boxes] if ch.boxes != "none" and how["context"] != "img2img" else []),
+        *(["--boxes", boxes] if (boxes := boxes_for(ch, how["context"])) != "none" else []),
     ] if how["chain"] else []  # fmt: skip
     return [
         "vrl", "bench", "eval", "hicoprompt", "--prompts", str(prompts),
@@ -293,7 +299,7 @@ def bench_accuracy(
     chain = {
         "chain": True, "context": how["context"], "references": ch.references,
         "positions": ch.positions, "strength": ch.strength, "prompt_form": ch.unit_prompts,
-        "boxes": ch.boxes if how["context"] != "img2img" else "none", "save_units": True,
+        "boxes": boxes_for(ch, how["context"]), "save_units": True,
     } if how["chain"] else {}  # fmt: skip
     items = load_items(prompts)
     layout = FlatLayout(out / "images")
