@@ -98,6 +98,30 @@ def test_pretrain_command_writes_a_loadable_folder(tmp_path):
         assert loaded.model(**batch.model_inputs).logits.isfinite().all()
 
 
+def test_pretrain_trains_on_every_named_background(tmp_path):
+    """``train_background`` shares the training scenes out between backgrounds, each in its own
+    folder, and the SFT reads all of them (the broad base of the grounding probes)."""
+    from PIL import Image
+
+    from vrl.world.vocabulary import BACKGROUNDS
+
+    out = tmp_path / "vlm"
+    args = argparse.Namespace(
+        out=str(out), seed=0, threads=None,
+        extra=["steps=1", "tasks=colour", "train_per_task=6", "held_out_per_task=2",
+               "batch_size=2", "train_background=white+dark grey"],
+    )  # fmt: skip
+    assert pretrain_cli.vlm_main(args) == 0
+    for name in ("white", "dark grey"):
+        lines = (out / "data" / name.replace(" ", "-") / "world_colour_train.jsonl").read_text()
+        records = [json.loads(line) for line in lines.splitlines()]
+        assert len(records) == 3
+        folder = out / "data" / name.replace(" ", "-")
+        corner = Image.open(folder / records[0]["image"]).convert("RGB").getpixel((0, 0))
+        assert corner == BACKGROUNDS[name]
+    assert not (out / "data" / "world_colour_train.jsonl").exists()
+
+
 def test_the_colour_shift_recipe_is_the_yaml_file_and_a_valid_config():
     from vrl.config import load_config
     from vrl.trainers.vlm_config import VLMTrainConfig

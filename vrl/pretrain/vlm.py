@@ -66,10 +66,13 @@ DEFAULTS: dict[str, Any] = {
     # 1: every integer 0..image_size is one token (box coordinates in the model's 112 px input
     # convention); 0: numbers spelled digit by digit
     "coordinate_tokens": 0,
+    # backgrounds of the training and held-out files, "+"-joined ("": the default light grey);
+    # training samples are shared out between the training backgrounds
+    "train_background": "",
     "held_out_background": "",
     # base of the language model's M-RoPE; the image tokens' row and column offsets (0-3) turn
     # the height and width sections, which get the lowest frequencies (see build_model)
-    "rope_theta": 1e6,  # background of the held-out files ("": the default light grey)
+    "rope_theta": 1e6,
 }
 
 
@@ -370,8 +373,9 @@ def pretrain(out: str | Path, seed: int = 0, log=print, **overrides: Any) -> dic
     canvas, side, template = settings["canvas"], settings["image_size"], settings["template"]
     t0 = time.perf_counter()
     train_files = write_task_files(
-        out / "data", tasks, settings["train_per_task"], seed, "train", canvas
-    )
+        out / "data", tasks, settings["train_per_task"], seed, "train", canvas,
+        background=settings["train_background"] or None,
+    )  # fmt: skip
     train = load_task_samples(train_files)
     held_out = write_held_out(
         out / "data", tasks, settings["held_out_per_task"], canvas,
