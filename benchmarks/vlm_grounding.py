@@ -15,7 +15,8 @@ of domain (Acc@IoU>=0.5 and mean IoU of greedy answers).
    another model folder or a ``vrl pretrain`` run folder (``model/``, ``data/``);
    ``--train-base`` trains it again into ``<out>/base``.
 2. For each seed, from that checkpoint, on the SFT's own training JSONL read by the VLM-R1 loader
-   (a run folder's ``data/``, else written again: the same seed-0 scenes as the committed SFT's):
+   (a run folder's ``data/``, else written again: the same seed-0 light-grey scenes as the
+   committed SFT's; so a base trained on more backgrounds is fine-tuned on the light-grey slice):
    RL: vrl's GRPO trainer (``vrl.trainers.vlm_grpo.train``) with ``rec_iou`` + 0.1
    ``format_rec_answer``; SFT: more of the same SFT (``vrl.pretrain.vlm.train_sft``).
    Equal-compute rule: the same number of optimizer steps, each on the same number of sequences
@@ -76,8 +77,11 @@ def base_paths(args, out: Path) -> tuple[Path, Path]:
             pretrain(base, seed=0, **SFT_RECIPE)
         return base / "model", base / "data" / "world_refer_train.jsonl"
     base = Path(resolve_model_path(args.base))
+    own = base / "data" / "world_refer_train.jsonl"
     if (base / "model").is_dir():  # a `vrl pretrain` run folder
-        return base / "model", base / "data" / "world_refer_train.jsonl"
+        # trained on several backgrounds (train_background), its files are per background: the
+        # fine-tune data is then the light-grey slice, the committed SFT's scenes
+        return base / "model", own if own.is_file() else training_file(out / "sft-data")
     return base, training_file(out / "sft-data")
 
 

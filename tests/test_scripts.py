@@ -275,3 +275,27 @@ def test_grounding_benchmark_starts_from_the_committed_checkpoint(tmp_path):
         "in domain", "held-out pairs", "dark grey", "4 subjects",
     }  # fmt: skip
     assert "goal RL >= SFT in domain" in printed
+
+
+@pytest.mark.slow
+def test_grounding_benchmark_fine_tunes_a_broad_base_on_the_light_grey_slice(tmp_path):
+    """A `vrl pretrain` run folder trained on several backgrounds keeps its training files per
+    background: both arms are then fine-tuned on the light-grey slice (the committed SFT's
+    scenes), not on a file the run folder does not have."""
+    run = tmp_path / "broad"
+    extra = ["steps=1", "batch_size=2", "train_per_task=4", "held_out_per_task=2",
+             "train_background=white+light grey"]  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "vrl.cli", "pretrain", "world-vlm-rec", "--out", str(run),
+         "--extra", *extra],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert not (run / "data" / "world_refer_train.jsonl").exists()
+    out = tmp_path / "report.json"
+    run_script(
+        "benchmarks/vlm_grounding.py", "--base", str(run), "--seeds", "0", "--steps", "1",
+        "--eval", "2", "--out", str(tmp_path / "bench"), "--json", str(out),
+    )  # fmt: skip
+    assert json.loads(out.read_text())["base"] == str(run / "model")
+    lines = (tmp_path / "bench" / "sft-data" / "world_refer_train.jsonl").read_text().splitlines()
+    assert len(lines) == 4000 and all('"background": null' in line for line in lines)
