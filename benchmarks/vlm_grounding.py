@@ -77,8 +77,8 @@ def base_paths(args, out: Path) -> tuple[Path, Path]:
             pretrain(base, seed=0, **SFT_RECIPE)
         return base / "model", base / "data" / "world_refer_train.jsonl"
     base = Path(resolve_model_path(args.base))
-    own = base / "data" / "world_refer_train.jsonl"
     if (base / "model").is_dir():  # a `vrl pretrain` run folder
+        own = base / "data" / "world_refer_train.jsonl"
         # trained on several backgrounds (train_background), its files are per background: the
         # fine-tune data is then the light-grey slice, the committed SFT's scenes
         return base / "model", own if own.is_file() else training_file(out / "sft-data")

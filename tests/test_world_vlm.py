@@ -113,10 +113,10 @@ def test_pretrain_trains_on_every_named_background(tmp_path):
     )  # fmt: skip
     assert pretrain_cli.vlm_main(args) == 0
     for name in ("white", "dark grey"):
-        lines = (out / "data" / name.replace(" ", "-") / "world_colour_train.jsonl").read_text()
+        folder = out / "data" / name.replace(" ", "-")
+        lines = (folder / "world_colour_train.jsonl").read_text()
         records = [json.loads(line) for line in lines.splitlines()]
         assert len(records) == 3
-        folder = out / "data" / name.replace(" ", "-")
         corner = Image.open(folder / records[0]["image"]).convert("RGB").getpixel((0, 0))
         assert corner == BACKGROUNDS[name]
     assert not (out / "data" / "world_colour_train.jsonl").exists()
